@@ -1,0 +1,57 @@
+"""What both framework adapters share: which settings load a model, which score, and building the reranker.
+
+Adapters turn their documents or nodes into texts, call ``BGEReranker.rerank`` with the
+scoring settings, and turn the results back; this module keeps those settings in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from .reranker import BGEReranker
+
+#: Settings that decide which model is loaded, where and in what dtype (constructor only).
+LOAD_SETTINGS = ("model_class", "device", "use_fp16", "use_bf16")
+#: Settings forwarded to every ``rerank`` call unchanged (``None`` = the model's default).
+SCORE_SETTINGS = (
+    "normalize",
+    "batch_size",
+    "max_length",
+    "query_max_length",
+    "prompt",
+    "cutoff_layers",
+    "compress_ratio",
+    "compress_layers",
+)
+
+
+def build_reranker(model: str | BGEReranker, settings: Mapping[str, Any]) -> BGEReranker:
+    """The adapter's reranker: ``model`` itself when it is a ``BGEReranker``, else a new one (lazy, cache-shared).
+
+    Load settings given alongside an existing ``BGEReranker`` are an error: they would be ignored.
+    """
+    load = {name: settings.get(name) for name in LOAD_SETTINGS if settings.get(name) not in (None, False)}
+    if isinstance(model, BGEReranker):
+        if load:
+            raise ValueError(
+                f"{sorted(load)} choose how a model is loaded, but model is an existing BGEReranker: "
+                "set them when building that BGEReranker, or pass its name or path instead."
+            )
+        return model
+    if not isinstance(model, str) or not model.strip():
+        raise ValueError(f"model must be a Hub id, a local checkpoint directory or a BGEReranker, got {model!r}.")
+    return BGEReranker(model, **load)
+
+
+def score_options(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The scoring settings that were set, as keyword arguments for ``rerank``."""
+    return {name: settings[name] for name in SCORE_SETTINGS if settings.get(name) is not None}
+
+
+def check_single_score(cutoff_layers: int | Sequence[int] | None) -> None:
+    """Adapters rank by one score per text: several cutoff layers are an error at construction."""
+    if cutoff_layers is not None and not isinstance(cutoff_layers, int) and len(cutoff_layers) > 1:
+        raise ValueError(
+            f"cutoff_layers={list(cutoff_layers)} gives one score per layer, but a reranker needs one score per "
+            "document: pass a single layer, e.g. cutoff_layers=[28]."
+        )

@@ -1,0 +1,57 @@
+"""Length-sorted batching with out-of-memory back-off."""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Sequence, TypeVar
+
+import torch
+
+from .device import is_out_of_memory
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def run_batches(
+    items: Sequence[T],
+    lengths: Sequence[int],
+    batch_size: int,
+    score: Callable[[list[T]], torch.Tensor],
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Score ``items`` in batches, longest first, and return the scores in input order.
+
+    ``score`` maps a batch to a float tensor of shape ``(outputs, len(batch))``. Each batch is
+    computed once. On an out-of-memory error the batch size is halved and the same batch is
+    retried; the smaller size is kept for the rest of the call. Any other error propagates.
+
+    >>> run_batches(["a", "bbb", "cc"], [1, 3, 2], 2, lambda b: torch.tensor([[len(x) for x in b]]))
+    tensor([[1., 3., 2.]])
+    """
+    if not items:
+        raise ValueError("run_batches needs at least one item")
+    order = sorted(range(len(items)), key=lambda i: -lengths[i])
+    result: torch.Tensor | None = None
+    size = batch_size
+    start = 0
+    while start < len(order):
+        chunk = order[start : start + size]
+        try:
+            scores = score([items[i] for i in chunk])
+        except Exception as error:  # noqa: BLE001 - anything but out-of-memory is re-raised
+            if not is_out_of_memory(error) or len(chunk) == 1:
+                raise
+            size = len(chunk) // 2
+            logger.warning("Out of memory on a batch of %d pairs: retrying with batches of %d.", len(chunk), size)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        if result is None:
+            result = torch.empty(scores.shape[0], len(items), dtype=torch.float32)
+        result[:, chunk] = scores.float()
+        start += len(chunk)
+        if progress is not None:
+            progress(len(chunk))
+    return result

@@ -1,0 +1,113 @@
+"""The interface every model family implements, and the records it works with.
+
+The core (``BGEReranker``) owns everything that is the same for all families:
+input checks, option merging, instructions, batching, OOM handling, normalisation
+and the result shape. A family owns what differs: how a checkpoint is loaded, how a
+(query, passage) pair becomes token ids, and how a padded batch becomes raw scores.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """Every scoring option of one call, after constructor defaults and per-call overrides merge.
+
+    Family-specific options are ``None`` unless the caller set them; a family fills in its
+    own defaults (for example the default prompt or ``cutoff_layers``).
+    """
+
+    normalize: bool = False
+    max_length: int = 512
+    query_max_length: int = 384
+    batch_size: int = 128
+    query_instruction_for_rerank: str | None = None
+    passage_instruction_for_rerank: str | None = None
+    query_instruction_format: str = "{}{}"
+    passage_instruction_format: str = "{}{}"
+    prompt: str | None = None
+    cutoff_layers: tuple[int, ...] | None = None
+    compress_ratio: int | None = None
+    compress_layers: tuple[int, ...] | None = None
+
+
+#: Options that only some families take; a family lists the ones it accepts in ``extra_options``.
+FAMILY_SPECIFIC_OPTIONS = frozenset({"prompt", "cutoff_layers", "compress_ratio", "compress_layers"})
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One tokenized pair, unpadded.
+
+    ``query_length`` and ``prompt_length`` count the tokens before and after the passage;
+    only families that treat the passage segment specially (lightweight compression) use them.
+    """
+
+    input_ids: list[int]
+    query_length: int = 0
+    prompt_length: int = 0
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+class RerankerFamily(ABC):
+    """A loaded model of one family: tokenizer, weights, and the forward that scores.
+
+    Subclasses set ``name`` and ``extra_options`` and implement ``load``, ``encode`` and
+    ``forward``. An instance is shared by every reranker that loads the same checkpoint on
+    the same device in the same dtype (see ``model_cache``); it must not hold per-call state.
+    """
+
+    #: Family name used by ``model_class`` and in messages.
+    name: ClassVar[str]
+    #: Family-specific option names this family accepts (subset of FAMILY_SPECIFIC_OPTIONS).
+    extra_options: ClassVar[frozenset[str]] = frozenset()
+    #: Instructions used when the caller gives none (the decoders' "A: " / "B: ").
+    default_query_instruction: ClassVar[str | None] = None
+    default_passage_instruction: ClassVar[str | None] = None
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, device: torch.device, dtype: torch.dtype):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        self.dtype = dtype
+
+    @classmethod
+    @abstractmethod
+    def load(cls, path: str, device: torch.device, dtype: torch.dtype) -> "RerankerFamily":
+        """Load tokenizer and weights from a local checkpoint directory onto ``device`` in ``dtype``."""
+
+    @property
+    @abstractmethod
+    def max_positions(self) -> int:
+        """The longest token sequence the model can take."""
+
+    def check_options(self, options: ScoreOptions) -> None:
+        """Raise ValueError for option values this model cannot take (layers out of range, ...)."""
+
+    def output_count(self, options: ScoreOptions) -> int:
+        """How many score lists one call returns (several cutoff layers give several)."""
+        return 1
+
+    @abstractmethod
+    def encode(self, pairs: Sequence[tuple[str, str]], options: ScoreOptions) -> list[Encoded]:
+        """Tokenize pairs whose instructions are already applied, truncating as the reference does.
+
+        No returned sequence may exceed ``max_positions``.
+        """
+
+    @abstractmethod
+    def forward(self, batch: Sequence[Encoded], options: ScoreOptions) -> torch.Tensor:
+        """Pad ``batch`` and return raw scores as float32 on CPU, shape ``(output_count, len(batch))``."""
+
+    def to_dtype(self, dtype: torch.dtype) -> None:
+        """Move the weights to ``dtype`` (used when a device refuses half precision)."""
+        self.model.to(dtype)
+        self.dtype = dtype

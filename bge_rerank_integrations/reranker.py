@@ -1,0 +1,271 @@
+"""``BGEReranker``: the one entry point that scores (query, passage) pairs with any BGE reranker."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import torch
+
+from .batching import run_batches
+from .device import is_mps_dtype_error, resolve_device, resolve_dtype
+from .families.base import FAMILY_SPECIFIC_OPTIONS
+from .families import RerankerFamily, ScoreOptions, canonical_family, detect_family
+from .inputs import as_pairs, check_layers, check_positive_int, check_text
+from .loading import read_config, resolve_checkpoint
+from .model_cache import CachedModel, get_model
+
+logger = logging.getLogger(__name__)
+
+Scores = Union[float, list[float], list[list[float]]]
+
+
+@dataclass(frozen=True)
+class RerankResult:
+    """One passage of a ``rerank`` call: its position in the input, its score and its text."""
+
+    index: int
+    score: float
+    text: str
+
+
+class BGEReranker:
+    """Score (query, passage) pairs with a BGE reranker, as FlagEmbedding does, on CUDA, MPS or CPU.
+
+    The model family (encoder, llm, layerwise, lightweight) is decided from the six official
+    ids, else from the checkpoint's ``config.json``; ``model_class`` overrides it. The model is
+    loaded on first use (or by ``load()``) and shared with every reranker that asks for the same
+    checkpoint, device and dtype. Every scoring option can be overridden per call.
+
+    >>> reranker = BGEReranker("tests/fixtures/checkpoints/encoder", device="cpu")
+    >>> reranker.compute_score(["what is panda?", "hi"])            # doctest: +SKIP
+    -0.71
+    >>> reranker.rerank("what is panda?", ["hi", "The giant panda is a bear."], top_n=1)  # doctest: +SKIP
+    [RerankResult(index=1, score=1.3, text='The giant panda is a bear.')]
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        *,
+        model_class: str | None = None,
+        device: str | torch.device | None = None,
+        use_fp16: bool = False,
+        use_bf16: bool = False,
+        batch_size: int = 128,
+        max_length: int = 512,
+        query_max_length: int | None = None,
+        normalize: bool = False,
+        query_instruction_for_rerank: str | None = None,
+        query_instruction_format: str = "{}{}",
+        passage_instruction_for_rerank: str | None = None,
+        passage_instruction_format: str = "{}{}",
+        prompt: str | None = None,
+        cutoff_layers: Sequence[int] | int | None = None,
+        compress_ratio: int | None = None,
+        compress_layers: Sequence[int] | int | None = None,
+        cache_dir: str | None = None,
+        local_files_only: bool = False,
+        show_progress: bool = False,
+    ) -> None:
+        if not isinstance(model_name_or_path, (str, Path)) or not str(model_name_or_path).strip():
+            raise ValueError(f"model_name_or_path must be a Hub id or a local directory, got {model_name_or_path!r}.")
+        self.model_name_or_path = str(model_name_or_path)
+        self.model_class = canonical_family(model_class) if model_class is not None else None
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(self.device, use_fp16, use_bf16)
+        self.cache_dir = cache_dir
+        self.local_files_only = local_files_only
+        self.show_progress = show_progress
+        self._query_max_length = query_max_length
+        self._defaults = _merge(
+            ScoreOptions(),
+            dict(
+                normalize=normalize,
+                max_length=max_length,
+                query_max_length=query_max_length,
+                batch_size=batch_size,
+                query_instruction_for_rerank=query_instruction_for_rerank,
+                query_instruction_format=query_instruction_format,
+                passage_instruction_for_rerank=passage_instruction_for_rerank,
+                passage_instruction_format=passage_instruction_format,
+                prompt=prompt,
+                cutoff_layers=cutoff_layers,
+                compress_ratio=compress_ratio,
+                compress_layers=compress_layers,
+            ),
+            constructor_query_max_length=query_max_length,
+        )
+        self._model: CachedModel | None = None
+
+    def __repr__(self) -> str:
+        return f"BGEReranker({self.model_name_or_path!r}, device={str(self.device)!r}, dtype={self.dtype})"
+
+    @property
+    def options(self) -> ScoreOptions:
+        """The scoring options calls start from."""
+        return self._defaults
+
+    @property
+    def family(self) -> RerankerFamily:
+        """The loaded model family (loads the model if needed)."""
+        return self.load().family
+
+    def load(self) -> CachedModel:
+        """Load the model now (otherwise it loads on the first scoring call) and check the options against it."""
+        if self._model is None:
+            path = resolve_checkpoint(self.model_name_or_path, self.cache_dir, self.local_files_only)
+            family = self.model_class or detect_family(self.model_name_or_path, read_config(path))
+            model = get_model(path, family, self.device, self.dtype)
+            _check_against_model(model.family, self._defaults)
+            self._model = model
+        return self._model
+
+    def compute_score(self, sentence_pairs: Any, **options: Any) -> Scores:
+        """Score one ``[query, passage]`` pair (-> float) or a list of pairs (-> list of floats).
+
+        Keyword options (``normalize``, ``max_length``, ``query_max_length``, ``batch_size``,
+        instructions, ``prompt``, ``cutoff_layers``, ``compress_ratio``, ``compress_layers``)
+        override the constructor's for this call only. Several ``cutoff_layers`` give one list
+        of scores per layer, in ascending layer order.
+
+        >>> reranker.compute_score([["what is panda?", "hi"], ["what is panda?", "The giant panda ..."]])  # doctest: +SKIP
+        [-8.1875, 5.26171875]
+        """
+        pairs, single = as_pairs(sentence_pairs)
+        merged = _merge(self._defaults, options, constructor_query_max_length=self._query_max_length)
+        if not pairs:
+            return []
+        model = self.load()
+        if options:
+            _check_against_model(model.family, merged)
+        scores = self._score(model, pairs, merged)
+        if len(scores) == 1:
+            return scores[0][0] if single else scores[0]
+        return [layer[0] for layer in scores] if single else scores
+
+    def rerank(
+        self,
+        query: str,
+        passages: Sequence[str],
+        top_n: int | None = None,
+        score_threshold: float | None = None,
+        **options: Any,
+    ) -> list[RerankResult]:
+        """Score ``passages`` against ``query`` and return them best first.
+
+        Passages scoring below ``score_threshold`` are dropped first, then at most ``top_n``
+        are kept. Ties keep input order.
+
+        >>> reranker.rerank("what is panda?", ["hi", "The giant panda ..."], top_n=1)  # doctest: +SKIP
+        [RerankResult(index=1, score=5.26171875, text='The giant panda ...')]
+        """
+        check_text(query, "query")
+        if isinstance(passages, (str, bytes)) or not isinstance(passages, Sequence):
+            raise TypeError(f"passages must be a list of strings, got {type(passages).__name__}.")
+        if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 0):
+            raise ValueError(f"top_n must be a non-negative integer or None, got {top_n!r}.")
+        if score_threshold is not None and (isinstance(score_threshold, bool) or not isinstance(score_threshold, (int, float))):
+            raise ValueError(f"score_threshold must be a number or None, got {score_threshold!r}.")
+        scores = self.compute_score([(query, passage) for passage in passages], **options)
+        if scores and isinstance(scores[0], list):
+            raise ValueError("rerank needs one score per passage, but several cutoff_layers were asked for: pass one layer.")
+        ranked = sorted(range(len(passages)), key=lambda i: -scores[i])
+        if score_threshold is not None:
+            ranked = [i for i in ranked if scores[i] >= score_threshold]
+        return [RerankResult(i, scores[i], passages[i]) for i in ranked[:top_n]]
+
+    def _score(self, model: CachedModel, pairs: list[tuple[str, str]], options: ScoreOptions) -> list[list[float]]:
+        family = model.family
+        texts = [_apply_instructions(family, query, passage, options) for query, passage in pairs]
+        progress = _progress_bar(len(texts)) if self.show_progress else None
+        with model.lock, torch.inference_mode():
+            encoded = family.encode(texts, options)
+            scores = run_batches(
+                encoded,
+                [len(item) for item in encoded],
+                options.batch_size,
+                lambda batch: self._forward(family, batch, options),
+                progress.update if progress is not None else None,
+            )
+        if progress is not None:
+            progress.close()
+        if options.normalize:
+            scores = torch.sigmoid(scores.double())
+        return scores.tolist()
+
+    def _forward(self, family: RerankerFamily, batch: list, options: ScoreOptions) -> torch.Tensor:
+        try:
+            return family.forward(batch, options)
+        except RuntimeError as error:
+            if not is_mps_dtype_error(error, family.device) or family.dtype == torch.float32:
+                raise
+            logger.warning("MPS refused %s for this model (%s): falling back to float32.", family.dtype, error)
+            family.to_dtype(torch.float32)
+            return family.forward(batch, options)
+
+
+def _merge(base: ScoreOptions, overrides: dict[str, Any], constructor_query_max_length: int | None) -> ScoreOptions:
+    """Apply per-call ``overrides`` (``None`` means "keep") to ``base`` and check every value."""
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(ScoreOptions)}
+    if unknown:
+        raise TypeError(f"Unknown scoring option(s) {sorted(unknown)}; known: {[f.name for f in dataclasses.fields(ScoreOptions)]}.")
+    given = {name: value for name, value in overrides.items() if value is not None}
+    if "normalize" in given and not isinstance(given["normalize"], bool):
+        raise ValueError(f"normalize must be True or False, got {given['normalize']!r}.")
+    for name in ("max_length", "query_max_length", "batch_size", "compress_ratio"):
+        if name in given:
+            check_positive_int(given[name], name)
+    for name in ("cutoff_layers", "compress_layers"):
+        if name in given:
+            given[name] = check_layers(given[name], name)
+    for name in ("query_instruction_for_rerank", "passage_instruction_for_rerank", "prompt"):
+        if name in given and not isinstance(given[name], str):
+            raise TypeError(f"{name} must be a string, got {type(given[name]).__name__}.")
+    for name in ("query_instruction_format", "passage_instruction_format"):
+        if name in given and (not isinstance(given[name], str) or given[name].count("{}") != 2):
+            raise ValueError(f"{name} must be a format string with two '{{}}' (instruction, text), got {given[name]!r}.")
+    if "query_max_length" not in given and constructor_query_max_length is None:
+        given["query_max_length"] = given.get("max_length", base.max_length) * 3 // 4
+    return dataclasses.replace(base, **given)
+
+
+def _check_against_model(family: RerankerFamily, options: ScoreOptions) -> None:
+    """Reject options the family does not have and lengths the model cannot take."""
+    unsupported = sorted(
+        name for name in FAMILY_SPECIFIC_OPTIONS - family.extra_options if getattr(options, name) is not None
+    )
+    if unsupported:
+        raise ValueError(
+            f"{', '.join(unsupported)} do(es) not apply to the {family.name} family; "
+            f"it takes {sorted(family.extra_options) or 'no family-specific options'}."
+        )
+    if options.max_length > family.max_positions:
+        raise ValueError(
+            f"max_length={options.max_length} is beyond what this model can take ({family.max_positions} tokens); "
+            f"pass max_length <= {family.max_positions}."
+        )
+    family.check_options(options)
+
+
+def _apply_instructions(family: RerankerFamily, query: str, passage: str, options: ScoreOptions) -> tuple[str, str]:
+    query_instruction = options.query_instruction_for_rerank
+    if query_instruction is None:
+        query_instruction = family.default_query_instruction
+    passage_instruction = options.passage_instruction_for_rerank
+    if passage_instruction is None:
+        passage_instruction = family.default_passage_instruction
+    if query_instruction is not None:
+        query = options.query_instruction_format.format(query_instruction, query)
+    if passage_instruction is not None:
+        passage = options.passage_instruction_format.format(passage_instruction, passage)
+    return query, passage
+
+
+def _progress_bar(total: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="Scoring pairs", unit="pair")

@@ -1,0 +1,28 @@
+"""Shared test fixtures: the small random checkpoints and the reference's golden scores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CHECKPOINTS = FIXTURES / "checkpoints"
+GOLDENS = FIXTURES / "goldens"
+FAMILIES = ("encoder", "llm", "layerwise", "lightweight")
+
+
+def checkpoint(family: str) -> str:
+    """Path of the small random checkpoint of ``family`` (official on-disk format)."""
+    return str(CHECKPOINTS / family)
+
+
+def load_goldens(family: str) -> dict:
+    with open(GOLDENS / f"{family}.json", encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+@pytest.fixture
+def encoder_path() -> str:
+    return checkpoint("encoder")

@@ -1,0 +1,347 @@
+"""BGEReranker behaviour that holds for every family: inputs, options, batching, caching, errors."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+
+import pytest
+import torch
+
+from bge_rerank_integrations import BGEReranker, ModelNotFoundError, RerankResult, clear_model_cache
+from bge_rerank_integrations.batching import run_batches
+from bge_rerank_integrations.device import resolve_device, resolve_dtype
+from bge_rerank_integrations.families import canonical_family, detect_family
+from bge_rerank_integrations.loading import read_config
+
+from .conftest import FAMILIES, checkpoint
+
+PANDA = "The giant panda (Ailuropoda melanoleuca) is a bear species endemic to China."
+PAIRS = [
+    ["what is panda?", "hi"],
+    ["what is panda?", PANDA],
+    ["Paris is the capital of France.", "The population of China is over 1.4 billion people."],
+    ["what is panda?", " ".join([PANDA] * 20)],
+    ["Qu'est-ce qu'un panda ?", "熊猫是一种生活在中国的熊。"],
+]
+
+
+@pytest.fixture
+def reranker(encoder_path):
+    return BGEReranker(encoder_path, device="cpu")
+
+
+# --- results and options -------------------------------------------------------------------
+
+
+def test_single_pair_gives_float_and_list_gives_list(reranker):
+    many = reranker.compute_score(PAIRS)
+    one = reranker.compute_score(PAIRS[1])
+    assert isinstance(one, float) and isinstance(many, list) and len(many) == len(PAIRS)
+    assert one == pytest.approx(many[1], abs=1e-5)
+    assert len(set(round(s, 4) for s in many)) == len(many), "random weights should separate the pairs"
+
+
+def test_tuples_and_lists_score_the_same(reranker):
+    assert reranker.compute_score([tuple(p) for p in PAIRS]) == reranker.compute_score(PAIRS)
+
+
+def test_normalize_is_sigmoid_of_raw(reranker):
+    raw = reranker.compute_score(PAIRS)
+    normalized = reranker.compute_score(PAIRS, normalize=True)
+    assert normalized == pytest.approx([1 / (1 + math.exp(-x)) for x in raw], abs=1e-7)
+    assert all(0 < s < 1 for s in normalized)
+
+
+def test_per_call_options_do_not_change_the_reranker(reranker):
+    before = reranker.options
+    first = reranker.compute_score(PAIRS)
+    truncated = reranker.compute_score(PAIRS, max_length=16, normalize=True, batch_size=2)
+    assert reranker.options == before
+    assert reranker.compute_score(PAIRS) == first
+    assert truncated != first
+
+
+def test_constructor_options_are_the_defaults(encoder_path, reranker):
+    configured = BGEReranker(encoder_path, device="cpu", max_length=16, normalize=True)
+    assert configured.compute_score(PAIRS) == reranker.compute_score(PAIRS, max_length=16, normalize=True)
+
+
+def test_query_max_length_follows_max_length_unless_given(encoder_path):
+    assert BGEReranker(encoder_path, device="cpu").options.query_max_length == 384
+    assert BGEReranker(encoder_path, device="cpu", max_length=100).options.query_max_length == 75
+    assert BGEReranker(encoder_path, device="cpu", query_max_length=10).options.query_max_length == 10
+
+
+def test_batch_size_does_not_change_scores_or_order(reranker):
+    reference = reranker.compute_score(PAIRS)
+    for batch_size in (1, 2, 3):
+        assert reranker.compute_score(PAIRS, batch_size=batch_size) == pytest.approx(reference, abs=1e-5)
+
+
+def test_pairs_never_exceed_max_length(reranker):
+    family = reranker.family
+    long_query = " ".join(["what is panda?"] * 50)
+    for max_length in (8, 16, 512):
+        options = reranker.options.__class__(max_length=max_length, query_max_length=max_length * 2)
+        encoded = family.encode([(long_query, PANDA * 30), ("q", "p")], options)
+        assert all(len(item) <= max_length for item in encoded)
+        assert len(encoded[0]) == max_length
+
+
+def test_encoder_pair_layout_is_xlm_roberta(reranker):
+    family = reranker.family
+    tok = family.tokenizer
+    encoded = family.encode([("what is panda?", "hi")], reranker.options)[0]
+    q = tok("what is panda?", add_special_tokens=False)["input_ids"]
+    p = tok("hi", add_special_tokens=False)["input_ids"]
+    cls, sep = tok.cls_token_id, tok.sep_token_id
+    assert encoded.input_ids == [cls, *q, sep, sep, *p, sep]
+
+
+def test_rerank_orders_thresholds_and_cuts(reranker):
+    passages = [p for _, p in PAIRS]
+    scores = reranker.compute_score([("what is panda?", p) for p in passages])
+    ranked = reranker.rerank("what is panda?", passages)
+    assert [r.index for r in ranked] == sorted(range(len(passages)), key=lambda i: -scores[i])
+    assert ranked[0] == RerankResult(ranked[0].index, scores[ranked[0].index], passages[ranked[0].index])
+    assert [r.index for r in reranker.rerank("what is panda?", passages, top_n=2)] == [r.index for r in ranked[:2]]
+    threshold = sorted(scores)[2]
+    kept = reranker.rerank("what is panda?", passages, score_threshold=threshold, top_n=10)
+    assert [r.index for r in kept] == [r.index for r in ranked if r.score >= threshold]
+    assert reranker.rerank("what is panda?", passages, top_n=0) == []
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "pairs, error, message",
+    [
+        ("what is panda?", TypeError, "pair"),
+        ([["only one"]], ValueError, "index 0"),
+        ([["q", "p", "x"]], ValueError, "Malformed pair at index 0"),
+        ([["q", "p"], ["q", ""]], ValueError, "passage at index 1 is empty"),
+        ([["", "p"]], ValueError, "query at index 0 is empty"),
+        ([["q", 3]], TypeError, "passage at index 0 must be a string"),
+        ([["q", None]], TypeError, "must be a string"),
+        (None, TypeError, "sentence_pairs"),
+    ],
+)
+def test_bad_pairs_are_clear_errors(reranker, pairs, error, message):
+    with pytest.raises(error, match=message):
+        reranker.compute_score(pairs)
+
+
+def test_bad_input_is_not_mutated(reranker):
+    pairs = [["q", "p"], ["q", ""]]
+    with pytest.raises(ValueError):
+        reranker.compute_score(pairs)
+    assert pairs == [["q", "p"], ["q", ""]]
+
+
+def test_empty_list_loads_nothing():
+    reranker = BGEReranker("/nonexistent/checkpoint", device="cpu")
+    assert reranker.compute_score([]) == []
+    assert reranker._model is None
+
+
+@pytest.mark.parametrize(
+    "options, error, message",
+    [
+        ({"max_length": 0}, ValueError, "max_length must be a positive integer"),
+        ({"batch_size": "8"}, ValueError, "batch_size must be a positive integer"),
+        ({"normalize": "yes"}, ValueError, "normalize must be True or False"),
+        ({"temperature": 1.0}, TypeError, "Unknown scoring option"),
+        ({"cutoff_layers": [4]}, ValueError, "cutoff_layers do\\(es\\) not apply to the encoder family"),
+        ({"compress_ratio": 2}, ValueError, "compress_ratio do\\(es\\) not apply"),
+        ({"prompt": "Is B an answer to A?"}, ValueError, "prompt do\\(es\\) not apply"),
+        ({"max_length": 513}, ValueError, "max_length=513 is beyond what this model can take \\(512"),
+        ({"query_instruction_format": "{}"}, ValueError, "two '\\{\\}'"),
+    ],
+)
+def test_bad_options_are_clear_errors(reranker, options, error, message):
+    with pytest.raises(error, match=message):
+        reranker.compute_score(PAIRS, **options)
+
+
+def test_family_options_set_at_construction_fail_at_load(encoder_path):
+    reranker = BGEReranker(encoder_path, device="cpu", cutoff_layers=[2])
+    with pytest.raises(ValueError, match="do\\(es\\) not apply to the encoder family"):
+        reranker.compute_score(PAIRS)
+
+
+def test_unknown_model_class():
+    with pytest.raises(ValueError, match="Unknown model_class 'bert'.*encoder.*decoder-only-layerwise"):
+        BGEReranker("x", model_class="bert", device="cpu")
+
+
+def test_missing_local_checkpoint_is_clear(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        BGEReranker(str(tmp_path / "missing"), device="cpu").compute_score(PAIRS)
+    with pytest.raises(ModelNotFoundError, match="no config.json"):
+        BGEReranker(str(tmp_path), device="cpu").compute_score(PAIRS)
+
+
+def test_hub_id_offline_says_how_to_use_a_local_path(tmp_path):
+    reranker = BGEReranker("BAAI/bge-reranker-v2-m3", device="cpu", cache_dir=str(tmp_path), local_files_only=True)
+    with pytest.raises(ModelNotFoundError, match="huggingface-cli download BAAI/bge-reranker-v2-m3.*BGEReranker\\('./bge-reranker-v2-m3'\\)"):
+        reranker.compute_score(PAIRS)
+
+
+# --- family detection -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, family",
+    [
+        ("BAAI/bge-reranker-base", "encoder"),
+        ("BAAI/bge-reranker-large", "encoder"),
+        ("BAAI/bge-reranker-v2-m3", "encoder"),
+        ("BAAI/bge-reranker-v2-gemma", "llm"),
+        ("BAAI/bge-reranker-v2-minicpm-layerwise", "layerwise"),
+        ("BAAI/bge-reranker-v2.5-gemma2-lightweight", "lightweight"),
+    ],
+)
+def test_known_ids_need_no_config(name, family):
+    assert detect_family(name, None) == family
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_local_checkpoints_are_detected_from_config(family):
+    assert detect_family(checkpoint(family), read_config(checkpoint(family))) == family
+
+
+def test_names_are_not_guessed_from_substrings():
+    with pytest.raises(ValueError, match="Pass model_class="):
+        detect_family("someone/bge-reranker-v2-gemma-finetuned", {"model_type": "mystery"})
+
+
+def test_flagembedding_aliases():
+    assert canonical_family("decoder-only-lightweight") == "lightweight"
+    assert canonical_family("encoder-only-base") == "encoder"
+
+
+# --- device, dtype, batching ----------------------------------------------------------------
+
+
+def test_cpu_runs_fp32_and_warns(caplog):
+    with caplog.at_level(logging.WARNING):
+        assert resolve_dtype(torch.device("cpu"), use_fp16=True) == torch.float32
+    assert "float32" in caplog.text
+    assert resolve_dtype(torch.device("cuda"), use_bf16=True) == torch.bfloat16
+    assert resolve_dtype(torch.device("cuda"), use_fp16=True) == torch.float16
+    with pytest.raises(ValueError, match="choose one"):
+        resolve_dtype(torch.device("cuda"), use_fp16=True, use_bf16=True)
+
+
+def test_device_policy_here():
+    assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda:1")
+    with pytest.raises(ValueError, match="not a torch device"):
+        resolve_device("gpu-please")
+
+
+def test_batches_are_length_sorted_computed_once_and_reordered():
+    calls = []
+
+    def score(batch):
+        calls.append(list(batch))
+        return torch.tensor([[float(len(x)) for x in batch]])
+
+    items = ["aa", "a", "aaaa", "aaa", "aaaaa"]
+    scores = run_batches(items, [len(x) for x in items], 2, score)
+    assert scores.tolist() == [[2.0, 1.0, 4.0, 3.0, 5.0]]
+    assert calls == [["aaaaa", "aaaa"], ["aaa", "aa"], ["a"]]
+
+
+def test_out_of_memory_halves_the_batch_and_keeps_going():
+    sizes = []
+
+    def score(batch):
+        sizes.append(len(batch))
+        if len(batch) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return torch.tensor([[float(len(x)) for x in batch]])
+
+    items = ["a" * n for n in range(1, 10)]
+    scores = run_batches(items, [len(x) for x in items], 8, score)
+    assert scores.tolist() == [[float(n) for n in range(1, 10)]]
+    assert sizes == [8, 4, 2, 2, 2, 2, 1]
+
+
+def test_other_errors_propagate_at_once():
+    calls = []
+
+    def score(batch):
+        calls.append(len(batch))
+        raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        run_batches(["a", "b", "c"], [1, 1, 1], 2, score)
+    assert calls == [2]
+
+
+def test_mps_half_precision_error_falls_back_to_fp32(reranker, caplog):
+    class FakeMPSFamily:
+        device = torch.device("mps")
+        dtype = torch.float16
+
+        def __init__(self):
+            self.calls = 0
+
+        def forward(self, batch, options):
+            self.calls += 1
+            if self.dtype == torch.float16:
+                raise RuntimeError(
+                    "'mps.add' op requires the same element type for all operands and results "
+                    "(tensor<1x7x1xf16> and tensor<1xf32>)"
+                )
+            return torch.ones(1, len(batch))
+
+        def to_dtype(self, dtype):
+            self.dtype = dtype
+
+    family = FakeMPSFamily()
+    with caplog.at_level(logging.WARNING):
+        assert reranker._forward(family, ["x"], reranker.options).tolist() == [[1.0]]
+    assert family.dtype == torch.float32 and family.calls == 2
+    assert "falling back to float32" in caplog.text
+
+
+# --- cache and threads ----------------------------------------------------------------------
+
+
+def test_same_checkpoint_shares_one_model(encoder_path):
+    first = BGEReranker(encoder_path, device="cpu")
+    second = BGEReranker(encoder_path, device="cpu", use_fp16=True)  # CPU runs fp32 either way
+    assert first.family is second.family
+    clear_model_cache()
+    third = BGEReranker(encoder_path, device="cpu")
+    assert third.family is not first.family
+
+
+def test_concurrent_calls_match_sequential(reranker):
+    expected = [reranker.compute_score(PAIRS, max_length=m) for m in (16, 32, 64, 512)]
+    results: dict[int, list] = {}
+
+    def work(slot: int) -> None:
+        results[slot] = reranker.compute_score(PAIRS, max_length=(16, 32, 64, 512)[slot % 4])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(results[i] == expected[i % 4] for i in range(12))
+
+
+def test_library_prints_nothing(encoder_path, capsys):
+    clear_model_cache()
+    BGEReranker(encoder_path, device="cpu").compute_score(PAIRS)
+    captured = capsys.readouterr()
+    assert captured.out == ""
