@@ -22,6 +22,9 @@ logger = logging.getLogger(__name__)
 
 Scores = Union[float, list[float], list[list[float]]]
 
+#: On CPU a padded position costs as much as a real one: batches end before padding exceeds this share.
+CPU_MAX_PADDING = 0.2
+
 
 @dataclass(frozen=True)
 class RerankResult:
@@ -190,6 +193,7 @@ class BGEReranker:
                 options.batch_size,
                 lambda batch: self._forward(family, batch, options),
                 progress.update if progress is not None else None,
+                max_padding=CPU_MAX_PADDING if family.device.type == "cpu" else None,
             )
         if progress is not None:
             progress.close()
@@ -259,10 +263,15 @@ def _apply_instructions(family: RerankerFamily, query: str, passage: str, option
     if passage_instruction is None:
         passage_instruction = family.default_passage_instruction
     if query_instruction is not None:
-        query = options.query_instruction_format.format(query_instruction, query)
+        query = _instruction_format(options.query_instruction_format).format(query_instruction, query)
     if passage_instruction is not None:
-        passage = options.passage_instruction_format.format(passage_instruction, passage)
+        passage = _instruction_format(options.passage_instruction_format).format(passage_instruction, passage)
     return query, passage
+
+
+def _instruction_format(template: str) -> str:
+    """As in the reference, a written ``\\n`` in an instruction format stands for a newline."""
+    return template.replace("\\n", "\n")
 
 
 def _progress_bar(total: int):

@@ -80,14 +80,21 @@ def test_batch_size_does_not_change_scores_or_order(reranker):
         assert reranker.compute_score(PAIRS, batch_size=batch_size) == pytest.approx(reference, abs=1e-5)
 
 
-def test_pairs_never_exceed_max_length(reranker):
+def test_truncation_follows_the_reference_but_never_exceeds_positions(reranker, caplog):
     family = reranker.family
     long_query = " ".join(["what is panda?"] * 50)
-    for max_length in (8, 16, 512):
-        options = reranker.options.__class__(max_length=max_length, query_max_length=max_length * 2)
-        encoded = family.encode([(long_query, PANDA * 30), ("q", "p")], options)
-        assert all(len(item) <= max_length for item in encoded)
-        assert len(encoded[0]) == max_length
+    options = reranker.options.__class__(max_length=16, query_max_length=8)
+    assert [len(item) for item in family.encode([(long_query, PANDA * 30), ("q", "p")], options)][0] == 16
+    # The query leaves no room: like the reference, the passage is kept whole.
+    options = reranker.options.__class__(max_length=16, query_max_length=32)
+    (kept,) = family.encode([(long_query, "hi")], options)
+    assert len(kept) == 32 + 4 + len(family.tokenizer("hi", add_special_tokens=False)["input_ids"])
+    # Beyond the model's 512 positions the pair is cut, with a warning.
+    options = reranker.options.__class__(max_length=512, query_max_length=2000)
+    with caplog.at_level(logging.WARNING):
+        (capped,) = family.encode([(" ".join([long_query] * 20), PANDA * 40)], options)
+    assert len(capped) == family.max_positions == 512
+    assert "longer than the model's 512 positions" in caplog.text
 
 
 def test_encoder_pair_layout_is_xlm_roberta(reranker):
@@ -345,3 +352,10 @@ def test_library_prints_nothing(encoder_path, capsys):
     BGEReranker(encoder_path, device="cpu").compute_score(PAIRS)
     captured = capsys.readouterr()
     assert captured.out == ""
+
+
+def test_written_newline_in_instruction_format_is_a_newline(reranker):
+    written = reranker.compute_score(PAIRS, query_instruction_for_rerank="Q:", query_instruction_format="{}\\n{}")
+    real = reranker.compute_score(PAIRS, query_instruction_for_rerank="Q:", query_instruction_format="{}\n{}")
+    plain = reranker.compute_score(PAIRS)
+    assert written == real and written != plain

@@ -1,0 +1,99 @@
+"""The llm family (bge-reranker-v2-gemma): a causal LM whose score is the logit of "Yes".
+
+The reference computes full-vocabulary logits at every position and keeps one number. We run
+only the base decoder, take the final hidden state of each row's last real token, and dot it
+with the single ``lm_head`` row of the "Yes" token: the same value without the
+(batch x seq x vocabulary) logits tensor.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import torch
+
+from .base import Encoded, RerankerFamily, ScoreOptions
+from .decoder_text import (
+    DEFAULT_PASSAGE_INSTRUCTION,
+    DEFAULT_PROMPT,
+    DEFAULT_QUERY_INSTRUCTION,
+    encode_pairs,
+    pad_batch,
+    pad_token_id,
+    padding_side,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def dtype_argument(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """``from_pretrained``'s dtype keyword: ``dtype`` from transformers 4.56 on, ``torch_dtype`` before."""
+    import transformers
+    from packaging.version import Version
+
+    return {"dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype": dtype}
+
+
+def load_causal_lm(path: str, dtype: torch.dtype) -> tuple[Any, Any]:
+    """Tokenizer and causal LM from a local checkpoint directory, never running checkpoint code."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, **dtype_argument(dtype))
+    return tokenizer, model.eval()
+
+
+class LLMFamily(RerankerFamily):
+    """Gemma-style causal LM reranker: score = logit of "Yes" after the prompt."""
+
+    name = "llm"
+    extra_options = frozenset({"prompt"})
+    default_query_instruction = DEFAULT_QUERY_INSTRUCTION
+    default_passage_instruction = DEFAULT_PASSAGE_INSTRUCTION
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, device: torch.device, dtype: torch.dtype):
+        super().__init__(model, tokenizer, device, dtype)
+        ids = tokenizer("Yes", add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ValueError("The tokenizer turns 'Yes' into no tokens; this checkpoint cannot be an llm reranker.")
+        self.yes_id = int(ids[0])
+        config = model.config
+        self.softcap = getattr(config, "final_logit_softcapping", None)
+        self._max_positions = int(getattr(config, "max_position_embeddings", None) or 8192)
+
+    @classmethod
+    def load(cls, path: str, device: torch.device, dtype: torch.dtype) -> "LLMFamily":
+        """Load tokenizer and causal LM from ``path`` onto ``device`` in ``dtype``."""
+        tokenizer, model = load_causal_lm(str(path), dtype)
+        return cls(model.to(device), tokenizer, device, dtype)
+
+    @property
+    def max_positions(self) -> int:
+        """The config's ``max_position_embeddings``."""
+        return self._max_positions
+
+    def encode(self, pairs: Sequence[tuple[str, str]], options: ScoreOptions) -> list[Encoded]:
+        """Assemble ``[bos] q \\n p \\n prompt`` with the reference's truncation (BOS when distinct from pad)."""
+        prompt = DEFAULT_PROMPT if options.prompt is None else options.prompt
+        return encode_pairs(
+            self.tokenizer, pairs, prompt, options.max_length, options.query_max_length, self.max_positions, bos="auto"
+        )
+
+    def forward(self, batch: Sequence[Encoded], options: ScoreOptions) -> torch.Tensor:
+        """Raw "Yes" logits, shape ``(1, len(batch))``, float32 on CPU."""
+        padded = pad_batch(batch, pad_token_id(self.tokenizer), padding_side(self.tokenizer), device=self.device)
+        decoder = self.model.get_decoder()
+        head = self.model.get_output_embeddings()
+        with torch.inference_mode():
+            # The 0/1 mask stays an integer tensor: transformers builds the additive mask in the
+            # model's dtype itself. Positions are left at their default (0..seq-1), as in the reference.
+            out = decoder(input_ids=padded.input_ids, attention_mask=padded.attention_mask, use_cache=False)
+            hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+            last = hidden[torch.arange(hidden.shape[0], device=hidden.device), padded.last_index]
+            scores = last @ head.weight[self.yes_id]
+            if getattr(head, "bias", None) is not None:
+                scores = scores + head.bias[self.yes_id]
+            if self.softcap:  # Gemma-2 style final soft-capping, as its causal LM applies to logits
+                scores = torch.tanh(scores / self.softcap) * self.softcap
+        return scores.float().cpu().unsqueeze(0)
