@@ -1,0 +1,606 @@
+"""Write the example notebooks of this folder from the cell sources below (without outputs).
+
+The ``.ipynb`` files are committed as this script writes them: no outputs, no execution
+counts, stable cell ids. Edit the cells here and run ``python notebooks/build_notebooks.py``;
+``tests/test_notebooks.py`` checks that the committed files match this script and executes them.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = Path(__file__).resolve().parent
+
+RANDOM_NOTE = (
+    "> **Scores in the test run.** CI executes these notebooks against the tiny *random* checkpoints in "
+    "`tests/fixtures/checkpoints/`: their scores carry no meaning (a bamboo passage may well rank last). "
+    "Point the environment variable at a real model to see real rankings."
+)
+
+CORPUS = '''CORPUS = {
+    "panda-diet": "Giant pandas eat almost nothing but bamboo: an adult spends up to 14 hours a day eating 12 to 38 kg of it.",
+    "panda-habitat": "The giant panda lives in a few mountain ranges of central China, mainly in Sichuan, Shaanxi and Gansu.",
+    "red-panda": "The red panda is a small mammal of the eastern Himalayas; despite its name it is not a close relative of the giant panda.",
+    "bamboo": "Bamboo is a fast-growing grass: some species grow almost a metre in a single day.",
+    "koala": "Koalas feed on eucalyptus leaves, which are toxic to most other animals.",
+    "panda-cubs": "A newborn giant panda cub weighs about 100 grams, roughly 1/900 of its mother's weight.",
+    "panda-conservation": "Conservation raised the wild giant panda population to about 1,860 animals; in 2016 the IUCN moved it from endangered to vulnerable.",
+    "pandas-library": "pandas is a Python library for data analysis built around the DataFrame.",
+    "paris": "Paris is the capital and largest city of France.",
+    "panda-teeth": "Giant pandas have large molars and strong jaw muscles for crushing tough bamboo stems, and occasionally eat eggs or small animals.",
+}
+QUERY = "What do giant pandas eat?"'''
+
+
+# --------------------------------------------------------------------------------------------
+# 1. LangChain
+# --------------------------------------------------------------------------------------------
+LANGCHAIN = [
+    ("md", f"""# Reranking a LangChain RAG pipeline with BGE
+
+A retriever returns the *k* passages whose embeddings are closest to the query. Embedding
+similarity is fast but coarse; a **reranker** reads each (query, passage) pair together and
+scores how well the passage answers the query. This notebook builds the usual two-stage pipeline:
+
+1. a small corpus in a LangChain vector store,
+2. retrieval of the top 8 documents,
+3. reranking with `bge_rerank_integrations.langchain.BGERerank` (a `BaseDocumentCompressor`),
+   keeping the best 3 for the prompt,
+
+and shows the ranking before and after the reranker.
+
+Everything runs offline. The reranker is read from the environment variable `BGE_RERANK_MODEL`
+(a Hub id or a local checkpoint directory; default `BAAI/bge-reranker-v2-m3`). The embeddings are
+LangChain's `DeterministicFakeEmbedding`: random vectors derived from a hash of the text, so the
+vector store's order is arbitrary here. Swap in a real embedding model (for example
+`HuggingFaceEmbeddings` from `langchain-huggingface`) in a real application.
+
+{RANDOM_NOTE}"""),
+    ("code", '''import os
+
+from langchain_core.documents import Document
+from langchain_core.embeddings import DeterministicFakeEmbedding
+from langchain_core.vectorstores import InMemoryVectorStore
+
+from bge_rerank_integrations.langchain import BGERerank
+
+MODEL = os.environ.get("BGE_RERANK_MODEL", "BAAI/bge-reranker-v2-m3")
+print("reranker:", MODEL)
+
+
+def show_ranking(title, documents, scores=None):
+    """Print documents best first: rank, id, score (the rerank score when there is one) and text."""
+    print(title)
+    if not documents:
+        print("  (no documents)")
+    for rank, document in enumerate(documents, 1):
+        score = scores[rank - 1] if scores is not None else document.metadata.get("relevance_score")
+        print(f"{rank:3d}. {document.id:<20} {score:9.4f}  {document.page_content[:60]}")'''),
+    ("md", """## 1. A small corpus
+
+Ten short passages: a few answer the question, some are about pandas but not their diet, and
+some only share a word with it (the red panda, the `pandas` library). Each document keeps its id,
+which LangChain carries through retrieval and reranking."""),
+    ("code", CORPUS + '''
+
+documents = [Document(page_content=text, id=doc_id, metadata={"source": doc_id}) for doc_id, text in CORPUS.items()]
+print(len(documents), "documents; query:", QUERY)'''),
+    ("md", """## 2. Retrieve with a vector store
+
+`InMemoryVectorStore` with the fake embeddings stands in for any LangChain vector store. The
+retriever returns the 8 nearest documents; the numbers are cosine similarities."""),
+    ("code", '''store = InMemoryVectorStore(DeterministicFakeEmbedding(size=256))
+store.add_documents(documents)
+retriever = store.as_retriever(search_kwargs={"k": 8})
+
+retrieved = retriever.invoke(QUERY)
+similarities = [score for _, score in store.similarity_search_with_score(QUERY, k=8)]
+show_ranking("Before reranking (vector store order, cosine similarity):", retrieved, similarities)'''),
+    ("md", """## 3. Rerank with `BGERerank`
+
+`BGERerank` scores every retrieved document against the query and returns the best `top_n`,
+best first. Each returned document is a *new* `Document` (the retriever's documents are left
+unchanged) with the same id and metadata plus `metadata["relevance_score"]`: the raw reranker
+score, exactly what `BGEReranker.compute_score` (and FlagEmbedding) gives. The model loads on the
+first call and is cached, so building more `BGERerank` objects for the same model is cheap."""),
+    ("code", '''compressor = BGERerank(model=MODEL, top_n=3)
+reranked = compressor.compress_documents(retrieved, QUERY)
+show_ranking("After reranking (top 3, relevance_score):", reranked)'''),
+    ("md", """## 4. Before and after, side by side
+
+The same reranker with `top_n=None` ranks all 8 retrieved documents, so every document's move is
+visible. With a real model, the passages about the panda's diet move to the top and the
+`pandas` library and the red panda sink."""),
+    ("code", '''full_ranking = BGERerank(model=MODEL, top_n=None).compress_documents(retrieved, QUERY)
+new_rank = {document.id: rank for rank, document in enumerate(full_ranking, 1)}
+rerank_score = {document.id: document.metadata["relevance_score"] for document in full_ranking}
+
+print(f"{'document':<20} {'retrieval rank':>14} {'rerank rank':>11} {'move':>5} {'rerank score':>12}")
+for old_rank, document in enumerate(retrieved, 1):
+    move = old_rank - new_rank[document.id]
+    print(f"{document.id:<20} {old_rank:>14} {new_rank[document.id]:>11} {move:>+5} {rerank_score[document.id]:>12.4f}")'''),
+    ("md", """## 5. In a retriever: `ContextualCompressionRetriever`
+
+In an application the reranker sits inside the retriever: LangChain's
+`ContextualCompressionRetriever` calls the base retriever, then the compressor. It lives in
+`langchain-classic` since LangChain 1.0 (in `langchain` before)."""),
+    ("code", '''try:
+    from langchain_classic.retrievers import ContextualCompressionRetriever  # LangChain >= 1.0
+except ImportError:
+    from langchain.retrievers import ContextualCompressionRetriever  # LangChain 0.3
+
+rerank_retriever = ContextualCompressionRetriever(base_compressor=compressor, base_retriever=retriever)
+final_documents = rerank_retriever.invoke(QUERY)
+show_ranking("ContextualCompressionRetriever (vector store, then BGERerank):", final_documents)
+assert [d.id for d in final_documents] == [d.id for d in reranked]'''),
+    ("md", """## 6. The RAG prompt
+
+The reranked documents become the context of the prompt. The chain below stops at the prompt,
+because no LLM is available offline: append `| llm | StrOutputParser()` with the chat model of your
+choice to get an answer."""),
+    ("code", '''from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.runnables import RunnablePassthrough
+
+prompt = ChatPromptTemplate.from_template(
+    "Answer the question using only the context.\\n\\nContext:\\n{context}\\n\\nQuestion: {question}"
+)
+
+
+def format_documents(documents):
+    return "\\n".join(f"[{d.id}] {d.page_content}" for d in documents)
+
+
+rag_chain = {"context": rerank_retriever | format_documents, "question": RunnablePassthrough()} | prompt
+print(rag_chain.invoke(QUERY).to_string())'''),
+    ("md", """## 7. Options and configuration
+
+- `normalize=True` maps scores through a sigmoid into (0, 1); `score_threshold` then drops
+  documents below it *before* `top_n` is applied.
+- Every setting is a plain pydantic field, so a compressor can be built from a dict, a JSON or a
+  YAML file: `BGERerank(**config)`, and `model_dump()` gives the dict back. The fields:
+  `model`, `top_n`, `score_threshold`, `normalize`, `device`, `use_fp16`, `use_bf16`, `batch_size`,
+  `max_length`, `query_max_length`, `prompt`, `cutoff_layers`, `compress_ratio`,
+  `compress_layers`, `model_class`."""),
+    ("code", '''strict = BGERerank(model=MODEL, top_n=None, normalize=True, score_threshold=0.5)
+show_ranking("normalize=True, score_threshold=0.5:", strict.compress_documents(retrieved, QUERY))'''),
+    ("code", '''import json
+
+import yaml  # pip install pyyaml
+
+config_yaml = """
+model: BAAI/bge-reranker-v2-m3
+top_n: 3
+normalize: true
+batch_size: 32
+max_length: 512
+"""
+config = yaml.safe_load(config_yaml)
+config["model"] = MODEL  # this notebook's model instead of the one in the file
+from_config = BGERerank(**config)
+print(json.dumps(from_config.model_dump(exclude_none=True), indent=2))
+
+same = BGERerank(**json.loads(from_config.model_dump_json()))  # a JSON round trip gives the same compressor
+assert same.model_dump() == from_config.model_dump()
+show_ranking("Built from the YAML config:", same.compress_documents(retrieved, QUERY))'''),
+]
+
+
+# --------------------------------------------------------------------------------------------
+# 2. LlamaIndex
+# --------------------------------------------------------------------------------------------
+LLAMA_INDEX = [
+    ("md", f"""# Reranking a LlamaIndex RAG pipeline with BGE
+
+The same two-stage retrieval as the LangChain notebook, in LlamaIndex: a `VectorStoreIndex`
+retrieves 8 nodes, and `bge_rerank_integrations.llama_index.BGERerank`, a node postprocessor,
+reorders them and keeps the best 3 for the LLM. The notebook then uses it in a query engine and
+saves and loads the postprocessor's configuration (dict, JSON file, YAML).
+
+Everything runs offline. The reranker is read from the environment variable `BGE_RERANK_MODEL`
+(a Hub id or a local checkpoint directory; default `BAAI/bge-reranker-v2-m3`). The embedding
+model and the LLM are LlamaIndex's `MockEmbedding` and `MockLLM`, set explicitly so nothing
+falls back to OpenAI. `MockEmbedding` gives every text the same vector, so every node is equally
+similar to the query and the retrieval order is arbitrary: the reranker does all the ranking.
+`MockLLM` answers with its prompt, which shows the context the LLM would see.
+
+{RANDOM_NOTE}"""),
+    ("code", '''import os
+
+from llama_index.core import Document, Settings, VectorStoreIndex
+from llama_index.core.embeddings import MockEmbedding
+from llama_index.core.llms import MockLLM
+
+from bge_rerank_integrations.llama_index import BGERerank
+
+MODEL = os.environ.get("BGE_RERANK_MODEL", "BAAI/bge-reranker-v2-m3")
+print("reranker:", MODEL)
+
+Settings.embed_model = MockEmbedding(embed_dim=64)  # offline stand-ins, never OpenAI
+Settings.llm = MockLLM()
+
+
+def show_nodes(title, nodes):
+    """Print nodes best first: rank, document id, score and text."""
+    print(title)
+    if not nodes:
+        print("  (no nodes)")
+    for rank, item in enumerate(nodes, 1):
+        print(f"{rank:3d}. {item.node.ref_doc_id:<20} {item.score:9.4f}  {item.node.get_content()[:60]}")'''),
+    ("md", """## 1. A small corpus in a `VectorStoreIndex`
+
+Ten short passages, one node each. The reranker scores the text LlamaIndex embeds
+(`MetadataMode.EMBED`); the `source` metadata is excluded from it here so that only the passage
+is scored."""),
+    ("code", CORPUS + '''
+
+documents = [
+    Document(
+        text=text,
+        id_=doc_id,
+        metadata={"source": doc_id},
+        excluded_embed_metadata_keys=["source"],
+        excluded_llm_metadata_keys=["source"],
+    )
+    for doc_id, text in CORPUS.items()
+]
+index = VectorStoreIndex.from_documents(documents, embed_model=Settings.embed_model)
+print(len(index.docstore.docs), "nodes; query:", QUERY)'''),
+    ("md", """## 2. Retrieve, then rerank
+
+`postprocess_nodes` returns new `NodeWithScore` objects, best first, whose `score` is the raw
+reranker score (exactly `BGEReranker.compute_score`'s); the retrieved nodes are left unchanged."""),
+    ("code", '''retriever = index.as_retriever(similarity_top_k=8)
+retrieved = retriever.retrieve(QUERY)
+show_nodes("Before reranking (vector store order, similarity):", retrieved)'''),
+    ("code", '''rerank = BGERerank(model=MODEL, top_n=3)
+reranked = rerank.postprocess_nodes(retrieved, query_str=QUERY)
+show_nodes("After reranking (top 3, rerank score):", reranked)'''),
+    ("md", """## 3. Before and after, side by side
+
+With `top_n=None` every retrieved node is ranked, so every move is visible."""),
+    ("code", '''full_ranking = BGERerank(model=MODEL, top_n=None).postprocess_nodes(retrieved, query_str=QUERY)
+new_rank = {item.node.ref_doc_id: rank for rank, item in enumerate(full_ranking, 1)}
+rerank_score = {item.node.ref_doc_id: item.score for item in full_ranking}
+
+print(f"{'document':<20} {'retrieval rank':>14} {'rerank rank':>11} {'move':>5} {'rerank score':>12}")
+for old_rank, item in enumerate(retrieved, 1):
+    doc_id = item.node.ref_doc_id
+    move = old_rank - new_rank[doc_id]
+    print(f"{doc_id:<20} {old_rank:>14} {new_rank[doc_id]:>11} {move:>+5} {rerank_score[doc_id]:>12.4f}")'''),
+    ("md", """## 4. In a query engine
+
+`node_postprocessors=[rerank]` puts the reranker between retrieval and synthesis: the engine
+retrieves 8 nodes, the reranker keeps 3, and only those reach the LLM. `response.source_nodes` are
+the reranked nodes; with `MockLLM` the answer is the prompt itself, context in reranked order.
+`keep_retrieval_score=True` keeps the retriever's score in each node's metadata under
+`retrieval_score` (excluded from what the LLM and the embedder see)."""),
+    ("code", '''rerank_keep = BGERerank(model=MODEL, top_n=3, keep_retrieval_score=True)
+query_engine = index.as_query_engine(similarity_top_k=8, node_postprocessors=[rerank_keep], llm=Settings.llm)
+response = query_engine.query(QUERY)
+
+show_nodes("Query engine source nodes:", response.source_nodes)
+print("retrieval scores kept:", [round(item.node.metadata["retrieval_score"], 4) for item in response.source_nodes])
+print()
+print("What the LLM received:")
+print(response.response)'''),
+    ("md", """## 5. Save and load the postprocessor's configuration
+
+`BGERerank` is a LlamaIndex component: `to_dict()` / `to_json()` give its settings (plus
+`class_name`), and `BGERerank.from_dict()` / `from_json()` build it back. The configuration holds the
+model's name or path and every setting, never the weights, so a JSON or YAML file is enough to
+rebuild the same reranker elsewhere (where the same checkpoint is available)."""),
+    ("code", '''import json
+import tempfile
+from pathlib import Path
+
+rerank = BGERerank(model=MODEL, top_n=3, normalize=True, max_length=512, keep_retrieval_score=True)
+config = rerank.to_dict()
+print(json.dumps(config, indent=2))
+
+config_file = Path(tempfile.mkdtemp()) / "bge_rerank.json"
+config_file.write_text(rerank.to_json())
+loaded = BGERerank.from_json(config_file.read_text())
+assert loaded.to_dict() == config
+print("loaded from", config_file.name, "->", loaded.class_name(), "top_n =", loaded.top_n)'''),
+    ("code", '''import yaml  # pip install pyyaml
+
+config_yaml = yaml.safe_dump(config, sort_keys=False)
+print(config_yaml)
+from_yaml = BGERerank.from_dict(yaml.safe_load(config_yaml))
+assert from_yaml.to_dict() == config
+
+# The rebuilt postprocessors rank exactly as the original.
+original = [(item.node.ref_doc_id, item.score) for item in rerank.postprocess_nodes(retrieved, query_str=QUERY)]
+for rebuilt in (loaded, from_yaml):
+    assert [(item.node.ref_doc_id, item.score) for item in rebuilt.postprocess_nodes(retrieved, query_str=QUERY)] == original
+show_nodes("Rebuilt from YAML (normalize=True):", from_yaml.postprocess_nodes(retrieved, query_str=QUERY))'''),
+    ("code", '''# A saved configuration plugs straight into a new query engine.
+engine = index.as_query_engine(similarity_top_k=8, node_postprocessors=[BGERerank.from_json(config_file.read_text())])
+show_nodes("Query engine with the loaded postprocessor:", engine.query(QUERY).source_nodes)'''),
+]
+
+
+# --------------------------------------------------------------------------------------------
+# 3. Model tour
+# --------------------------------------------------------------------------------------------
+MODEL_TOUR = [
+    ("md", f"""# A tour of the BGE reranker families and their knobs
+
+`BGEReranker` runs four families of BGE rerankers, each with its own options:
+
+| family | official checkpoint | options of its own |
+|---|---|---|
+| `encoder` | `BAAI/bge-reranker-v2-m3` (also `-base`, `-large`) | — |
+| `llm` | `BAAI/bge-reranker-v2-gemma` | `prompt` |
+| `layerwise` | `BAAI/bge-reranker-v2-minicpm-layerwise` | `prompt`, `cutoff_layers` |
+| `lightweight` | `BAAI/bge-reranker-v2.5-gemma2-lightweight` | `prompt`, `cutoff_layers`, `compress_ratio`, `compress_layers` |
+
+and every family takes `normalize` (a sigmoid that maps raw scores into (0, 1)). For each family
+this notebook scores the same passages, then turns its knobs and plots **latency** and
+**score** per setting.
+
+Checkpoints come from the environment variable `BGE_RERANK_CHECKPOINTS`: a directory holding
+`encoder/`, `llm/`, `layerwise/` and `lightweight/` checkpoint directories. Unset, the official Hub
+ids above are used (downloaded once, or taken from the Hugging Face cache). A family whose
+checkpoint can't be found is **skipped with a printed note**, so the notebook also runs with only
+some of them: the decoder models are several GB each.
+
+{RANDOM_NOTE} The tiny checkpoints' latencies are not representative either: real models are
+larger by three to four orders of magnitude, and the knobs that skip work (an early
+`cutoff_layers`, compression) pay off accordingly."""),
+    ("code", '''%matplotlib inline
+import os
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+
+from bge_rerank_integrations import BGEReranker, ModelNotFoundError
+
+OFFICIAL = {
+    "encoder": "BAAI/bge-reranker-v2-m3",
+    "llm": "BAAI/bge-reranker-v2-gemma",
+    "layerwise": "BAAI/bge-reranker-v2-minicpm-layerwise",
+    "lightweight": "BAAI/bge-reranker-v2.5-gemma2-lightweight",
+}
+CHECKPOINTS_DIR = os.environ.get("BGE_RERANK_CHECKPOINTS")
+CHECKPOINTS = {
+    family: str(Path(CHECKPOINTS_DIR) / family) if CHECKPOINTS_DIR else hub_id for family, hub_id in OFFICIAL.items()
+}
+for family, source in CHECKPOINTS.items():
+    print(f"{family:<12} {source}")'''),
+    ("md", """## Loading the four families
+
+Each reranker is built with its `model_class` and loaded right away. A checkpoint that isn't there
+(neither a local directory nor available from the Hub) raises `ModelNotFoundError`: that family is
+skipped, and every cell below that needs it prints a note instead. On a GPU the models load in
+float32 here; pass `use_fp16=True` (or `use_bf16=True`) for real ones."""),
+    ("code", '''def load_family(family):
+    """The family's reranker, loaded; None (with a printed note) when its checkpoint is missing."""
+    reranker = BGEReranker(CHECKPOINTS[family], model_class=family)
+    try:
+        reranker.load()
+    except ModelNotFoundError as error:
+        print(f"SKIPPED {family}: its checkpoint could not be loaded. {str(error).splitlines()[0]}")
+        return None
+    config = reranker.family.model.config
+    print(f"loaded  {family:<12} {config.num_hidden_layers:>3} layers, on {reranker.device}")
+    return reranker
+
+
+def score_layers(reranker):
+    """The layers with a score head (the valid cutoff_layers) of a layerwise or lightweight model."""
+    config = reranker.family.model.config
+    return list(range(config.start_layer, config.num_hidden_layers + 1, getattr(config, "layer_sep", 1)))
+
+
+rerankers = {family: load_family(family) for family in OFFICIAL}
+available = [family for family, reranker in rerankers.items() if reranker is not None]
+print("available:", available)'''),
+    ("md", """## The passages
+
+One query and six passages, from clearly relevant to unrelated. `timed` scores all pairs with
+the given options a few times and keeps the best latency (after one warm-up call), the least
+disturbed by whatever else the machine is doing."""),
+    ("code", '''QUERY = "What do giant pandas eat?"
+PASSAGES = [
+    "Giant pandas eat almost nothing but bamboo, up to 38 kg a day.",
+    "Giant pandas have strong jaws for crushing bamboo, and sometimes eat eggs or small animals.",
+    "The giant panda lives in the mountains of central China.",
+    "The red panda is a small mammal of the eastern Himalayas.",
+    "pandas is a Python library for data analysis.",
+    "Paris is the capital of France.",
+]
+LABELS = ["diet", "jaws", "habitat", "red panda", "pandas lib", "Paris"]
+PAIRS = [[QUERY, passage] for passage in PASSAGES]
+
+
+def timed(reranker, repeats=3, **options):
+    """Milliseconds to score PAIRS with ``options`` (best of ``repeats``, after a warm-up), and the scores."""
+    reranker.compute_score(PAIRS[:1], **options)  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        scores = reranker.compute_score(PAIRS, **options)
+        times.append((time.perf_counter() - start) * 1000)
+    return min(times), scores'''),
+    ("md", """## 1. Every family, raw and normalized
+
+Raw scores are logits on each model's own scale: compare them *within* a model, not across
+models. `normalize=True` applies a sigmoid, which keeps the order and gives numbers in (0, 1)
+(handy for a `score_threshold`), but is no calibrated probability either.
+
+`rerank` is the convenience form: passages best first, as `RerankResult(index, score, text)`."""),
+    ("code", '''raw_scores, normalized_scores, family_latency = {}, {}, {}
+for family in OFFICIAL:
+    reranker = rerankers[family]
+    if reranker is None:
+        print(f"SKIPPED {family}: no checkpoint.")
+        continue
+    family_latency[family], raw_scores[family] = timed(reranker)
+    normalized_scores[family] = reranker.compute_score(PAIRS, normalize=True)
+    assert torch.allclose(torch.sigmoid(torch.tensor(raw_scores[family])), torch.tensor(normalized_scores[family]), atol=1e-6)
+    best = reranker.rerank(QUERY, PASSAGES, top_n=1)[0]
+    print(f"{family:<12} {family_latency[family]:8.1f} ms   best: [{best.index}] {best.text[:50]!r} ({best.score:.4f})")
+
+if raw_scores:
+    print()
+    print(f"{'passage':<12}" + "".join(f"{family:>14}" for family in raw_scores))
+    for i, label in enumerate(LABELS):
+        print(f"{label:<12}" + "".join(f"{raw_scores[family][i]:>14.4f}" for family in raw_scores))'''),
+    ("code", '''if raw_scores:
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    width = 0.8 / len(raw_scores)
+    for offset, family in enumerate(raw_scores):
+        positions = [i + offset * width for i in range(len(PASSAGES))]
+        axes[0].bar(positions, raw_scores[family], width, label=family)
+        axes[1].bar(positions, normalized_scores[family], width, label=family)
+    for axis, title in zip(axes[:2], ["raw score", "normalize=True"]):
+        axis.set_xticks([i + 0.4 - width / 2 for i in range(len(PASSAGES))], LABELS, rotation=30)
+        axis.set_title(title)
+        axis.legend()
+    axes[2].bar(list(family_latency), list(family_latency.values()), color="gray")
+    axes[2].set_title(f"latency, {len(PAIRS)} pairs (ms)")
+    fig.tight_layout()
+    plt.show()
+else:
+    print("SKIPPED: no family could be loaded.")'''),
+    ("md", """## 2. `llm`: the prompt
+
+The decoder families score the probability of "Yes" after a prompt that asks whether passage B
+answers query A. `prompt` replaces that instruction; the model was trained with its default, so
+change it only with a reason."""),
+    ("code", '''llm = rerankers["llm"]
+if llm is None:
+    print("SKIPPED llm: no checkpoint.")
+else:
+    custom = "Does passage B answer query A? Answer 'Yes' or 'No'."
+    _, custom_scores = timed(llm, prompt=custom)
+    print(f"{'passage':<12} {'default prompt':>15} {'custom prompt':>15}")
+    for label, default_score, custom_score in zip(LABELS, raw_scores["llm"], custom_scores):
+        print(f"{label:<12} {default_score:>15.4f} {custom_score:>15.4f}")'''),
+    ("md", """## 3. `layerwise`: `cutoff_layers`
+
+The layerwise model has a score head on every layer from `start_layer` to the last, and the
+forward pass stops at the deepest layer asked for: an earlier `cutoff_layers` is faster and
+usually a little less accurate (the official model card suggests layer 28 of 40). Several layers
+in one call cost one forward pass and give one score list per layer."""),
+    ("code", '''layerwise = rerankers["layerwise"]
+if layerwise is None:
+    print("SKIPPED layerwise: no checkpoint.")
+else:
+    layers = score_layers(layerwise)
+    if len(layers) > 8:  # a real model has dozens: sample 8 of them, always with the last
+        layers = sorted({layers[round(i * (len(layers) - 1) / 7)] for i in range(8)})
+    layer_latency, layer_scores = {}, {}
+    for layer in layers:
+        layer_latency[layer], layer_scores[layer] = timed(layerwise, cutoff_layers=[layer])
+        print(f"cutoff_layers=[{layer:>2}] {layer_latency[layer]:8.1f} ms   scores: {[round(s, 3) for s in layer_scores[layer]]}")
+
+    all_layers_latency, all_layers = timed(layerwise, cutoff_layers=layers)  # one pass, one list per layer
+    for layer, scores in zip(layers, all_layers):
+        assert torch.allclose(torch.tensor(scores), torch.tensor(layer_scores[layer]), atol=1e-4)
+    print(f"all {len(layers)} layers in one call: {all_layers_latency:.1f} ms (one forward pass)")
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
+    left.plot(layers, [layer_latency[layer] for layer in layers], marker="o")
+    left.set(title="layerwise: latency per cutoff layer", xlabel="cutoff layer", ylabel="ms", xticks=layers)
+    for i, label in enumerate(LABELS):
+        right.plot(layers, [layer_scores[layer][i] for layer in layers], marker="o", label=label)
+    right.set(title="layerwise: score per cutoff layer", xlabel="cutoff layer", ylabel="raw score", xticks=layers)
+    right.legend()
+    fig.tight_layout()
+    plt.show()'''),
+    ("md", """## 4. `lightweight`: `cutoff_layers`, `compress_ratio`, `compress_layers`
+
+The lightweight Gemma-2 reranker adds token compression: at each layer in `compress_layers`, the
+passage's tokens are pooled in groups of `compress_ratio` (1, 2, 4 or 8), so the layers after it
+run on a shorter sequence. Combined with an early `cutoff_layers` this cuts the cost of long
+passages (the model card's example: `cutoff_layers=[28]`, `compress_ratio=2`,
+`compress_layers=[24, 40]`). The settings below are expressed relative to the loaded model's depth."""),
+    ("code", '''lightweight = rerankers["lightweight"]
+if lightweight is None:
+    print("SKIPPED lightweight: no checkpoint.")
+else:
+    depth = lightweight.family.model.config.num_hidden_layers
+    layers = score_layers(lightweight)
+    mid, quarter, three_quarters = layers[len(layers) // 2], max(1, depth // 4), max(1, 3 * depth // 4)
+    settings = {
+        "defaults": {},
+        "compress_ratio=2": dict(compress_ratio=2, compress_layers=[quarter]),
+        "compress_ratio=4": dict(compress_ratio=4, compress_layers=[quarter]),
+        "compress_ratio=8": dict(compress_ratio=8, compress_layers=[quarter]),
+        f"ratio 2 at [{quarter}, {three_quarters}]": dict(compress_ratio=2, compress_layers=[quarter, three_quarters]),
+        f"cutoff [{mid}]": dict(cutoff_layers=[mid]),
+        f"cutoff [{mid}], ratio 2 at [{quarter}]": dict(cutoff_layers=[mid], compress_ratio=2, compress_layers=[quarter]),
+    }
+    setting_latency, setting_scores = {}, {}
+    for name, options in settings.items():
+        setting_latency[name], setting_scores[name] = timed(lightweight, **options)
+        print(f"{name:<28} {setting_latency[name]:8.1f} ms   scores: {[round(s, 3) for s in setting_scores[name]]}")
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 4.5))
+    left.barh(list(settings)[::-1], [setting_latency[name] for name in list(settings)[::-1]], color="gray")
+    left.set(title="lightweight: latency per setting", xlabel="ms")
+    for i, label in enumerate(LABELS):
+        right.plot(range(len(settings)), [setting_scores[name][i] for name in settings], marker="o", label=label)
+    right.set_xticks(range(len(settings)), list(settings), rotation=35, ha="right")
+    right.set(title="lightweight: score per setting", ylabel="raw score")
+    right.legend(fontsize="small")
+    fig.tight_layout()
+    plt.show()'''),
+    ("md", """## What to take away
+
+- Use the same family and settings for indexing experiments and production: raw scores are only
+  comparable within one model and one setting.
+- `normalize=True` changes the scale, never the order.
+- `cutoff_layers` (layerwise, lightweight) and `compress_ratio` / `compress_layers` (lightweight)
+  trade a little accuracy for speed. Measure both on your own data; the plots above, made with
+  random test checkpoints in CI, only show how to do it.
+- The same options are fields of the LangChain and LlamaIndex `BGERerank` adapters (see the other
+  two notebooks), except that an adapter takes a single cutoff layer: it needs one score per
+  document."""),
+]
+
+NOTEBOOKS = {
+    "01_langchain_rag.ipynb": LANGCHAIN,
+    "02_llama_index_rag.ipynb": LLAMA_INDEX,
+    "03_model_tour.ipynb": MODEL_TOUR,
+}
+
+
+def build(cells: list[tuple[str, str]], stem: str) -> nbformat.NotebookNode:
+    """A notebook of ``cells`` with stable cell ids, no outputs and a python3 kernel."""
+    notebook = new_notebook(
+        metadata={
+            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+            "language_info": {"name": "python"},
+        }
+    )
+    for number, (kind, source) in enumerate(cells):
+        cell = new_markdown_cell(source) if kind == "md" else new_code_cell(source)
+        cell["id"] = f"{stem}-{number:02d}"
+        notebook.cells.append(cell)
+    nbformat.validate(notebook)
+    return notebook
+
+
+def render(name: str) -> str:
+    """The exact text of notebook ``name`` as committed."""
+    return nbformat.writes(build(NOTEBOOKS[name], name.split("_", 1)[0])) + "\n"
+
+
+def main() -> int:
+    for name in NOTEBOOKS:
+        (HERE / name).write_text(render(name), encoding="utf-8")
+        print("wrote", HERE / name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
