@@ -29,6 +29,8 @@ def build_reranker(model: str | BGEReranker, settings: Mapping[str, Any]) -> BGE
     """The adapter's reranker: ``model`` itself when it is a ``BGEReranker``, else a new one (lazy, cache-shared).
 
     Load settings given alongside an existing ``BGEReranker`` are an error: they would be ignored.
+    The scoring settings are checked here, so a setting the model's family lacks fails at construction
+    whenever the family is known without loading.
     """
     load = {name: settings.get(name) for name in LOAD_SETTINGS if settings.get(name) not in (None, False)}
     if isinstance(model, BGEReranker):
@@ -37,10 +39,13 @@ def build_reranker(model: str | BGEReranker, settings: Mapping[str, Any]) -> BGE
                 f"{sorted(load)} choose how a model is loaded, but model is an existing BGEReranker: "
                 "set them when building that BGEReranker, or pass its name or path instead."
             )
-        return model
-    if not isinstance(model, str) or not model.strip():
+        reranker = model
+    elif not isinstance(model, str) or not model.strip():
         raise ValueError(f"model must be a Hub id, a local checkpoint directory or a BGEReranker, got {model!r}.")
-    return BGEReranker(model, **load)
+    else:
+        reranker = BGEReranker(model, **load)
+    reranker.check_options(**score_options(settings))
+    return reranker
 
 
 def score_options(settings: Mapping[str, Any]) -> dict[str, Any]:

@@ -80,11 +80,11 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
 
 def dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
-    """The ``from_pretrained`` keyword for the weights' dtype: ``dtype`` in transformers 5, ``torch_dtype`` before."""
+    """``from_pretrained``'s dtype keyword: ``dtype`` from transformers 4.56 on, ``torch_dtype`` before."""
     import transformers
+    from packaging.version import Version
 
-    major = int(transformers.__version__.split(".")[0])
-    return {"dtype": dtype} if major >= 5 else {"torch_dtype": dtype}
+    return {"dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype": dtype}
 
 
 @contextmanager

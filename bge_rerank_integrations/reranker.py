@@ -13,7 +13,7 @@ import torch
 from .batching import run_batches
 from .device import is_mps_dtype_error, resolve_device, resolve_dtype
 from .families.base import FAMILY_SPECIFIC_OPTIONS
-from .families import RerankerFamily, ScoreOptions, canonical_family, detect_family
+from .families import KNOWN_MODELS, RerankerFamily, ScoreOptions, canonical_family, detect_family, family_class
 from .inputs import as_pairs, check_layers, check_positive_int, check_text
 from .loading import read_config, resolve_checkpoint
 from .model_cache import CachedModel, get_model
@@ -103,6 +103,8 @@ class BGEReranker:
             constructor_query_max_length=query_max_length,
         )
         self._model: CachedModel | None = None
+        self._family_name = self._family_without_loading()
+        self.check_options()
 
     def __repr__(self) -> str:
         return f"BGEReranker({self.model_name_or_path!r}, device={str(self.device)!r}, dtype={self.dtype})"
@@ -117,11 +119,35 @@ class BGEReranker:
         """The loaded model family (loads the model if needed)."""
         return self.load().family
 
+    def check_options(self, **options: Any) -> ScoreOptions:
+        """Check per-call ``options`` now, without scoring, and return the merged options.
+
+        Values are always checked; options that do not apply to the family are checked as soon as
+        the family is known (an official id, a local checkpoint or ``model_class``), and lengths
+        and layers against the model once it is loaded. Adapters call this at construction.
+        """
+        merged = _merge(self._defaults, options, constructor_query_max_length=self._query_max_length)
+        if self._model is not None:
+            _check_against_model(self._model.family, merged)
+        elif self._family_name is not None:
+            _check_family_options(family_class(self._family_name), merged)
+        return merged
+
+    def _family_without_loading(self) -> str | None:
+        """The family when it is known without fetching anything (override, official id, local config)."""
+        if self.model_class is not None:
+            return self.model_class
+        if self.model_name_or_path.strip().lower() in KNOWN_MODELS:
+            return detect_family(self.model_name_or_path, None)
+        if (Path(self.model_name_or_path).expanduser() / "config.json").is_file():
+            return detect_family(self.model_name_or_path, read_config(Path(self.model_name_or_path).expanduser()))
+        return None
+
     def load(self) -> CachedModel:
         """Load the model now (otherwise it loads on the first scoring call) and check the options against it."""
         if self._model is None:
             path = resolve_checkpoint(self.model_name_or_path, self.cache_dir, self.local_files_only)
-            family = self.model_class or detect_family(self.model_name_or_path, read_config(path))
+            family = self._family_name or detect_family(self.model_name_or_path, read_config(path))
             model = get_model(path, family, self.device, self.dtype)
             _check_against_model(model.family, self._defaults)
             self._model = model
@@ -237,8 +263,8 @@ def _merge(base: ScoreOptions, overrides: dict[str, Any], constructor_query_max_
     return dataclasses.replace(base, **given)
 
 
-def _check_against_model(family: RerankerFamily, options: ScoreOptions) -> None:
-    """Reject options the family does not have and lengths the model cannot take."""
+def _check_family_options(family: type[RerankerFamily] | RerankerFamily, options: ScoreOptions) -> None:
+    """Reject options that the family does not have."""
     unsupported = sorted(
         name for name in FAMILY_SPECIFIC_OPTIONS - family.extra_options if getattr(options, name) is not None
     )
@@ -247,6 +273,11 @@ def _check_against_model(family: RerankerFamily, options: ScoreOptions) -> None:
             f"{', '.join(unsupported)} do(es) not apply to the {family.name} family; "
             f"it takes {sorted(family.extra_options) or 'no family-specific options'}."
         )
+
+
+def _check_against_model(family: RerankerFamily, options: ScoreOptions) -> None:
+    """Reject options the family does not have and lengths the model cannot take."""
+    _check_family_options(family, options)
     if options.max_length > family.max_positions:
         raise ValueError(
             f"max_length={options.max_length} is beyond what this model can take ({family.max_positions} tokens); "

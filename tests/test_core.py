@@ -173,10 +173,11 @@ def test_bad_options_are_clear_errors(reranker, options, error, message):
         reranker.compute_score(PAIRS, **options)
 
 
-def test_family_options_set_at_construction_fail_at_load(encoder_path):
-    reranker = BGEReranker(encoder_path, device="cpu", cutoff_layers=[2])
-    with pytest.raises(ValueError, match="do\\(es\\) not apply to the encoder family"):
-        reranker.compute_score(PAIRS)
+def test_family_options_that_do_not_apply_fail_at_construction(encoder_path):
+    with pytest.raises(ValueError, match="cutoff_layers do\\(es\\) not apply to the encoder family"):
+        BGEReranker(encoder_path, device="cpu", cutoff_layers=[2])
+    with pytest.raises(ValueError, match="compress_ratio do\\(es\\) not apply to the llm family"):
+        BGEReranker("BAAI/bge-reranker-v2-gemma", device="cpu", compress_ratio=2)
 
 
 def test_unknown_model_class():

@@ -407,3 +407,8 @@ async def test_decoder_families(family, monkeypatch):
     assert await compressor.acompress_documents(docs, QUERY) == result
     retriever = make_retriever(compressor, docs)
     assert got(retriever.invoke(QUERY)) == got(compressor.compress_documents(retrieved(retriever, QUERY), QUERY))
+
+
+def test_option_the_family_lacks_fails_at_construction():
+    with pytest.raises(ValueError, match="compress_ratio do\\(es\\) not apply to the encoder family"):
+        BGERerank(model=checkpoint("encoder"), device="cpu", compress_ratio=2)

@@ -382,3 +382,8 @@ def test_decoder_families_with_their_settings(family):
     for name in options:  # each setting changes the scores, so each one was really forwarded
         without = {key: value for key, value in options.items() if key != name}
         assert core.compute_score(pairs, **without) != scores, name
+
+
+def test_option_the_family_lacks_fails_at_construction():
+    with pytest.raises(ValueError, match="cutoff_layers do\\(es\\) not apply to the encoder family"):
+        BGERerank(model=checkpoint("encoder"), device="cpu", cutoff_layers=[3])

@@ -16,7 +16,8 @@ from bge_rerank_integrations.families.decoder_text import (
     pad_batch,
     token_ids,
 )
-from bge_rerank_integrations.families.llm import LLMFamily, dtype_argument
+from bge_rerank_integrations.families.llm import LLMFamily
+from bge_rerank_integrations.loading import dtype_kwargs
 
 from .conftest import GOLDENS, checkpoint, load_goldens
 
@@ -117,7 +118,7 @@ def test_dtype_keyword_follows_transformers_version():
     from packaging.version import Version
 
     key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
-    assert dtype_argument(torch.float16) == {key: torch.float16}
+    assert dtype_kwargs(torch.float16) == {key: torch.float16}
 
 
 # --- input assembly ----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ..loading import dtype_kwargs
 from .base import Encoded, RerankerFamily, ScoreOptions
 from .decoder_text import (
     DEFAULT_PASSAGE_INSTRUCTION,
@@ -27,20 +28,12 @@ from .decoder_text import (
 logger = logging.getLogger(__name__)
 
 
-def dtype_argument(dtype: torch.dtype) -> dict[str, torch.dtype]:
-    """``from_pretrained``'s dtype keyword: ``dtype`` from transformers 4.56 on, ``torch_dtype`` before."""
-    import transformers
-    from packaging.version import Version
-
-    return {"dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype": dtype}
-
-
 def load_causal_lm(path: str, dtype: torch.dtype) -> tuple[Any, Any]:
     """Tokenizer and causal LM from a local checkpoint directory, never running checkpoint code."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, **dtype_argument(dtype))
+    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, **dtype_kwargs(dtype))
     return tokenizer, model.eval()
 
 
