@@ -1,0 +1,149 @@
+"""The lightweight family (bge-reranker-v2.5-gemma2-lightweight): layer-wise Gemma-2 with token compression.
+
+Scores come from per-layer heads (``cutoff_layers``), and passage tokens can be mean-pooled
+``compress_ratio`` to one at ``compress_layers`` to save compute. The forward pass is our own
+(:mod:`..models.gemma2_lightweight`); input assembly is the decoders' shared one, with BOS always
+prepended and padding forced to the right as in the reference.
+
+Reference dtype quirk (FlagEmbedding ``lightweight.py`` lines 185-202 and 262-263): it forces
+``use_fp16=True`` when neither fp16 nor bf16 is asked for, yet loads the 9B weights in float32
+unless ``use_bf16`` (``torch_dtype=torch.bfloat16 if use_bf16 else torch.float32``), then calls
+``.half()`` inside every call on any device other than ``"cpu"``. Here the core decides the dtype
+as for every other family, and the weights are converted once, at load.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import torch
+
+from ..models.gemma2_lightweight import Gemma2LightweightReranker, load_lightweight
+from .base import Encoded, RerankerFamily, ScoreOptions
+from .decoder_text import (
+    DEFAULT_PASSAGE_INSTRUCTION,
+    DEFAULT_QUERY_INSTRUCTION,
+    encode_pairs,
+    pad_batch,
+    pad_token_id,
+)
+
+logger = logging.getLogger(__name__)
+
+#: The lightweight reranker's own prompt (not the llm/layerwise one).
+DEFAULT_PROMPT = "Predict whether passage B contains an answer to query A."
+#: Compression ratios the reference supports; 1 means no compression.
+COMPRESS_RATIOS = (1, 2, 4, 8)
+#: Compression happens at these layers unless the caller says otherwise (reference default).
+DEFAULT_COMPRESS_LAYERS = (8,)
+
+
+class LightweightFamily(RerankerFamily):
+    """Cost-wise Gemma-2 reranker: one raw score per cutoff layer, optionally with passage compression."""
+
+    name = "lightweight"
+    extra_options = frozenset({"prompt", "cutoff_layers", "compress_ratio", "compress_layers"})
+    default_query_instruction = DEFAULT_QUERY_INSTRUCTION
+    default_passage_instruction = DEFAULT_PASSAGE_INSTRUCTION
+    model: Gemma2LightweightReranker
+
+    @classmethod
+    def load(cls, path: str, device: torch.device, dtype: torch.dtype) -> "LightweightFamily":
+        """Tokenizer plus our Gemma-2 model with the checkpoint's weights, on ``device`` in ``dtype``."""
+        from transformers import AutoTokenizer
+
+        with _hide_unknown_model_type_warning():
+            tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+        tokenizer.padding_side = "right"  # the reference forces right padding; compression relies on it
+        return cls(load_lightweight(path, device, dtype), tokenizer, device, dtype)
+
+    @property
+    def max_positions(self) -> int:
+        """The config's ``max_position_embeddings``."""
+        return self.model.config.max_position_embeddings
+
+    def cutoff_layers(self, options: ScoreOptions) -> list[int]:
+        """The scored layers, distinct and ascending (default: the last layer, as in the reference)."""
+        if options.cutoff_layers is None:
+            return [self.model.config.num_hidden_layers]
+        return sorted(set(options.cutoff_layers))
+
+    def check_options(self, options: ScoreOptions) -> None:
+        """Reject compression ratios the reference does not support and layers this model lacks."""
+        config = self.model.config
+        ratio = 1 if options.compress_ratio is None else options.compress_ratio
+        if ratio not in COMPRESS_RATIOS:
+            choices = ", ".join(map(str, COMPRESS_RATIOS))
+            raise ValueError(f"compress_ratio must be one of {choices} (1 = no compression), got {ratio!r}.")
+        valid = config.score_layers
+        wrong = [layer for layer in self.cutoff_layers(options) if layer not in valid]
+        if wrong:
+            raise ValueError(f"cutoff_layers {wrong} have no score head in this model; choose from {_describe(valid)}.")
+        if options.compress_layers is not None:
+            wrong = [layer for layer in options.compress_layers if not 0 <= layer < config.num_hidden_layers]
+            if wrong:
+                raise ValueError(
+                    f"compress_layers {wrong} are outside the model; choose from 0..{config.num_hidden_layers - 1} "
+                    f"(compression happens before that layer runs; layer 0 compresses nothing, as in the reference)."
+                )
+
+    def output_count(self, options: ScoreOptions) -> int:
+        """One score list per distinct cutoff layer."""
+        return len(self.cutoff_layers(options))
+
+    def encode(self, pairs: Sequence[tuple[str, str]], options: ScoreOptions) -> list[Encoded]:
+        """``[bos] q \\n p \\n prompt`` with the reference truncation, plus the segment lengths compression needs."""
+        prompt = DEFAULT_PROMPT if options.prompt is None else options.prompt
+        return encode_pairs(
+            self.tokenizer, pairs, prompt, options.max_length, options.query_max_length, self.max_positions, bos="always"
+        )
+
+    def forward(self, batch: Sequence[Encoded], options: ScoreOptions) -> torch.Tensor:
+        """Raw soft-capped scores, float32 on CPU, shape ``(output_count, len(batch))``."""
+        padded = pad_batch(batch, pad_token_id(self.tokenizer), "right", device=self.device, mask_dtype=self.dtype)
+        prompt_lengths = [item.prompt_length for item in batch]
+        # A query segment never reaches into the prompt, even for a pair cut to the model's positions.
+        query_lengths = [min(item.query_length, len(item) - item.prompt_length) for item in batch]
+        compress_layers = DEFAULT_COMPRESS_LAYERS if options.compress_layers is None else options.compress_layers
+        with torch.inference_mode():
+            scores = self.model(
+                padded.input_ids,
+                padded.attention_mask,
+                torch.tensor(query_lengths, dtype=torch.long, device=self.device),
+                torch.tensor(prompt_lengths, dtype=torch.long, device=self.device),
+                cutoff_layers=self.cutoff_layers(options),
+                compress_layers=tuple(compress_layers),
+                compress_ratio=1 if options.compress_ratio is None else options.compress_ratio,
+            )
+        return scores.float().cpu()
+
+
+@contextmanager
+def _hide_unknown_model_type_warning() -> Iterator[None]:
+    """Drop transformers 5's "model of type `cost_wise_gemma` to instantiate a model of type ``" warning.
+
+    AutoTokenizer reads config.json, whose model_type transformers does not know; the tokenizer
+    itself loads fine, so the warning would only mislead.
+    """
+    hf_logger = logging.getLogger("transformers.configuration_utils")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "to instantiate a model of type" not in record.getMessage()
+
+    hf_logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        hf_logger.removeFilter(keep)
+
+
+def _describe(layers: list[int]) -> str:
+    """``8..42`` for a contiguous range, else the list."""
+    if len(layers) > 2 and layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}..{layers[-1]}"
+    return ", ".join(map(str, layers))
+
+
+__all__ = ["LightweightFamily", "DEFAULT_PROMPT", "COMPRESS_RATIOS"]
