@@ -15,20 +15,14 @@ as for every other family, and the weights are converted once, at load.
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 
 from ..models.gemma2_lightweight import Gemma2LightweightReranker, load_lightweight
-from .base import Encoded, RerankerFamily, ScoreOptions
-from .decoder_text import (
-    DEFAULT_PASSAGE_INSTRUCTION,
-    DEFAULT_QUERY_INSTRUCTION,
-    encode_pairs,
-    pad_batch,
-    pad_token_id,
-)
+from .base import Encoded, ScoreOptions
+from .decoder import LayeredDecoderFamily, load_tokenizer
+from .decoder_text import pad_batch, pad_token_id
 
 logger = logging.getLogger(__name__)
 
@@ -40,35 +34,20 @@ COMPRESS_RATIOS = (1, 2, 4, 8)
 DEFAULT_COMPRESS_LAYERS = (8,)
 
 
-class LightweightFamily(RerankerFamily):
+class LightweightFamily(LayeredDecoderFamily):
     """Cost-wise Gemma-2 reranker: one raw score per cutoff layer, optionally with passage compression."""
 
     name = "lightweight"
     extra_options = frozenset({"prompt", "cutoff_layers", "compress_ratio", "compress_layers"})
-    default_query_instruction = DEFAULT_QUERY_INSTRUCTION
-    default_passage_instruction = DEFAULT_PASSAGE_INSTRUCTION
+    default_prompt = DEFAULT_PROMPT
     model: Gemma2LightweightReranker
 
     @classmethod
     def load(cls, path: str, device: torch.device, dtype: torch.dtype) -> "LightweightFamily":
         """Tokenizer plus our Gemma-2 model with the checkpoint's weights, on ``device`` in ``dtype``."""
-        from transformers import AutoTokenizer
-
-        with _hide_unknown_model_type_warning():
-            tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+        tokenizer = load_tokenizer(path)
         tokenizer.padding_side = "right"  # the reference forces right padding; compression relies on it
         return cls(load_lightweight(path, device, dtype), tokenizer, device, dtype)
-
-    @property
-    def max_positions(self) -> int:
-        """The config's ``max_position_embeddings``."""
-        return self.model.config.max_position_embeddings
-
-    def cutoff_layers(self, options: ScoreOptions) -> list[int]:
-        """The scored layers, distinct and ascending (default: the last layer, as in the reference)."""
-        if options.cutoff_layers is None:
-            return [self.model.config.num_hidden_layers]
-        return sorted(set(options.cutoff_layers))
 
     def check_options(self, options: ScoreOptions) -> None:
         """Reject compression ratios the reference does not support and layers this model lacks."""
@@ -89,17 +68,6 @@ class LightweightFamily(RerankerFamily):
                     f"(compression happens before that layer runs; layer 0 compresses nothing, as in the reference)."
                 )
 
-    def output_count(self, options: ScoreOptions) -> int:
-        """One score list per distinct cutoff layer."""
-        return len(self.cutoff_layers(options))
-
-    def encode(self, pairs: Sequence[tuple[str, str]], options: ScoreOptions) -> list[Encoded]:
-        """``[bos] q \\n p \\n prompt`` with the reference truncation, plus the segment lengths compression needs."""
-        prompt = DEFAULT_PROMPT if options.prompt is None else options.prompt
-        return encode_pairs(
-            self.tokenizer, pairs, prompt, options.max_length, options.query_max_length, self.max_positions, bos="always"
-        )
-
     def forward(self, batch: Sequence[Encoded], options: ScoreOptions) -> torch.Tensor:
         """Raw soft-capped scores, float32 on CPU, shape ``(output_count, len(batch))``."""
         padded = pad_batch(batch, pad_token_id(self.tokenizer), "right", device=self.device, mask_dtype=self.dtype)
@@ -118,25 +86,6 @@ class LightweightFamily(RerankerFamily):
                 compress_ratio=1 if options.compress_ratio is None else options.compress_ratio,
             )
         return scores.float().cpu()
-
-
-@contextmanager
-def _hide_unknown_model_type_warning() -> Iterator[None]:
-    """Drop transformers 5's "model of type `cost_wise_gemma` to instantiate a model of type ``" warning.
-
-    AutoTokenizer reads config.json, whose model_type transformers does not know; the tokenizer
-    itself loads fine, so the warning would only mislead.
-    """
-    hf_logger = logging.getLogger("transformers.configuration_utils")
-
-    def keep(record: logging.LogRecord) -> bool:
-        return "to instantiate a model of type" not in record.getMessage()
-
-    hf_logger.addFilter(keep)
-    try:
-        yield
-    finally:
-        hf_logger.removeFilter(keep)
 
 
 def _describe(layers: list[int]) -> str:

@@ -14,36 +14,28 @@ from typing import Any, Sequence
 import torch
 
 from ..loading import dtype_kwargs
-from .base import Encoded, RerankerFamily, ScoreOptions
-from .decoder_text import (
-    DEFAULT_PASSAGE_INSTRUCTION,
-    DEFAULT_PROMPT,
-    DEFAULT_QUERY_INSTRUCTION,
-    encode_pairs,
-    pad_batch,
-    pad_token_id,
-    padding_side,
-)
+from .base import Encoded, ScoreOptions
+from .decoder import DecoderFamily, load_tokenizer
+from .decoder_text import pad_batch, pad_token_id, padding_side
 
 logger = logging.getLogger(__name__)
 
 
 def load_causal_lm(path: str, dtype: torch.dtype) -> tuple[Any, Any]:
     """Tokenizer and causal LM from a local checkpoint directory, never running checkpoint code."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    tokenizer = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, **dtype_kwargs(dtype))
     return tokenizer, model.eval()
 
 
-class LLMFamily(RerankerFamily):
+class LLMFamily(DecoderFamily):
     """Gemma-style causal LM reranker: score = logit of "Yes" after the prompt."""
 
     name = "llm"
     extra_options = frozenset({"prompt"})
-    default_query_instruction = DEFAULT_QUERY_INSTRUCTION
-    default_passage_instruction = DEFAULT_PASSAGE_INSTRUCTION
+    bos = "auto"
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, device: torch.device, dtype: torch.dtype):
         super().__init__(model, tokenizer, device, dtype)
@@ -65,13 +57,6 @@ class LLMFamily(RerankerFamily):
     def max_positions(self) -> int:
         """The config's ``max_position_embeddings``."""
         return self._max_positions
-
-    def encode(self, pairs: Sequence[tuple[str, str]], options: ScoreOptions) -> list[Encoded]:
-        """Assemble ``[bos] q \\n p \\n prompt`` with the reference's truncation (BOS when distinct from pad)."""
-        prompt = DEFAULT_PROMPT if options.prompt is None else options.prompt
-        return encode_pairs(
-            self.tokenizer, pairs, prompt, options.max_length, options.query_max_length, self.max_positions, bos="auto"
-        )
 
     def forward(self, batch: Sequence[Encoded], options: ScoreOptions) -> torch.Tensor:
         """Raw "Yes" logits, shape ``(1, len(batch))``, float32 on CPU."""
