@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Sequence
@@ -57,12 +58,14 @@ class LayeredDecoderFamily(DecoderFamily):
 def load_tokenizer(path: str | Path) -> Any:
     """The checkpoint's tokenizer, never running checkpoint code.
 
-    For custom model types (minicpm, cost_wise_gemma) transformers warns that it instantiates
-    "a model of type ``"" while reading config.json; the tokenizer loads fine, so that warning is dropped.
+    For custom model types (minicpm, cost_wise_gemma) transformers reads config.json as a generic
+    config, warning that it instantiates "a model of type ``" and (5.x) that ``rope_scaling`` is
+    deprecated; the tokenizer loads fine and our own model reads the config, so both are dropped.
     """
     from transformers import AutoTokenizer
 
-    with _hide_unknown_model_type_warning():
+    with _hide_unknown_model_type_warning(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*rope_scaling.*deprecated", category=FutureWarning)
         return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
 
 
