@@ -6,23 +6,16 @@ scoring settings, and turn the results back; this module keeps those settings in
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping, Sequence
 
+from .families import ScoreOptions
 from .reranker import BGEReranker
 
 #: Settings that decide which model is loaded, where and in what dtype (constructor only).
 LOAD_SETTINGS = ("model_class", "device", "use_fp16", "use_bf16")
-#: Settings forwarded to every ``rerank`` call unchanged (``None`` = the model's default).
-SCORE_SETTINGS = (
-    "normalize",
-    "batch_size",
-    "max_length",
-    "query_max_length",
-    "prompt",
-    "cutoff_layers",
-    "compress_ratio",
-    "compress_layers",
-)
+#: Settings forwarded to every ``rerank`` call unchanged (``None`` = the model's default): every scoring option.
+SCORE_SETTINGS = tuple(option.name for option in dataclasses.fields(ScoreOptions))
 
 
 def build_reranker(model: str | BGEReranker, settings: Mapping[str, Any]) -> BGEReranker:

@@ -87,6 +87,14 @@ class BGERerank(BaseDocumentCompressor):
     """Maximum tokens per (query, passage) pair."""
     query_max_length: Optional[StrictInt] = Field(default=None, ge=1)
     """Maximum tokens of the query."""
+    query_instruction_for_rerank: Optional[str] = None
+    """Text put before each query (decoders default to "A: "; "" means none)."""
+    query_instruction_format: Optional[str] = None
+    """How instruction and query are joined (default "{}{}")."""
+    passage_instruction_for_rerank: Optional[str] = None
+    """Text put before each passage (decoders default to "B: "; "" means none)."""
+    passage_instruction_format: Optional[str] = None
+    """How instruction and passage are joined (default "{}{}")."""
     prompt: Optional[str] = None
     """Decoder families: the prompt that asks whether the passage answers the query."""
     cutoff_layers: Optional[Layers] = None

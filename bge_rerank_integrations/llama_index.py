@@ -94,6 +94,14 @@ class BGERerank(BaseNodePostprocessor):
     batch_size: Optional[StrictInt] = Field(default=None, ge=1, description="Pairs per forward pass.")
     max_length: Optional[StrictInt] = Field(default=None, ge=1, description="Token limit of a (query, passage) pair.")
     query_max_length: Optional[StrictInt] = Field(default=None, ge=1, description="Token limit of the query.")
+    query_instruction_for_rerank: Optional[str] = Field(
+        default=None, description='Text put before each query (decoders default to "A: "; "" means none).'
+    )
+    query_instruction_format: Optional[str] = Field(default=None, description='Instruction + query format ("{}{}").')
+    passage_instruction_for_rerank: Optional[str] = Field(
+        default=None, description='Text put before each passage (decoders default to "B: "; "" means none).'
+    )
+    passage_instruction_format: Optional[str] = Field(default=None, description='Instruction + passage format ("{}{}").')
     prompt: Optional[str] = Field(default=None, description="Decoder families: the relevance prompt.")
     cutoff_layers: _Layers = Field(default=None, description="Layerwise/lightweight: the one layer to score with.")
     compress_ratio: Optional[StrictInt] = Field(default=None, ge=1, description="Lightweight: 1, 2, 4 or 8.")
@@ -217,8 +225,7 @@ def _with_key(keys: List[str]) -> List[str]:
 def _shared_reranker_settings(reranker: BGEReranker, data: Dict[str, Any]) -> Dict[str, Any]:
     """The load settings of ``reranker`` and the scoring defaults it changed, as ``BGERerank`` fields.
 
-    Fields the postprocessor sets itself win. Query/passage instructions have no field: they are
-    dropped with a warning.
+    Fields the postprocessor sets itself win.
     """
     settings: Dict[str, Any] = {
         "model_class": reranker.model_class,
@@ -229,14 +236,9 @@ def _shared_reranker_settings(reranker: BGEReranker, data: Dict[str, Any]) -> Di
     baseline = BGEReranker(reranker.model_name_or_path, device=reranker.device).options
     for option in dataclasses.fields(baseline):
         value, default = getattr(reranker.options, option.name), getattr(baseline, option.name)
-        if value == default:
+        derived = option.name == "query_max_length" and value == reranker.options.max_length * 3 // 4
+        if value == default or derived:  # a derived query_max_length keeps following max_length
             continue
-        if option.name not in SCORE_SETTINGS:
-            logger.warning(
-                "BGERerank serialization drops %s=%r of the shared BGEReranker: BGERerank has no such field.",
-                option.name,
-                value,
-            )
-        elif data.get(option.name) is None:
+        if data.get(option.name) is None:
             settings[option.name] = list(value) if isinstance(value, tuple) else value
     return settings

@@ -412,3 +412,11 @@ async def test_decoder_families(family, monkeypatch):
 def test_option_the_family_lacks_fails_at_construction():
     with pytest.raises(ValueError, match="compress_ratio do\\(es\\) not apply to the encoder family"):
         BGERerank(model=checkpoint("encoder"), device="cpu", compress_ratio=2)
+
+
+def test_instructions_reach_the_core():
+    options = {"query_instruction_for_rerank": "Q:", "query_instruction_format": "{}\\n{}", "passage_instruction_for_rerank": "P: "}
+    compressor = BGERerank(model=ENCODER, device="cpu", top_n=None, **options)
+    docs = make_docs()
+    assert got(compressor.compress_documents(docs, QUERY)) == expected(QUERY, docs, **options)
+    assert got(compressor.compress_documents(docs, QUERY)) != expected(QUERY, docs)

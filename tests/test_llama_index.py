@@ -10,7 +10,6 @@ import ast
 import asyncio
 import copy
 import json
-import logging
 import threading
 from pathlib import Path
 from typing import Any, List
@@ -258,9 +257,15 @@ def test_shared_reranker_serializes_as_its_path_and_settings(caplog):
         rerank.postprocess_nodes(nodes, query_str=QUERY)
     )
 
-    with caplog.at_level(logging.WARNING, logger="bge_rerank_integrations.llama_index"):
-        BGERerank(model=BGEReranker(ENCODER, device="cpu", query_instruction_for_rerank="Q: ")).to_dict()
-    assert "query_instruction_for_rerank" in caplog.text
+    instructed = BGERerank(model=BGEReranker(ENCODER, device="cpu", query_instruction_for_rerank="Q: "))
+    assert instructed.to_dict()["query_instruction_for_rerank"] == "Q: "
+    rebuilt = BGERerank.from_dict(instructed.to_dict())
+    assert ids_scores(rebuilt.postprocess_nodes(nodes, query_str=QUERY)) == ids_scores(
+        instructed.postprocess_nodes(nodes, query_str=QUERY)
+    )
+    assert ids_scores(rebuilt.postprocess_nodes(nodes, query_str=QUERY)) != ids_scores(
+        rerank.postprocess_nodes(nodes, query_str=QUERY)
+    )
 
 
 def test_load_settings_are_frozen_and_assignments_are_checked():
