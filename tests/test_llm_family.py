@@ -7,7 +7,7 @@ import torch
 
 from bge_rerank_integrations import BGEReranker
 from bge_rerank_integrations.families import family_class
-from bge_rerank_integrations.families.base import Encoded, ScoreOptions
+from bge_rerank_integrations.families.base import Encoded
 from bge_rerank_integrations.families.decoder_text import (
     DEFAULT_PROMPT,
     PairTemplate,
@@ -20,37 +20,12 @@ from bge_rerank_integrations.families.llm import LLMFamily
 from bge_rerank_integrations.loading import dtype_kwargs
 
 from .conftest import GOLDENS, checkpoint, load_goldens
-
-TOLERANCE = 1e-4
-PAIRS = [
-    ("What is the capital of France?", "Paris is the capital of France."),
-    ("What is the capital of France?", "The population of China is over 1.4 billion people."),
-    ("hi", "The giant panda is a bear species endemic to China. " * 12),
-    ("What is the population of China? " * 8, "over 1.4 billion"),
-]
+from .family_helpers import PAIRS, TOLERANCE, options, score, with_instructions
 
 
 @pytest.fixture(scope="module")
 def family() -> LLMFamily:
     return LLMFamily.load(checkpoint("llm"), torch.device("cpu"), torch.float32)
-
-
-def options(**values) -> ScoreOptions:
-    """ScoreOptions with the core's derived query_max_length (3/4 of max_length unless given)."""
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    values.setdefault("query_max_length", values.get("max_length", 512) * 3 // 4)
-    return ScoreOptions(**values)
-
-
-def with_instructions(fam, pairs, opts: ScoreOptions) -> list[tuple[str, str]]:
-    """What the core does before ``encode``: the caller's instructions, else the family's defaults."""
-    q_ins = opts.query_instruction_for_rerank if opts.query_instruction_for_rerank is not None else fam.default_query_instruction
-    p_ins = opts.passage_instruction_for_rerank if opts.passage_instruction_for_rerank is not None else fam.default_passage_instruction
-    return [(opts.query_instruction_format.format(q_ins, q), opts.passage_instruction_format.format(p_ins, p)) for q, p in pairs]
-
-
-def score(fam, pairs, opts: ScoreOptions) -> torch.Tensor:
-    return fam.forward(fam.encode(with_instructions(fam, pairs, opts), opts), opts)
 
 
 # --- family contract ---------------------------------------------------------------------------
