@@ -53,3 +53,28 @@ def check_single_score(cutoff_layers: int | Sequence[int] | None) -> None:
             f"cutoff_layers={list(cutoff_layers)} gives one score per layer, but a reranker needs one score per "
             "document: pass a single layer, e.g. cutoff_layers=[28]."
         )
+
+
+def shared_reranker_settings(reranker: BGEReranker, data: Mapping[str, Any]) -> dict[str, Any]:
+    """The load settings of a shared ``reranker`` and the scoring defaults it changed, as adapter fields.
+
+    What an adapter built on an existing ``BGEReranker`` adds to its serialized configuration, so
+    that the configuration alone rebuilds an equivalent adapter (sharing the cached model).
+
+    Fields the adapter sets itself (not ``None`` in ``data``) win.
+    """
+    settings: dict[str, Any] = {
+        "model_class": reranker.model_class,
+        "device": str(reranker.device),
+        "use_fp16": str(reranker.dtype) == "torch.float16",
+        "use_bf16": str(reranker.dtype) == "torch.bfloat16",
+    }
+    baseline = ScoreOptions()
+    for option in dataclasses.fields(baseline):
+        value, default = getattr(reranker.options, option.name), getattr(baseline, option.name)
+        derived = option.name == "query_max_length" and value == reranker.options.max_length * 3 // 4
+        if value == default or derived:  # a derived query_max_length keeps following max_length
+            continue
+        if data.get(option.name) is None:
+            settings[option.name] = list(value) if isinstance(value, tuple) else value
+    return settings

@@ -22,9 +22,28 @@ from typing import Any, Optional, Sequence, Union
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from langchain_core.runnables.config import run_in_executor
-from pydantic import ConfigDict, Field, PrivateAttr, StrictBool, StrictFloat, StrictInt, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    field_serializer,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
-from .adapter_support import LOAD_SETTINGS, SCORE_SETTINGS, build_reranker, check_single_score, score_options
+from .adapter_support import (
+    LOAD_SETTINGS,
+    SCORE_SETTINGS,
+    build_reranker,
+    check_single_score,
+    score_options,
+    shared_reranker_settings,
+)
 from .inputs import check_text
 from .reranker import BGEReranker, RerankResult
 
@@ -123,6 +142,18 @@ class BGERerank(BaseDocumentCompressor):
         if self._reranker is None:
             self._reranker = build_reranker(self.model, self._settings())
         return self
+
+    @field_serializer("model")
+    def _serialize_model(self, model: Union[str, BGEReranker]) -> str:
+        return model.model_name_or_path if isinstance(model, BGEReranker) else model
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """The settings as plain data; a shared ``BGEReranker`` becomes its path plus its own settings."""
+        data = handler(self)
+        if isinstance(self.model, BGEReranker):
+            data.update(shared_reranker_settings(self.model, data))
+        return data
 
     @property
     def reranker(self) -> BGEReranker:

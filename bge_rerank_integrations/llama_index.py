@@ -12,7 +12,6 @@ Only this module imports ``llama_index.core``; install it with ``pip install bge
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 from typing import Annotated, Any, ContextManager, Dict, List, Optional, Union
@@ -38,7 +37,14 @@ from pydantic import (
     model_serializer,
 )
 
-from .adapter_support import LOAD_SETTINGS, SCORE_SETTINGS, build_reranker, check_single_score, score_options
+from .adapter_support import (
+    LOAD_SETTINGS,
+    SCORE_SETTINGS,
+    build_reranker,
+    check_single_score,
+    score_options,
+    shared_reranker_settings,
+)
 from .inputs import check_text
 from .reranker import BGEReranker, RerankResult
 
@@ -144,7 +150,7 @@ class BGERerank(BaseNodePostprocessor):
         """LlamaIndex's dump, plus a shared ``BGEReranker``'s own settings so the config is self-contained."""
         data = super().custom_model_dump(handler, info)
         if isinstance(self.model, BGEReranker):
-            data.update(_shared_reranker_settings(self.model, data))
+            data.update(shared_reranker_settings(self.model, data))
         return data
 
     def _postprocess_nodes(
@@ -220,25 +226,3 @@ def _query_str(query_bundle: Optional[QueryBundle]) -> str:
 
 def _with_key(keys: List[str]) -> List[str]:
     return list(keys) if RETRIEVAL_SCORE_KEY in keys else [*keys, RETRIEVAL_SCORE_KEY]
-
-
-def _shared_reranker_settings(reranker: BGEReranker, data: Dict[str, Any]) -> Dict[str, Any]:
-    """The load settings of ``reranker`` and the scoring defaults it changed, as ``BGERerank`` fields.
-
-    Fields the postprocessor sets itself win.
-    """
-    settings: Dict[str, Any] = {
-        "model_class": reranker.model_class,
-        "device": str(reranker.device),
-        "use_fp16": str(reranker.dtype) == "torch.float16",
-        "use_bf16": str(reranker.dtype) == "torch.bfloat16",
-    }
-    baseline = BGEReranker(reranker.model_name_or_path, device=reranker.device).options
-    for option in dataclasses.fields(baseline):
-        value, default = getattr(reranker.options, option.name), getattr(baseline, option.name)
-        derived = option.name == "query_max_length" and value == reranker.options.max_length * 3 // 4
-        if value == default or derived:  # a derived query_max_length keeps following max_length
-            continue
-        if data.get(option.name) is None:
-            settings[option.name] = list(value) if isinstance(value, tuple) else value
-    return settings

@@ -420,3 +420,17 @@ def test_instructions_reach_the_core():
     docs = make_docs()
     assert got(compressor.compress_documents(docs, QUERY)) == expected(QUERY, docs, **options)
     assert got(compressor.compress_documents(docs, QUERY)) != expected(QUERY, docs)
+
+
+def test_a_shared_reranker_serializes_to_a_config_that_rebuilds_it():
+    shared = BGEReranker(ENCODER, device="cpu", max_length=64, query_instruction_for_rerank="Q: ")
+    compressor = BGERerank(model=shared, top_n=None)
+    config = json.loads(compressor.model_dump_json())
+    assert config["model"] == ENCODER
+    assert (config["device"], config["max_length"], config["query_instruction_for_rerank"]) == ("cpu", 64, "Q: ")
+    assert config["query_max_length"] is None  # derived from max_length, not frozen at 48
+    rebuilt = BGERerank(**config)
+    assert rebuilt.reranker.load() is shared.load()
+    docs = make_docs()
+    assert got(rebuilt.compress_documents(docs, QUERY)) == got(compressor.compress_documents(docs, QUERY))
+    assert got(rebuilt.compress_documents(docs, QUERY)) != got(BGERerank(model=ENCODER, device="cpu", top_n=None).compress_documents(docs, QUERY))
