@@ -26,3 +26,14 @@ def load_goldens(family: str) -> dict:
 @pytest.fixture
 def encoder_path() -> str:
     return checkpoint("encoder")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module: faster for the tiny checkpoints, steady on a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -30,15 +30,7 @@ from bge_rerank_integrations.llama_index import BGERerank as LlamaIndexRerank  #
 from .conftest import checkpoint  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The tiny checkpoints score faster on one thread (and the comparisons here are all in-process)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _path(family: str) -> str:

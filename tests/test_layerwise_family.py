@@ -12,8 +12,8 @@ from bge_rerank_integrations.families.layerwise import LayerwiseFamily
 from bge_rerank_integrations.loading import load_state_dict, read_config
 from bge_rerank_integrations.models.minicpm_layerwise import LayerwiseConfig, LayerwiseMiniCPM, attention_bias
 
-from .conftest import GOLDENS, checkpoint, load_goldens
-from .family_helpers import PAIRS, TOLERANCE, options, score
+from .conftest import checkpoint, load_goldens
+from .family_helpers import PAIRS, TOLERANCE, family_scores_for_case, golden_params, options, score
 
 
 @pytest.fixture(scope="module")
@@ -132,29 +132,13 @@ def test_config_fields_come_from_config_json(family):
 # --- parity with the reference -----------------------------------------------------------------
 
 
-def _golden_cases():
-    if not (GOLDENS / "layerwise.json").exists():
-        return []
-    return [pytest.param(case, id=case["id"]) for case in load_goldens("layerwise")["cases"]]
-
-
-@pytest.mark.parametrize("case", _golden_cases())
+@pytest.mark.parametrize("case", golden_params("layerwise"))
 def test_family_matches_reference_goldens(family, case):
-    values = {**case["init"], **case["call"]}
-    normalize = values.pop("normalize", False)
-    values.pop("batch_size", None)
-    opts = options(**values)
-    pairs = [case["pairs"]] if isinstance(case["pairs"][0], str) else case["pairs"]
-    scores = score(family, [tuple(p) for p in pairs], opts)
-    if normalize:
-        scores = torch.sigmoid(scores)
-    expected = torch.tensor(case["scores"], dtype=torch.float32).reshape(scores.shape)
-    assert (scores - expected).abs().max().item() <= TOLERANCE
+    ours, reference = family_scores_for_case(family, case)
+    assert (ours - reference).abs().max().item() <= TOLERANCE
 
 
 def test_through_bge_reranker_matches_goldens_and_rejects_bad_layers():
-    if not (GOLDENS / "layerwise.json").exists():
-        pytest.skip("no goldens")
     case = next(c for c in load_goldens("layerwise")["cases"] if len(c["call"].get("cutoff_layers", [])) > 1)
     reranker = BGEReranker(checkpoint("layerwise"), device="cpu", **case["init"])
     got = reranker.compute_score(case["pairs"], **case["call"])

@@ -29,18 +29,12 @@ from bge_rerank_integrations.models.gemma2_lightweight import (
     load_lightweight,
 )
 
-from .conftest import GOLDENS, checkpoint
+from .conftest import checkpoint
 
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: one intra-op thread is faster than two, and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # --- token compression ---------------------------------------------------------------------
 
@@ -303,30 +297,3 @@ def test_segment_lengths_never_overlap(family):
     item = Encoded([2, 5, 6, 7, 8, 9], query_length=5, prompt_length=3)  # query would reach into the prompt
     scores = family.forward([item], _options(compress_ratio=2, compress_layers=(2,)))
     assert torch.isfinite(scores).all()
-
-
-# --- end to end against the reference's goldens ----------------------------------------------
-
-
-def _golden_cases():
-    path = GOLDENS / "lightweight.json"
-    if not path.exists():
-        return []
-    cases = json.loads(path.read_text(encoding="utf-8"))["cases"]
-    return [pytest.param(case, id=case["id"]) for case in cases]
-
-
-@pytest.mark.parametrize("case", _golden_cases())
-def test_reranker_matches_reference_goldens(case):
-    from bge_rerank_integrations import BGEReranker
-
-    pairs = case["pairs"]
-    if isinstance(pairs[0], str):
-        pairs = [pairs]
-    scores = BGEReranker(checkpoint("lightweight"), device="cpu", **case["init"]).compute_score(pairs, **case["call"])
-    expected = case["scores"]
-    rows = scores if isinstance(scores[0], list) else [scores]
-    expected_rows = expected if isinstance(expected[0], list) else [expected]
-    assert [len(r) for r in rows] == [len(r) for r in expected_rows]
-    for ours, theirs in zip(rows, expected_rows):
-        assert ours == pytest.approx(theirs, abs=1e-4)

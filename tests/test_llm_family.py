@@ -19,8 +19,8 @@ from bge_rerank_integrations.families.decoder_text import (
 from bge_rerank_integrations.families.llm import LLMFamily
 from bge_rerank_integrations.loading import dtype_kwargs
 
-from .conftest import GOLDENS, checkpoint, load_goldens
-from .family_helpers import PAIRS, TOLERANCE, options, score, with_instructions
+from .conftest import checkpoint, load_goldens
+from .family_helpers import PAIRS, TOLERANCE, family_scores_for_case, golden_params, options, score, with_instructions
 
 
 @pytest.fixture(scope="module")
@@ -179,28 +179,13 @@ def test_pad_batch_sides_multiple_and_mask_dtype():
 # --- parity with the reference -----------------------------------------------------------------
 
 
-def _golden_cases():
-    if not (GOLDENS / "llm.json").exists():
-        return []
-    return [pytest.param(case, id=case["id"]) for case in load_goldens("llm")["cases"]]
-
-
-@pytest.mark.parametrize("case", _golden_cases())
+@pytest.mark.parametrize("case", golden_params("llm"))
 def test_family_matches_reference_goldens(family, case):
-    values = {**case["init"], **case["call"]}
-    normalize = values.pop("normalize", False)
-    values.pop("batch_size", None)
-    opts = options(**values)
-    pairs = [case["pairs"]] if isinstance(case["pairs"][0], str) else case["pairs"]
-    scores = score(family, [tuple(p) for p in pairs], opts)[0]
-    if normalize:
-        scores = torch.sigmoid(scores)
-    assert max(abs(a - b) for a, b in zip(scores.tolist(), case["scores"])) <= TOLERANCE
+    ours, reference = family_scores_for_case(family, case)
+    assert (ours - reference).abs().max().item() <= TOLERANCE
 
 
 def test_through_bge_reranker_matches_goldens_and_validates_options():
-    if not (GOLDENS / "llm.json").exists():
-        pytest.skip("no goldens")
     case = load_goldens("llm")["cases"][0]
     reranker = BGEReranker(checkpoint("llm"), device="cpu", **case["init"])
     assert reranker.compute_score(case["pairs"], **case["call"]) == pytest.approx(case["scores"], abs=TOLERANCE)
