@@ -155,10 +155,10 @@ def _max_diff(a, b) -> float:
 
 def _encoder_flops(checkpoint: Path, pairs: list[list[str]], max_length: int = 512) -> float:
     """Useful FLOPs of one encoder pass over ``pairs`` (no padding counted): linear layers + attention."""
-    from transformers import AutoTokenizer
+    from bge_rerank_integrations.tokenization import load_tokenizer
 
     cfg = json.loads((checkpoint / "config.json").read_text())
-    tok = AutoTokenizer.from_pretrained(str(checkpoint))
+    tok = load_tokenizer(checkpoint)
     q = tok([p[0] for p in pairs], add_special_tokens=False)["input_ids"]
     p = tok([p[1] for p in pairs], add_special_tokens=False)["input_ids"]
     lengths = [min(len(a) + len(b) + 4, max_length) for a, b in zip(q, p)]

@@ -31,11 +31,15 @@ def _check_pair(pair: Any, index: int | None) -> tuple[str, str]:
 
 
 def check_text(text: Any, what: str) -> str:
-    """Return ``text`` if it is a non-blank string, else raise a clear error naming ``what``."""
+    """Return ``text`` if it is a string, else raise a TypeError naming ``what``.
+
+    Blank and whitespace-only texts are valid: they are scored as the reference scores them.
+
+    >>> check_text("", "query")
+    ''
+    """
     if not isinstance(text, str):
         raise TypeError(f"The {what} must be a string, got {type(text).__name__}.")
-    if not text.strip():
-        raise ValueError(f"The {what} is empty: every query and passage needs text to score.")
     return text
 
 

@@ -197,7 +197,7 @@ class BGERerank(BaseDocumentCompressor):
 
     @staticmethod
     def _check(documents: Sequence[Document], query: str) -> list[Document]:
-        """Reject a blank query, non-documents and documents without text, before anything is loaded."""
+        """Reject a query or page_content that is not a string, and non-documents, before anything is loaded."""
         check_text(query, "query")
         if isinstance(documents, (str, bytes, Document)) or not isinstance(documents, Sequence):
             raise TypeError(f"documents must be a list of Document, got {type(documents).__name__}.")

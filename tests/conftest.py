@@ -11,15 +11,23 @@ FIXTURES = Path(__file__).parent / "fixtures"
 CHECKPOINTS = FIXTURES / "checkpoints"
 GOLDENS = FIXTURES / "goldens"
 FAMILIES = ("encoder", "llm", "layerwise", "lightweight")
+#: Every checkpoint with reference goldens: one per family, and per family a variant whose tokenizer.json
+#: has an NFKC normalizer and another pre-tokenizer (what transformers 5 would not rebuild as written).
+GOLDEN_FIXTURES = (*FAMILIES, *(f"{family}-nfkc" for family in FAMILIES))
+#: How far a score may be from the reference's, or from the same score computed another way (batching,
+#: padding): float32 kernels differ between CPUs (AVX2 vs AVX-512 moved goldens by up to 4e-5), while a
+#: wrong input or formula moves these random-weight scores by 0.01 or more.
+TOLERANCE = 1e-4
 
 
-def checkpoint(family: str) -> str:
-    """Path of the small random checkpoint of ``family`` (official on-disk format)."""
-    return str(CHECKPOINTS / family)
+def checkpoint(name: str) -> str:
+    """Path of the small random checkpoint ``name`` (a family, or a GOLDEN_FIXTURES variant; official on-disk format)."""
+    return str(CHECKPOINTS / name)
 
 
-def load_goldens(family: str) -> dict:
-    with open(GOLDENS / f"{family}.json", encoding="utf-8") as handle:
+def load_goldens(name: str) -> dict:
+    """The reference's golden cases for the checkpoint ``name`` (written by tools/goldens.py)."""
+    with open(GOLDENS / f"{name}.json", encoding="utf-8") as handle:
         return json.load(handle)
 
 

@@ -8,9 +8,7 @@ import torch
 from bge_rerank_integrations.families.base import ScoreOptions
 from bge_rerank_integrations.reranker import _apply_instructions
 
-from .conftest import load_goldens
-
-TOLERANCE = 1e-4
+from .conftest import TOLERANCE, load_goldens  # noqa: F401 - TOLERANCE re-exported for the family tests
 PAIRS = [
     ("What is the capital of France?", "Paris is the capital of France."),
     ("What is the capital of France?", "The population of China is over 1.4 billion people."),

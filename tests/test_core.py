@@ -15,7 +15,7 @@ from bge_rerank_integrations.device import resolve_device, resolve_dtype
 from bge_rerank_integrations.families import canonical_family, detect_family
 from bge_rerank_integrations.loading import read_config
 
-from .conftest import FAMILIES, checkpoint
+from .conftest import FAMILIES, TOLERANCE, checkpoint
 
 PANDA = "The giant panda (Ailuropoda melanoleuca) is a bear species endemic to China."
 PAIRS = [
@@ -39,7 +39,7 @@ def test_single_pair_gives_float_and_list_gives_list(reranker):
     many = reranker.compute_score(PAIRS)
     one = reranker.compute_score(PAIRS[1])
     assert isinstance(one, float) and isinstance(many, list) and len(many) == len(PAIRS)
-    assert one == pytest.approx(many[1], abs=1e-5)
+    assert one == pytest.approx(many[1], abs=TOLERANCE)
     assert len(set(round(s, 4) for s in many)) == len(many), "random weights should separate the pairs"
 
 
@@ -77,7 +77,7 @@ def test_query_max_length_follows_max_length_unless_given(encoder_path):
 def test_batch_size_does_not_change_scores_or_order(reranker):
     reference = reranker.compute_score(PAIRS)
     for batch_size in (1, 2, 3):
-        assert reranker.compute_score(PAIRS, batch_size=batch_size) == pytest.approx(reference, abs=1e-5)
+        assert reranker.compute_score(PAIRS, batch_size=batch_size) == pytest.approx(reference, abs=TOLERANCE)
 
 
 def test_truncation_follows_the_reference_but_never_exceeds_positions(reranker, caplog):

@@ -10,25 +10,26 @@ import pytest
 
 from bge_rerank_integrations import BGEReranker
 
-from .conftest import FAMILIES, GOLDENS, checkpoint, load_goldens
-
-TOLERANCE = 1e-4
+from .conftest import GOLDEN_FIXTURES, TOLERANCE, checkpoint, load_goldens
 
 
 def _cases():
-    for family in FAMILIES:
-        if (GOLDENS / f"{family}.json").exists():
-            for case in load_goldens(family)["cases"]:
-                yield pytest.param(family, case, id=f"{family}-{case['id']}")
+    for name in GOLDEN_FIXTURES:
+        for case in load_goldens(name)["cases"]:
+            yield pytest.param(name, case, id=f"{name}-{case['id']}")
 
 
-def test_every_family_has_goldens():
-    assert all(load_goldens(family)["cases"] for family in FAMILIES)
+@pytest.mark.parametrize("name", GOLDEN_FIXTURES)
+def test_every_checkpoint_has_goldens_with_blank_texts(name):
+    cases = load_goldens(name)["cases"]
+    assert cases
+    blanks = {text for case in cases for pair in case["pairs"] for text in pair if isinstance(text, str) and not text.strip()}
+    assert {"", "   "} <= blanks, "every checkpoint pins blank and whitespace-only texts"
 
 
-@pytest.mark.parametrize("family, case", list(_cases()))
-def test_scores_match_reference(family, case):
-    reranker = BGEReranker(checkpoint(family), device="cpu", **case["init"])
+@pytest.mark.parametrize("name, case", list(_cases()))
+def test_scores_match_reference(name, case):
+    reranker = BGEReranker(checkpoint(name), device="cpu", **case["init"])
     pairs = case["pairs"]
     if isinstance(pairs[0], str):  # the reference answers a bare pair with a list, as for a list of pairs
         pairs = [pairs]

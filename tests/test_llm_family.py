@@ -61,7 +61,7 @@ def test_yes_logit_equals_causal_lm_output(family):
     ids = torch.tensor([encoded[0].input_ids])
     with torch.inference_mode():
         logits = family.model(input_ids=ids).logits[0, -1, family.yes_id]
-    assert family.forward(encoded, opts)[0, 0].item() == pytest.approx(logits.item(), abs=1e-5)
+    assert family.forward(encoded, opts)[0, 0].item() == pytest.approx(logits.item(), abs=TOLERANCE)
 
 
 def test_batching_and_padding_side_do_not_change_scores(family):

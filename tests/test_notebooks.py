@@ -29,14 +29,13 @@ pytest.importorskip("ipykernel")
 
 from bge_rerank_integrations import BGEReranker  # noqa: E402
 
-from .conftest import CHECKPOINTS, FAMILIES, checkpoint  # noqa: E402
+from .conftest import CHECKPOINTS, FAMILIES, TOLERANCE, checkpoint  # noqa: E402
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 ENCODER = str(Path(checkpoint("encoder")).resolve())
 PROBE_MARKER = "__NOTEBOOK_PROBE__"
 CELL_TIMEOUT = 300
 # Scores computed in the kernel (one torch thread) and here may differ in the last float bits.
-TOLERANCE = 1e-4
 
 LANGCHAIN = "01_langchain_rag.ipynb"
 LLAMA_INDEX = "02_llama_index_rag.ipynb"

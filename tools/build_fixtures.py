@@ -2,12 +2,12 @@
 
 Run with the pinned reference environment (FlagEmbedding 1.4.2, transformers 4.46.3)::
 
-    .venv-ref/bin/python tools/build_fixtures.py            # all four families
-    .venv-ref/bin/python tools/build_fixtures.py --family llm
+    .venv-ref/bin/python tools/build_fixtures.py            # every fixture
+    .venv-ref/bin/python tools/build_fixtures.py --family llm --family llm-nfkc
 
 Everything is deterministic (fixed seeds, single-threaded tokenizer training), so running
 it twice gives byte-identical files. Output: ``tests/fixtures/checkpoints/{encoder,llm,
-layerwise,lightweight}/`` with ``config.json``, ``model.safetensors`` and tokenizer files
+layerwise,lightweight}/`` and their ``-nfkc`` tokenizer variants, with ``config.json``, ``model.safetensors`` and tokenizer files
 in the official on-disk format of each family.
 
 Tokenizers
@@ -34,8 +34,23 @@ the ones transformers 5 builds, so both versions tokenize identically:
 * XLM-R: no normalizer, ``WhitespaceSplit + Metaspace(prepend_scheme="always")``,
   Unigram(unk_id=3, no byte fallback).
 
-``tools/goldens.py tokcheck`` (runnable in either environment) verifies this against the
+``tools/goldens.py compat`` (runnable in either environment) verifies this against the
 token ids recorded by the reference environment.
+
+Tokenizer variants (``<family>-nfkc``)
+-------------------------------------
+Smaller checkpoints of each family (hidden size 16) whose ``tokenizer.json`` is *not* what
+transformers 5 rebuilds for the class: pieces trained under an NFKC normalizer, and
+
+* encoder: ``NFKC + Replace(" {2,}", " ")``, ``Digits(individual) + Metaspace(always, split)``;
+* llm (Gemma): ``NFKC + Replace(" ", "▁")``, ``Digits(individual)``;
+* layerwise (Llama): ``NFKC + Prepend("▁") + Replace(" ", "▁")``, no pre-tokenizer (the legacy
+  sentencepiece conversion MiniCPM's tokenizer went through);
+* lightweight (Gemma): ``NFKC + Replace(" ", "▁")``, ``Punctuation(isolated)``.
+
+Their ``tokenizer_config.json`` for llm and layerwise leaves ``padding_side`` unset, so the
+class's own (left) applies. They pin that scores follow ``tokenizer.json`` as written
+(transformers 4.46 and the reference) under every transformers version.
 """
 from __future__ import annotations
 
@@ -44,6 +59,7 @@ import json
 import os
 import shutil
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # Deterministic, single-threaded tokenizer training (must be set before importing tokenizers).
@@ -51,17 +67,59 @@ os.environ["RAYON_NUM_THREADS"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 import torch  # noqa: E402
-from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers  # noqa: E402
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CKPT_DIR = ROOT / "tests" / "fixtures" / "checkpoints"
-FAMILIES = ("encoder", "llm", "layerwise", "lightweight")
 
 INIT_RANGE = 0.25  # large on purpose: scores differ by several units pair to pair
 # Extra output gains (the final norm feeds every scoring head) so scores spread over several units.
 ENCODER_HEAD_GAIN = 6.0
 DECODER_NORM_GAIN = 3.0
-SEEDS = {"encoder": 1001, "llm": 1002, "layerwise": 1003, "lightweight": 1004}
+
+
+@dataclass(frozen=True)
+class Fixture:
+    """One checkpoint directory: its family, seed, tokenizer kind and model sizes (over the family's)."""
+
+    name: str
+    family: str
+    seed: int
+    nfkc: bool = False  # tokenizer variant (see the module docstring)
+    dims: dict = field(default_factory=dict)
+    drop_tokenizer_config: tuple[str, ...] = ()
+
+
+SMALL = {"hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2}
+SMALL_GEMMA = {**SMALL, "num_key_value_heads": 1, "head_dim": 8}
+FIXTURES = {
+    fixture.name: fixture
+    for fixture in (
+        Fixture("encoder", "encoder", 1001),
+        Fixture("llm", "llm", 1002),
+        Fixture("layerwise", "layerwise", 1003),
+        Fixture("lightweight", "lightweight", 1004),
+        Fixture("encoder-nfkc", "encoder", 2001, nfkc=True, dims={**SMALL, "num_hidden_layers": 1}),
+        Fixture("llm-nfkc", "llm", 2002, nfkc=True, dims=SMALL_GEMMA, drop_tokenizer_config=("padding_side",)),
+        Fixture(
+            "layerwise-nfkc",
+            "layerwise",
+            2003,
+            nfkc=True,
+            dims={**SMALL, "num_key_value_heads": 2, "num_hidden_layers": 4},
+            drop_tokenizer_config=("padding_side",),
+        ),
+        Fixture(
+            "lightweight-nfkc",
+            "lightweight",
+            2004,
+            nfkc=True,
+            dims={**SMALL_GEMMA, "num_hidden_layers": 4, "query_pre_attn_scalar": 8},
+        ),
+    )
+}
+#: BPE size of the variants' shared pieces (smaller: the variants stay a few tens of KB).
+NFKC_BPE_SIZE = 300
 
 LLM_PROMPT = (
     "Given a query A and a passage B, determine whether the passage contains an answer to the query "
@@ -152,10 +210,12 @@ def corpus() -> list[str]:
 BYTE_TOKENS = [f"<0x{i:02X}>" for i in range(256)]
 
 
-def train_bpe_pieces(vocab_size: int = 640) -> tuple[list[str], list[tuple[str, str]]]:
+def train_bpe_pieces(vocab_size: int = 640, nfkc: bool = False) -> tuple[list[str], list[tuple[str, str]]]:
     """Train a SentencePiece-style BPE (``▁`` marks spaces) and return (pieces, merges)."""
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.Replace(" ", "▁")
+    if nfkc:
+        tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(" ", "▁")])
     # Training-time only: split words on "▁" (kept as prefix); inference uses no split.
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=True)
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False, special_tokens=[])
@@ -225,11 +285,36 @@ def build_unigram_tokenizer(pieces, merges) -> Tokenizer:
     return tok
 
 
+def use_nfkc_pipeline(tok: Tokenizer, family: str) -> Tokenizer:
+    """Give ``tok`` the variant's NFKC normalizer and pre-tokenizer (see the module docstring)."""
+    space = normalizers.Replace(" ", "▁")
+    if family == "encoder":
+        tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")])
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Digits(individual_digits=True),
+                pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True),
+            ]
+        )
+    elif family == "llm":
+        tok.normalizer = normalizers.Sequence([normalizers.NFKC(), space])
+        tok.pre_tokenizer = pre_tokenizers.Digits(individual_digits=True)
+    elif family == "layerwise":
+        tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Prepend("▁"), space])
+        tok.pre_tokenizer = None
+    elif family == "lightweight":
+        tok.normalizer = normalizers.Sequence([normalizers.NFKC(), space])
+        tok.pre_tokenizer = pre_tokenizers.Punctuation(behavior="isolated")
+    else:
+        raise ValueError(family)
+    return tok
+
+
 def _patch_json(path: Path, update: dict, drop: tuple[str, ...] = ()) -> None:
     data = json.loads(path.read_text(encoding="utf-8"))
+    data.update(update)
     for k in drop:
         data.pop(k, None)
-    data.update(update)
     path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
@@ -243,10 +328,12 @@ def _finish_tokenizer_dir(out: Path, config_update: dict, drop: tuple[str, ...] 
     )
 
 
-def save_encoder_tokenizer(out: Path, pieces, merges) -> int:
+def save_encoder_tokenizer(out: Path, pieces, merges, fixture: Fixture) -> int:
     from transformers import XLMRobertaTokenizerFast
 
     tok = build_unigram_tokenizer(pieces, merges)
+    if fixture.nfkc:
+        use_nfkc_pipeline(tok, fixture.family)
     hf = XLMRobertaTokenizerFast(
         tokenizer_object=tok,
         bos_token="<s>",
@@ -262,15 +349,18 @@ def save_encoder_tokenizer(out: Path, pieces, merges) -> int:
     _finish_tokenizer_dir(
         out,
         {"tokenizer_class": "XLMRobertaTokenizer", "model_max_length": 512, "padding_side": "right"},
+        drop=fixture.drop_tokenizer_config,
     )
     return len(hf)
 
 
-def save_gemma_tokenizer(out: Path, pieces, merges) -> int:
+def save_gemma_tokenizer(out: Path, pieces, merges, fixture: Fixture) -> int:
     from transformers import GemmaTokenizerFast
 
     specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
     tok = build_bpe_tokenizer(specials, "<unk>", "gemma", pieces, merges)
+    if fixture.nfkc:
+        use_nfkc_pipeline(tok, fixture.family)
     hf = GemmaTokenizerFast(
         tokenizer_object=tok,
         pad_token="<pad>",
@@ -292,15 +382,18 @@ def save_gemma_tokenizer(out: Path, pieces, merges) -> int:
             "add_eos_token": False,
             "clean_up_tokenization_spaces": False,
         },
+        drop=fixture.drop_tokenizer_config,
     )
     return len(hf)
 
 
-def save_llama_tokenizer(out: Path, pieces, merges) -> int:
+def save_llama_tokenizer(out: Path, pieces, merges, fixture: Fixture) -> int:
     from transformers import LlamaTokenizerFast
 
     specials = ["<unk>", "<s>", "</s>"]
     tok = build_bpe_tokenizer(specials, "<unk>", "llama", pieces, merges)
+    if fixture.nfkc:
+        use_nfkc_pipeline(tok, fixture.family)
     # MiniCPM's tokenizer has no pad token of its own; FlagEmbedding's layerwise fine-tuning
     # runner sets pad = unk and padding_side = 'left', which is what the released checkpoint has.
     hf = LlamaTokenizerFast(
@@ -324,7 +417,7 @@ def save_llama_tokenizer(out: Path, pieces, merges) -> int:
             "legacy": False,
             "clean_up_tokenization_spaces": False,
         },
-        drop=("add_prefix_space",),
+        drop=("add_prefix_space", *fixture.drop_tokenizer_config),
     )
     return len(hf)
 
@@ -348,6 +441,11 @@ def _perturb_norms_and_biases(model: torch.nn.Module, seed: int) -> None:
 def _scale_(param: torch.nn.Parameter, factor: float, offset: float = 0.0) -> None:
     with torch.no_grad():
         param.mul_(factor).add_(offset)
+
+
+def _config(config_class, fixture: Fixture, **values):
+    """``config_class(**values)`` with the fixture's model sizes over the family's."""
+    return config_class(**{**values, **fixture.dims})
 
 
 def _write_config(out: Path, drop: tuple[str, ...] = (), update: dict | None = None) -> None:
@@ -374,11 +472,13 @@ def _center_encoder_logits(model, out: Path) -> None:
         model.classifier.out_proj.bias.sub_(mean - 0.5)
 
 
-def build_encoder(out: Path, pieces, merges) -> None:
+def build_encoder(out: Path, pieces, merges, fixture: Fixture) -> None:
     from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
 
-    vocab_size = save_encoder_tokenizer(out, pieces, merges)
-    cfg = XLMRobertaConfig(
+    vocab_size = save_encoder_tokenizer(out, pieces, merges, fixture)
+    cfg = _config(
+        XLMRobertaConfig,
+        fixture,
         vocab_size=vocab_size,
         hidden_size=32,
         num_hidden_layers=2,
@@ -401,20 +501,22 @@ def build_encoder(out: Path, pieces, merges) -> None:
         architectures=["XLMRobertaForSequenceClassification"],
         output_past=True,
     )
-    torch.manual_seed(SEEDS["encoder"])
+    torch.manual_seed(fixture.seed)
     model = XLMRobertaForSequenceClassification(cfg).eval()
-    _perturb_norms_and_biases(model, SEEDS["encoder"] + 1)
+    _perturb_norms_and_biases(model, fixture.seed + 1)
     _scale_(model.classifier.out_proj.weight, ENCODER_HEAD_GAIN)
     _center_encoder_logits(model, out)
     _save_model(model, out)
     _write_config(out, drop=("_name_or_path",), update={"torch_dtype": "float32"})
 
 
-def build_llm(out: Path, pieces, merges) -> None:
+def build_llm(out: Path, pieces, merges, fixture: Fixture) -> None:
     from transformers import GemmaConfig, GemmaForCausalLM
 
-    vocab_size = save_gemma_tokenizer(out, pieces, merges)
-    cfg = GemmaConfig(
+    vocab_size = save_gemma_tokenizer(out, pieces, merges, fixture)
+    cfg = _config(
+        GemmaConfig,
+        fixture,
         vocab_size=vocab_size,
         hidden_size=64,
         intermediate_size=128,
@@ -437,9 +539,9 @@ def build_llm(out: Path, pieces, merges) -> None:
         attention_dropout=0.0,
         architectures=["GemmaForCausalLM"],
     )
-    torch.manual_seed(SEEDS["llm"])
+    torch.manual_seed(fixture.seed)
     model = GemmaForCausalLM(cfg).eval()
-    _perturb_norms_and_biases(model, SEEDS["llm"] + 1)
+    _perturb_norms_and_biases(model, fixture.seed + 1)
     _scale_(model.model.norm.weight, 1.0, DECODER_NORM_GAIN - 1.0)  # Gemma RMSNorm scales by (1 + w)
     _save_model(model, out)
     # The official config (saved by transformers 4.38) has "hidden_act": "gelu" and no
@@ -447,7 +549,7 @@ def build_llm(out: Path, pieces, merges) -> None:
     _write_config(out, drop=("_name_or_path", "hidden_activation"), update={"torch_dtype": "float32"})
 
 
-def build_layerwise(out: Path, pieces, merges) -> None:
+def build_layerwise(out: Path, pieces, merges, fixture: Fixture) -> None:
     from FlagEmbedding.inference.reranker.decoder_only.models.configuration_minicpm_reranker import (
         LayerWiseMiniCPMConfig,
     )
@@ -455,8 +557,10 @@ def build_layerwise(out: Path, pieces, merges) -> None:
         LayerWiseMiniCPMForCausalLM,
     )
 
-    vocab_size = save_llama_tokenizer(out, pieces, merges)
-    cfg = LayerWiseMiniCPMConfig(
+    vocab_size = save_llama_tokenizer(out, pieces, merges, fixture)
+    cfg = _config(
+        LayerWiseMiniCPMConfig,
+        fixture,
         vocab_size=vocab_size,
         hidden_size=64,
         intermediate_size=64,
@@ -490,21 +594,23 @@ def build_layerwise(out: Path, pieces, merges) -> None:
             "AutoModelForCausalLM": "modeling_minicpm_reranker.LayerWiseMiniCPMForCausalLM",
         },
     )
-    torch.manual_seed(SEEDS["layerwise"])
+    torch.manual_seed(fixture.seed)
     model = LayerWiseMiniCPMForCausalLM(cfg).eval()
-    _perturb_norms_and_biases(model, SEEDS["layerwise"] + 1)
+    _perturb_norms_and_biases(model, fixture.seed + 1)
     _scale_(model.model.norm.weight, DECODER_NORM_GAIN)  # MiniCPM RMSNorm scales by w
     _save_model(model, out)
     _write_config(out, drop=("_name_or_path",), update={"torch_dtype": "float32"})
 
 
-def build_lightweight(out: Path, pieces, merges) -> None:
+def build_lightweight(out: Path, pieces, merges, fixture: Fixture) -> None:
     from FlagEmbedding.inference.reranker.decoder_only.models.gemma_config import CostWiseGemmaConfig
     from FlagEmbedding.inference.reranker.decoder_only.models.gemma_model import CostWiseGemmaForCausalLM
 
-    vocab_size = save_gemma_tokenizer(out, pieces, merges)
+    vocab_size = save_gemma_tokenizer(out, pieces, merges, fixture)
     repo = "BAAI/bge-reranker-v2.5-gemma2-lightweight"
-    cfg = CostWiseGemmaConfig(
+    cfg = _config(
+        CostWiseGemmaConfig,
+        fixture,
         vocab_size=vocab_size,
         hidden_size=64,
         intermediate_size=64,
@@ -540,9 +646,9 @@ def build_lightweight(out: Path, pieces, merges) -> None:
             "AutoModelForCausalLM": f"{repo}--gemma_model.CostWiseGemmaForCausalLM",
         },
     )
-    torch.manual_seed(SEEDS["lightweight"])
+    torch.manual_seed(fixture.seed)
     model = CostWiseGemmaForCausalLM(cfg).eval()
-    _perturb_norms_and_biases(model, SEEDS["lightweight"] + 1)
+    _perturb_norms_and_biases(model, fixture.seed + 1)
     _scale_(model.model.norm.weight, 1.0, DECODER_NORM_GAIN - 1.0)  # Gemma-2 RMSNorm scales by (1 + w)
     _save_model(model, out)
     # Official config (transformers 4.42.2) also has the legacy "hidden_act" and "sliding_window_size".
@@ -557,30 +663,27 @@ def build_lightweight(out: Path, pieces, merges) -> None:
     )
 
 
-def build(families: list[str]) -> None:
-    pieces, merges = train_bpe_pieces()
-    for fam in families:
-        out = CKPT_DIR / fam
+BUILDERS = {"encoder": build_encoder, "llm": build_llm, "layerwise": build_layerwise, "lightweight": build_lightweight}
+
+
+def build(names: list[str]) -> None:
+    pieces = {nfkc: train_bpe_pieces(NFKC_BPE_SIZE, nfkc=True) if nfkc else train_bpe_pieces() for nfkc in (False, True)}
+    for name in names:
+        fixture = FIXTURES[name]
+        out = CKPT_DIR / name
         if out.exists():
             shutil.rmtree(out)
         out.mkdir(parents=True)
-        if fam == "encoder":
-            build_encoder(out, pieces, merges)
-        elif fam == "llm":
-            build_llm(out, pieces, merges)
-        elif fam == "layerwise":
-            build_layerwise(out, pieces, merges)
-        elif fam == "lightweight":
-            build_lightweight(out, pieces, merges)
+        BUILDERS[fixture.family](out, *pieces[fixture.nfkc], fixture)
         size = sum(p.stat().st_size for p in out.iterdir())
-        print(f"{fam:12s} {out.relative_to(ROOT)}  {size / 1024:.0f} KiB  files={sorted(p.name for p in out.iterdir())}")
+        print(f"{name:16s} {out.relative_to(ROOT)}  {size / 1024:.0f} KiB  files={sorted(p.name for p in out.iterdir())}")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--family", choices=FAMILIES, action="append", help="build only this family (repeatable)")
+    ap.add_argument("--family", choices=FIXTURES, action="append", help="build only this fixture (repeatable)")
     args = ap.parse_args(argv)
-    build(args.family or list(FAMILIES))
+    build(args.family or list(FIXTURES))
     return 0
 
 

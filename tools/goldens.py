@@ -3,21 +3,26 @@
 Usage (reference environment: FlagEmbedding 1.4.2, transformers 4.46.3, torch CPU)::
 
     .venv-ref/bin/python tools/goldens.py write  [--family NAME]   # (re)write tests/fixtures/goldens/*.json
-    .venv-ref/bin/python tools/goldens.py check  [--family NAME]   # recompute, compare (abs tol 1e-5)
+    .venv-ref/bin/python tools/goldens.py check  [--family NAME]   # recompute, compare (abs tol 1e-4)
 
 and, in *either* environment (no FlagEmbedding needed)::
 
     .venv/bin/python tools/goldens.py compat [--family NAME]
 
-``compat`` loads the fixture tokenizers/models with the installed transformers and compares
-them with what the reference environment recorded in ``tests/fixtures/goldens/compat.json``:
+``NAME`` is a fixture: a family (``encoder``, ``llm``, ``layerwise``, ``lightweight``) or its
+tokenizer variant ``<family>-nfkc`` (see ``tools/build_fixtures.py``).
+
+``compat`` loads the fixture tokenizers (with the package's own loader,
+``bge_rerank_integrations.tokenization``) and models with the installed transformers and compares
+them with what the reference (its ``AutoTokenizer`` under transformers 4.46.3) recorded in
+``tests/fixtures/goldens/compat.json``:
 ``tok(text, add_special_tokens=False)`` ids (also truncated) for every text of the case matrix
 (queries and passages as the reference sees them, i.e. with instructions applied), the prompts,
 ``"Yes"`` and ``"\\n"``; bos/eos/pad/unk ids, padding side, ``len(tokenizer)``; safetensors key
 names/shapes; for ``encoder``/``llm`` also raw logits of the transformers model classes on a
 fixed input. ``write`` records it, ``check`` re-verifies it.
 
-Each family file holds ``cases``: constructor kwargs (``init``), per-call kwargs (``call``),
+Each fixture's file holds ``cases``: constructor kwargs (``init``), per-call kwargs (``call``),
 ``pairs`` and ``scores`` exactly as the reference returns them (a list of floats, or one list
 per cutoff layer). Tests add ``device="cpu"``. ``single_pair: true`` means the reference was
 called with the bare pair ``pairs[0]`` (it still returns a one-element list). ``quirk: true``
@@ -69,8 +74,15 @@ Reference behaviours pinned by cases (FlagEmbedding 1.4.2 file:line)
   and on CPU fp16 is switched off anyway (``device == "cpu"``, lightweight.py:262): fp32.
   encoder case ``default_max_length_long_passage`` passes ``use_fp16=True`` (ignored on CPU).
 
-Matching these goldens at 1e-5 (what an implementation must reproduce)
----------------------------------------------------------------------
+Tolerance
+---------
+``check``, ``compat`` and the tests allow 1e-4 (absolute): the float32 kernels differ between
+CPUs (a 2-core AVX2-only AMD EPYC recomputed the layerwise/lightweight goldens up to 4e-5 away
+from an AVX-512 machine's, with one thread), while a wrong token, mask, position or formula moves
+these random-weight scores by 1e-2 or more.
+
+Matching these goldens at 1e-5 on one machine (what an implementation must reproduce)
+-------------------------------------------------------------------------------------
 * Position ids are ``0..L-1`` over the *padded* row, pads included (gemma
   transformers models/gemma/modeling_gemma.py:791-792, minicpm modeling_minicpm_reranker.py:1041,
   cost-wise gemma_model.py:327 and :383 after compression). RoPE angles are computed in fp32
@@ -100,8 +112,13 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 CKPT_DIR = ROOT / "tests" / "fixtures" / "checkpoints"
 GOLDEN_DIR = ROOT / "tests" / "fixtures" / "goldens"
-FAMILIES = ("encoder", "llm", "layerwise", "lightweight")
-ATOL = 1e-5
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from build_fixtures import FIXTURES as _BUILT  # noqa: E402 - the one list of fixtures
+
+#: Fixture (checkpoint directory) -> family.
+FIXTURES = {name: fixture.family for name, fixture in _BUILT.items()}
+#: Portable across CPUs (see "Tolerance" above); the tests use the same.
+ATOL = 1e-4
 
 LLM_PROMPT = (
     "Given a query A and a passage B, determine whether the passage contains an answer to the query "
@@ -168,6 +185,27 @@ MULTILINGUAL = [
     # whitespace handling: tabs, double spaces, newlines
     ["tabs\tand  double  spaces", "line one\nline two\n\nend  "],
 ]
+
+#: Texts that the -nfkc tokenizers' NFKC normalizer and pre-tokenizers act on: full-width forms,
+#: ligatures, circled digits, runs of spaces, digits, punctuation, a no-break space, tabs and newlines.
+NFKC_PAIRS = [
+    ["什么是熊猫？", "大熊猫是中国特有的动物，生活在山里。"],
+    ["Ｗｈａｔ ｉｓ ｔｈｅ ｃａｐｉｔａｌ ｏｆ Ｆｒａｎｃｅ？", "Paris is the capital of France."],
+    ["what  is   panda?", "The giant panda is a ﬁne bear ① ② ③ that eats bamboo."],
+    ["How many people live in Tokyo?", "About 14,000,000 people live in Tokyo\u00a0(2024 report, ½ of them…)."],
+    ["Yes or No?", "Yes… 'Yes' ‘No’ “Yes”: the passage answers it."],
+    ["tabs\tand  double  spaces", "line one\nline two\n\nend  "],
+]
+#: Blank and whitespace-only queries and passages: the reference scores them all.
+BLANK_PAIRS = [
+    ["what is panda?", ""],
+    ["", "hi"],
+    ["   ", "\t\n "],
+    ["", ""],
+    ["what is panda?", "   "],
+]
+#: Empty instructions: a blank text then gives a zero-length id list (decoders' default "A: "/"B: " never do).
+NO_INSTRUCTIONS = {"query_instruction_for_rerank": "", "passage_instruction_for_rerank": ""}
 
 MIXED8 = [
     ["what is panda?", "hi"],
@@ -250,6 +288,8 @@ def build_cases() -> dict[str, list[dict]]:
             note="QUIRK: first pair: query (32) + specials > 16, passage cannot absorb the overflow -> "
             "no truncation at all, the pair is longer than max_length; second pair truncated to 16",
         ),
+        _case("blank_texts", BLANK_PAIRS, note="blank and whitespace-only texts (whitespace tokenizes to nothing here)"),
+        _case("blank_single_pair", [BLANK_PAIRS[0]], single_pair=True, note="the bare pair ['what is panda?', '']"),
     ]
 
     llm = [
@@ -274,6 +314,13 @@ def build_cases() -> dict[str, list[dict]]:
             note="QUIRK: budget for [bos]+q + sep+p is 16 + len(sep) + len(prompt); the long query overflows "
             "by more than sep+p, so nothing is truncated; the short query's passage loses the overflow",
         ),
+        _case("blank_texts", BLANK_PAIRS),
+        _case(
+            "blank_texts_no_instructions",
+            BLANK_PAIRS,
+            init=NO_INSTRUCTIONS,
+            note="empty instructions: blank texts give zero-length query/passage ids",
+        ),
     ]
 
     layerwise = [
@@ -292,6 +339,8 @@ def build_cases() -> dict[str, list[dict]]:
         _case("multilingual", MULTILINGUAL, call={"cutoff_layers": [3, 6]}),
         _case("batch_size_1", MIXED8, call={"batch_size": 1}),
         _case("batch_size_3", MIXED8, init={"batch_size": 3, "cutoff_layers": [2, 6]}),
+        _case("blank_texts", BLANK_PAIRS, call={"cutoff_layers": [4, 6]}),
+        _case("blank_texts_no_instructions", BLANK_PAIRS, init=NO_INSTRUCTIONS),
     ]
 
     lightweight = [
@@ -354,8 +403,54 @@ def build_cases() -> dict[str, list[dict]]:
             note="qml = 30",
         ),
         _case("multilingual_batch_3", MULTILINGUAL, call={"batch_size": 3, "cutoff_layers": [5, 10]}),
+        _case("blank_texts", BLANK_PAIRS),
+        _case(
+            "blank_texts_no_instructions_compressed",
+            BLANK_PAIRS,
+            init=NO_INSTRUCTIONS,
+            call={"compress_ratio": 2, "compress_layers": [4], "cutoff_layers": [6, 10]},
+            note="an empty passage segment between query and prompt at the compression",
+        ),
     ]
-    return {"encoder": enc, "llm": llm, "layerwise": layerwise, "lightweight": lightweight}
+
+    # Tokenizer variants: NFKC normalizer and other pre-tokenizers (tools/build_fixtures.py).
+    nfkc_default = NFKC_PAIRS + CAPITALS[:2]
+    encoder_nfkc = [
+        _case("default", nfkc_default),
+        _case("truncation_max_length_16", NFKC_PAIRS, call={"max_length": 16}),
+        _case("blank_texts", BLANK_PAIRS),
+    ]
+    llm_nfkc = [
+        _case("default", nfkc_default, note="padding_side unset in tokenizer_config.json: the class's (left)"),
+        _case("truncation_max_length_16", NFKC_PAIRS, call={"max_length": 16}),
+        _case("blank_texts", BLANK_PAIRS),
+        _case("blank_texts_no_instructions", BLANK_PAIRS, init=NO_INSTRUCTIONS),
+    ]
+    layerwise_nfkc = [
+        _case("default", nfkc_default, note="cutoff_layers default = [4]; padding_side unset (left)"),
+        _case("cutoff_several", NFKC_PAIRS, call={"cutoff_layers": [2, 3, 4]}),
+        _case("blank_texts", BLANK_PAIRS),
+    ]
+    lightweight_nfkc = [
+        _case("default", nfkc_default),
+        _case("compress_ratio_2_layer_2", NFKC_PAIRS, call={"compress_ratio": 2, "compress_layers": [2], "cutoff_layers": [3, 4]}),
+        _case(
+            "blank_texts_no_instructions_compressed",
+            BLANK_PAIRS,
+            init=NO_INSTRUCTIONS,
+            call={"compress_ratio": 2, "compress_layers": [2]},
+        ),
+    ]
+    return {
+        "encoder": enc,
+        "llm": llm,
+        "layerwise": layerwise,
+        "lightweight": lightweight,
+        "encoder-nfkc": encoder_nfkc,
+        "llm-nfkc": llm_nfkc,
+        "layerwise-nfkc": layerwise_nfkc,
+        "lightweight-nfkc": lightweight_nfkc,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -400,7 +495,7 @@ def _as_floats(scores):
     return float(scores)
 
 
-def run_family(family: str, cases: list[dict]) -> list:
+def run_family(name: str, cases: list[dict]) -> list:
     import contextlib
     import io
 
@@ -410,8 +505,8 @@ def run_family(family: str, cases: list[dict]) -> list:
     # shared 2-core machine (thread hand-offs dominate).
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    cls = _reference_classes()[family]
-    ckpt = str(CKPT_DIR / family)
+    cls = _reference_classes()[FIXTURES[name]]
+    ckpt = str(CKPT_DIR / name)
     out = []
     for case in cases:
         # The reference prints tqdm bars (explicit disable=...) and warnings: keep them out.
@@ -456,11 +551,20 @@ def compat_texts(family: str, cases: list[dict]) -> list[str]:
     return uniq
 
 
-def _load_tokenizer(family: str):
+def reference_tokenizer(name: str):
+    """The tokenizer the reference loads: ``AutoTokenizer`` (run under its transformers 4.46.3)."""
     from transformers import AutoTokenizer
 
     # trust_remote_code=False: the layerwise/lightweight config.json carry an auto_map.
-    return AutoTokenizer.from_pretrained(str(CKPT_DIR / family), trust_remote_code=False)
+    return AutoTokenizer.from_pretrained(str(CKPT_DIR / name), trust_remote_code=False)
+
+
+def package_tokenizer(name: str):
+    """The tokenizer our package loads, under the installed transformers."""
+    sys.path.insert(0, str(ROOT))
+    from bge_rerank_integrations.tokenization import load_tokenizer
+
+    return load_tokenizer(CKPT_DIR / name)
 
 
 FIXED_IDS = {  # deterministic model probes (ids are valid in every fixture vocab)
@@ -469,11 +573,11 @@ FIXED_IDS = {  # deterministic model probes (ids are valid in every fixture voca
 }
 
 
-def _model_probe(family: str) -> dict:
+def _model_probe(name: str) -> dict:
     import torch
 
-    ids = torch.tensor(FIXED_IDS[family])
-    if family == "encoder":
+    ids = torch.tensor(FIXED_IDS[name])
+    if FIXTURES[name] == "encoder":
         from transformers import XLMRobertaForSequenceClassification as Cls
 
         mask = (ids != 1).long()
@@ -481,11 +585,11 @@ def _model_probe(family: str) -> dict:
         from transformers import GemmaForCausalLM as Cls
 
         mask = (ids != 0).long()
-    model, info = Cls.from_pretrained(str(CKPT_DIR / family), output_loading_info=True)
+    model, info = Cls.from_pretrained(str(CKPT_DIR / name), output_loading_info=True)
     model.eval()
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=mask).logits.float()
-    if family == "encoder":
+    if FIXTURES[name] == "encoder":
         values = logits.view(-1).tolist()
     else:  # last position, first 16 vocabulary entries + "Yes"
         values = logits[:, -1, :16].reshape(-1).tolist()
@@ -494,11 +598,11 @@ def _model_probe(family: str) -> dict:
     return {"class": Cls.__name__, "logits": values, "loading_info": loading}
 
 
-def compute_compat(family: str, cases: list[dict]) -> dict:
+def compute_compat(name: str, cases: list[dict], load_tokenizer=package_tokenizer) -> dict:
     from safetensors import safe_open
 
-    tok = _load_tokenizer(family)
-    texts = compat_texts(family, cases)
+    tok = load_tokenizer(name)
+    texts = compat_texts(FIXTURES[name], cases)
     data = {
         "tokenizer": {
             "len": len(tok),
@@ -514,14 +618,14 @@ def compute_compat(family: str, cases: list[dict]) -> dict:
         "ids": [tok(t, add_special_tokens=False)["input_ids"] for t in texts],
         "ids_truncated_8": tok(texts, add_special_tokens=False, max_length=8, truncation=True)["input_ids"],
     }
-    with safe_open(str(CKPT_DIR / family / "model.safetensors"), framework="pt") as f:
+    with safe_open(str(CKPT_DIR / name / "model.safetensors"), framework="pt") as f:
         data["safetensors"] = {k: list(f.get_slice(k).get_shape()) for k in sorted(f.keys())}
-    if family in FIXED_IDS:
-        data["model_probe"] = _model_probe(family)
+    if name in FIXED_IDS:
+        data["model_probe"] = _model_probe(name)
     return data
 
 
-def compare_compat(family: str, expected: dict, got: dict) -> list[str]:
+def compare_compat(expected: dict, got: dict) -> list[str]:
     problems = []
     for k, v in expected["tokenizer"].items():
         if got["tokenizer"].get(k) != v:
@@ -548,8 +652,8 @@ def compare_compat(family: str, expected: dict, got: dict) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 # Commands
 # ----------------------------------------------------------------------------------------------
-def _golden_path(family: str) -> Path:
-    return GOLDEN_DIR / f"{family}.json"
+def _golden_path(name: str) -> Path:
+    return GOLDEN_DIR / f"{name}.json"
 
 
 def _dump(path: Path, data) -> None:
@@ -574,53 +678,53 @@ def _flatten(x):
         yield x
 
 
-def cmd_write(families: list[str]) -> int:
+def cmd_write(names: list[str], tokenizer: str) -> int:
     _quiet_reference()
     all_cases = build_cases()
     versions = reference_versions()
     compat_path = GOLDEN_DIR / "compat.json"
     compat = json.loads(compat_path.read_text(encoding="utf-8")) if compat_path.exists() else {}
     compat["reference"] = {"transformers": versions["transformers"]}
-    for fam in families:
+    for name in names:
         t0 = time.time()
-        cases = all_cases[fam]
-        scores = run_family(fam, cases)
+        cases = all_cases[name]
+        scores = run_family(name, cases)
         doc = {
-            "family": fam,
-            "checkpoint": f"tests/fixtures/checkpoints/{fam}",
+            "family": FIXTURES[name],
+            "checkpoint": f"tests/fixtures/checkpoints/{name}",
             "reference": versions,
             "tolerance": ATOL,
             "cases": [{**c, "scores": s} for c, s in zip(cases, scores)],
         }
-        _dump(_golden_path(fam), doc)
-        compat[fam] = compute_compat(fam, cases)
+        _dump(_golden_path(name), doc)
+        compat[name] = compute_compat(name, cases, TOKENIZERS[tokenizer])
         flat = list(_flatten(scores))
         print(
-            f"{fam:12s} wrote {len(cases)} cases, {len(flat)} scores "
+            f"{name:16s} wrote {len(cases)} cases, {len(flat)} scores "
             f"(min {min(flat):.3f}, max {max(flat):.3f}) in {time.time() - t0:.1f}s"
         )
-    _dump(compat_path, {k: compat[k] for k in ["reference", *FAMILIES] if k in compat})
+    _dump(compat_path, {k: compat[k] for k in ["reference", *FIXTURES] if k in compat})
     return 0
 
 
-def cmd_check(families: list[str]) -> int:
+def cmd_check(names: list[str], tokenizer: str) -> int:
     _quiet_reference()
     all_cases = build_cases()
     compat = json.loads((GOLDEN_DIR / "compat.json").read_text(encoding="utf-8"))
     failed = False
-    for fam in families:
+    for name in names:
         t0 = time.time()
-        doc = json.loads(_golden_path(fam).read_text(encoding="utf-8"))
+        doc = json.loads(_golden_path(name).read_text(encoding="utf-8"))
         problems = []
         stored = {c["id"]: c for c in doc["cases"]}
-        cases = all_cases[fam]
+        cases = all_cases[name]
         for c in cases:
             s = stored.get(c["id"])
             if s is None or {k: v for k, v in s.items() if k != "scores"} != c:
                 problems.append(f"case {c['id']!r}: definition differs from the committed JSON (run `write`)")
         if set(stored) != {c["id"] for c in cases}:
             problems.append("case ids differ from the committed JSON (run `write`)")
-        scores = run_family(fam, cases)
+        scores = run_family(name, cases)
         worst = 0.0
         n = 0
         for c, got in zip(cases, scores):
@@ -631,36 +735,37 @@ def cmd_check(families: list[str]) -> int:
             worst = max(worst, d)
             if not d <= ATOL:
                 problems.append(f"case {c['id']!r}: max abs diff {d:.3g} > {ATOL}")
-        if fam in compat:
-            problems += [f"compat: {p}" for p in compare_compat(fam, compat[fam], compute_compat(fam, cases))]
+        if name in compat:
+            got = compute_compat(name, cases, TOKENIZERS[tokenizer])
+            problems += [f"compat: {p}" for p in compare_compat(compat[name], got)]
         else:
             problems.append("compat: no entry in compat.json (run `write`)")
         status = "OK" if not problems else "DRIFT"
-        print(f"{fam:12s} {status}: {len(cases)} cases, {n} scores, max abs diff {worst:.2e} ({time.time() - t0:.1f}s)")
+        print(f"{name:16s} {status}: {len(cases)} cases, {n} scores, max abs diff {worst:.2e} ({time.time() - t0:.1f}s)")
         for p in problems:
             print(f"    - {p}")
         failed |= bool(problems)
     return 1 if failed else 0
 
 
-def cmd_compat(families: list[str]) -> int:
+def cmd_compat(names: list[str], tokenizer: str) -> int:
     import transformers
 
     all_cases = build_cases()
     compat = json.loads((GOLDEN_DIR / "compat.json").read_text(encoding="utf-8"))
     failed = False
-    for fam in families:
-        if fam not in compat:
-            print(f"{fam:12s} MISSING: no entry in compat.json (run `write` in the reference environment)")
+    for name in names:
+        if name not in compat:
+            print(f"{name:16s} MISSING: no entry in compat.json (run `write` in the reference environment)")
             failed = True
             continue
-        problems = compare_compat(fam, compat[fam], compute_compat(fam, all_cases[fam]))
-        n = len(compat[fam]["texts"])
-        probe = " + model probe" if "model_probe" in compat[fam] else ""
+        problems = compare_compat(compat[name], compute_compat(name, all_cases[name], TOKENIZERS[tokenizer]))
+        n = len(compat[name]["texts"])
+        probe = " + model probe" if "model_probe" in compat[name] else ""
         status = "OK" if not problems else "MISMATCH"
         print(
-            f"{fam:12s} {status}: transformers {transformers.__version__} vs {compat['reference']['transformers']}: "
-            f"{n} texts, special ids, padding side, len, safetensors keys{probe}"
+            f"{name:16s} {status}: {tokenizer} tokenizer, transformers {transformers.__version__} vs the reference's "
+            f"{compat['reference']['transformers']}: {n} texts, special ids, padding side, len, safetensors keys{probe}"
         )
         for p in problems:
             print(f"    - {p}")
@@ -668,14 +773,28 @@ def cmd_compat(families: list[str]) -> int:
     return 1 if failed else 0
 
 
+#: ``--tokenizer``: how ``compat``/``check``/``write`` load the tokenizer they compare or record.
+TOKENIZERS = {"package": package_tokenizer, "reference": reference_tokenizer}
+#: What each command loads unless told otherwise: ``write`` records the reference's tokenization,
+#: ``check`` re-verifies that record, ``compat`` checks our loader against it.
+DEFAULT_TOKENIZER = {"write": "reference", "check": "reference", "compat": "package"}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Reference golden scores for the fixture checkpoints.")
     ap.add_argument("command", choices=("write", "check", "compat"))
-    ap.add_argument("--family", choices=FAMILIES, action="append", help="limit to this family (repeatable)")
+    ap.add_argument("--family", choices=FIXTURES, action="append", help="limit to this fixture (repeatable)")
+    ap.add_argument(
+        "--tokenizer",
+        choices=TOKENIZERS,
+        help="package: our loader; reference: AutoTokenizer as the reference loads it "
+        "(default: reference for write/check, package for compat)",
+    )
     args = ap.parse_args(argv)
-    families = args.family or list(FAMILIES)
+    names = args.family or list(FIXTURES)
+    tokenizer = args.tokenizer or DEFAULT_TOKENIZER[args.command]
     t0 = time.time()
-    rc = {"write": cmd_write, "check": cmd_check, "compat": cmd_compat}[args.command](families)
+    rc = {"write": cmd_write, "check": cmd_check, "compat": cmd_compat}[args.command](names, tokenizer)
     print(f"{args.command}: {'ok' if rc == 0 else 'FAILED'} in {time.time() - t0:.1f}s")
     return rc
 

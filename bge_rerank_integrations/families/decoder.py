@@ -1,12 +1,8 @@
-"""What the decoder families (llm, layerwise, lightweight) share: instructions, prompt, inputs, tokenizer, layers."""
+"""What the decoder families (llm, layerwise, lightweight) share: instructions, prompt, inputs, layers."""
 
 from __future__ import annotations
 
-import logging
-import warnings
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, ClassVar, Iterator, Sequence
+from typing import ClassVar, Sequence
 
 from .base import Encoded, RerankerFamily, ScoreOptions
 from .decoder_text import (
@@ -54,30 +50,3 @@ class LayeredDecoderFamily(DecoderFamily):
         """One score list per distinct cutoff layer."""
         return len(self.cutoff_layers(options))
 
-
-def load_tokenizer(path: str | Path) -> Any:
-    """The checkpoint's tokenizer, never running checkpoint code.
-
-    For custom model types (minicpm, cost_wise_gemma) transformers reads config.json as a generic
-    config, warning that it instantiates "a model of type ``" and (5.x) that ``rope_scaling`` is
-    deprecated; the tokenizer loads fine and our own model reads the config, so both are dropped.
-    """
-    from transformers import AutoTokenizer
-
-    with _hide_unknown_model_type_warning(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*rope_scaling.*deprecated", category=FutureWarning)
-        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
-
-
-@contextmanager
-def _hide_unknown_model_type_warning() -> Iterator[None]:
-    hf_logger = logging.getLogger("transformers.configuration_utils")
-
-    def keep(record: logging.LogRecord) -> bool:
-        return "to instantiate a model of type" not in record.getMessage()
-
-    hf_logger.addFilter(keep)
-    try:
-        yield
-    finally:
-        hf_logger.removeFilter(keep)

@@ -9,6 +9,7 @@ from typing import Sequence
 import torch
 
 from ..loading import dtype_kwargs
+from ..tokenization import load_tokenizer
 from .base import Encoded, RerankerFamily, ScoreOptions
 
 logger = logging.getLogger(__name__)
@@ -82,9 +83,9 @@ class EncoderFamily(RerankerFamily):
 
     @classmethod
     def load(cls, path: str, device: torch.device, dtype: torch.dtype) -> "EncoderFamily":
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
 
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = load_tokenizer(path)
         model = AutoModelForSequenceClassification.from_pretrained(path, **dtype_kwargs(dtype))
         if model.config.num_labels != 1:
             raise ValueError(f"{path!r} has {model.config.num_labels} labels; a reranker has exactly one.")

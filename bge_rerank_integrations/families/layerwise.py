@@ -17,7 +17,8 @@ import torch
 from ..loading import load_state_dict, read_config
 from ..models.minicpm_layerwise import LayerwiseConfig, LayerwiseMiniCPM
 from .base import Encoded, ScoreOptions
-from .decoder import LayeredDecoderFamily, load_tokenizer
+from ..tokenization import load_tokenizer
+from .decoder import LayeredDecoderFamily
 from .decoder_text import pad_batch, pad_token_id, padding_side
 
 logger = logging.getLogger(__name__)

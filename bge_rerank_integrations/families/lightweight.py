@@ -21,7 +21,8 @@ import torch
 
 from ..models.gemma2_lightweight import Gemma2LightweightReranker, load_lightweight
 from .base import Encoded, ScoreOptions
-from .decoder import LayeredDecoderFamily, load_tokenizer
+from ..tokenization import load_tokenizer
+from .decoder import LayeredDecoderFamily
 from .decoder_text import pad_batch, pad_token_id
 
 logger = logging.getLogger(__name__)

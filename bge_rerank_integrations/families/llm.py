@@ -15,7 +15,8 @@ import torch
 
 from ..loading import dtype_kwargs
 from .base import Encoded, ScoreOptions
-from .decoder import DecoderFamily, load_tokenizer
+from ..tokenization import load_tokenizer
+from .decoder import DecoderFamily
 from .decoder_text import pad_batch, pad_token_id, padding_side
 
 logger = logging.getLogger(__name__)
