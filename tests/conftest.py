@@ -45,3 +45,9 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def reference_score(name: str, case_id: str, query: str, passage: str) -> float:
+    """The reference's score for ``[query, passage]`` in golden case ``case_id`` of checkpoint ``name``."""
+    (case,) = [case for case in load_goldens(name)["cases"] if case["id"] == case_id]
+    return case["scores"][case["pairs"].index([query, passage])]

@@ -12,7 +12,7 @@ import pytest
 from bge_rerank_integrations import BGEReranker
 from bge_rerank_integrations.cli import main
 
-from .conftest import checkpoint
+from .conftest import TOLERANCE, checkpoint, reference_score
 
 QUERY = "what is panda?"
 PASSAGES = ["hi", "The giant panda is a bear species endemic to China.", "Paris is the capital of France."]
@@ -73,9 +73,25 @@ def test_missing_model_exits_1(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_empty_query_exits_2(capsys):
-    assert main(["-m", checkpoint("encoder"), "-q", " ", "--device", "cpu", "x"]) == 2
-    assert "query is empty" in capsys.readouterr().err
+def test_blank_passages_and_query_given_as_arguments_are_scored(capsys):
+    assert main(["-m", checkpoint("encoder"), "-q", QUERY, "--device", "cpu", "--json", "", "   "]) == 0
+    printed = {p["text"]: p["score"] for p in json.loads(capsys.readouterr().out)}
+    assert printed == {text: pytest.approx(reference_score("encoder", "blank_texts", QUERY, text), abs=TOLERANCE) for text in ("", "   ")}
+    assert main(["-m", checkpoint("encoder"), "-q", "", "--device", "cpu", "--json", "hi"]) == 0
+    (printed,) = json.loads(capsys.readouterr().out)
+    assert printed["score"] == pytest.approx(reference_score("encoder", "blank_texts", "", "hi"), abs=TOLERANCE)
+
+
+def test_blank_lines_are_skipped_but_blank_jsonl_records_are_scored(tmp_path, capsys):
+    lines = tmp_path / "passages.txt"
+    lines.write_text("hi\n\n   \nParis\n", encoding="utf-8")
+    assert main(["-m", checkpoint("encoder"), "-q", QUERY, "--device", "cpu", "--json", "-f", str(lines)]) == 0
+    assert sorted(p["text"] for p in json.loads(capsys.readouterr().out)) == ["Paris", "hi"]
+    records = tmp_path / "passages.jsonl"
+    records.write_text('{"text": ""}\n\n{"text": "   "}\n', encoding="utf-8")
+    assert main(["-m", checkpoint("encoder"), "-q", QUERY, "--device", "cpu", "--json", "-f", str(records)]) == 0
+    printed = {p["index"]: p["score"] for p in json.loads(capsys.readouterr().out)}
+    assert printed == {i: pytest.approx(reference_score("encoder", "blank_texts", QUERY, text), abs=TOLERANCE) for i, text in enumerate(["", "   "])}
 
 
 def test_console_script_runs():

@@ -15,7 +15,7 @@ from bge_rerank_integrations.device import resolve_device, resolve_dtype
 from bge_rerank_integrations.families import canonical_family, detect_family
 from bge_rerank_integrations.loading import read_config
 
-from .conftest import FAMILIES, TOLERANCE, checkpoint
+from .conftest import FAMILIES, TOLERANCE, checkpoint, reference_score
 
 PANDA = "The giant panda (Ailuropoda melanoleuca) is a bear species endemic to China."
 PAIRS = [
@@ -129,8 +129,8 @@ def test_rerank_orders_thresholds_and_cuts(reranker):
         ("what is panda?", TypeError, "pair"),
         ([["only one"]], ValueError, "index 0"),
         ([["q", "p", "x"]], ValueError, "Malformed pair at index 0"),
-        ([["q", "p"], ["q", ""]], ValueError, "passage at index 1 is empty"),
-        ([["", "p"]], ValueError, "query at index 0 is empty"),
+        ([["q", "p"], ["q", b"bytes"]], TypeError, "passage at index 1 must be a string"),
+        ([[None, "p"]], TypeError, "query at index 0 must be a string"),
         ([["q", 3]], TypeError, "passage at index 0 must be a string"),
         ([["q", None]], TypeError, "must be a string"),
         (None, TypeError, "sentence_pairs"),
@@ -142,10 +142,32 @@ def test_bad_pairs_are_clear_errors(reranker, pairs, error, message):
 
 
 def test_bad_input_is_not_mutated(reranker):
-    pairs = [["q", "p"], ["q", ""]]
-    with pytest.raises(ValueError):
+    pairs = [["q", "p"], ["q", 3]]
+    with pytest.raises(TypeError):
         reranker.compute_score(pairs)
-    assert pairs == [["q", "p"], ["q", ""]]
+    assert pairs == [["q", "p"], ["q", 3]]
+
+
+def test_a_blank_encoder_pair_is_its_special_tokens(reranker):
+    family = reranker.load().family
+    (blank,) = family.encode([("", "   ")], reranker.options)  # this tokenizer drops whitespace
+    template = family.template
+    assert blank.input_ids == [*template.prefix, *template.middle, *template.suffix] == [0, 2, 2, 2]
+    assert blank.query_length == len(template.prefix + template.middle)
+
+
+def test_blank_texts_are_scored_as_the_reference_scores_them(reranker):
+    """Empty and whitespace-only queries and passages are text like any other (goldens: blank_texts)."""
+    assert reranker.compute_score(["what is panda?", ""]) == pytest.approx(
+        reference_score("encoder", "blank_single_pair", "what is panda?", ""), abs=TOLERANCE
+    )
+    results = reranker.rerank("what is panda?", ["", "   "])
+    assert sorted(results, key=lambda r: r.index) == [
+        RerankResult(i, pytest.approx(reference_score("encoder", "blank_texts", "what is panda?", text), abs=TOLERANCE), text)
+        for i, text in enumerate(["", "   "])
+    ]
+    (blank_query,) = reranker.rerank("", ["hi"])
+    assert blank_query.score == pytest.approx(reference_score("encoder", "blank_texts", "", "hi"), abs=TOLERANCE)
 
 
 def test_empty_list_loads_nothing():

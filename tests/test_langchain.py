@@ -27,7 +27,7 @@ import bge_rerank_integrations.reranker as core
 from bge_rerank_integrations import BGEReranker
 from bge_rerank_integrations.langchain import BGERerank
 
-from .conftest import CHECKPOINTS, checkpoint
+from .conftest import CHECKPOINTS, TOLERANCE, checkpoint, reference_score
 
 ENCODER = checkpoint("encoder")
 QUERY = "what is panda?"
@@ -257,13 +257,10 @@ def test_construction_errors():
 @pytest.mark.parametrize(
     "documents, query, error, match",
     [
-        (make_docs(), "", ValueError, "query is empty"),
-        (make_docs(), "   ", ValueError, "query is empty"),
         (make_docs(), None, TypeError, "query must be a string"),
         ("not a list", QUERY, TypeError, "list of Document"),
         (Document("one"), QUERY, TypeError, "list of Document"),
         ([*make_docs(), "plain text"], QUERY, TypeError, r"documents\[6\] must be a langchain Document"),
-        ([Document("ok"), Document("")], QUERY, ValueError, r"page_content of documents\[1\] is empty"),
         ([Document.model_construct(page_content=42)], QUERY, TypeError, "page_content of documents.0. must be a string"),
     ],
 )
@@ -297,6 +294,19 @@ def test_config_from_a_plain_dict():
 
 
 # --- through LangChain: retriever, async, LCEL, callbacks ----------------------------------------------
+
+
+def test_blank_documents_and_query_are_scored_as_the_reference_scores_them():
+    """One empty chunk from the vector store must not break the RAG query (goldens: encoder blank_texts)."""
+    docs = [Document("", id="empty"), Document("   ", id="spaces"), Document("hi", id="hi")]
+    result = make_retriever(BGERerank(model=ENCODER, device="cpu"), docs).invoke(QUERY)
+    assert {d.id: d.metadata["relevance_score"] for d in result} == {
+        "empty": pytest.approx(reference_score("encoder", "blank_texts", QUERY, ""), abs=TOLERANCE),
+        "spaces": pytest.approx(reference_score("encoder", "blank_texts", QUERY, "   "), abs=TOLERANCE),
+        "hi": pytest.approx(reference_score("encoder", "panda_seed", QUERY, "hi"), abs=TOLERANCE),
+    }
+    (scored,) = BGERerank(model=ENCODER, device="cpu").compress_documents([Document("hi")], "")
+    assert scored.metadata["relevance_score"] == pytest.approx(reference_score("encoder", "blank_texts", "", "hi"), abs=TOLERANCE)
 
 
 def test_contextual_compression_retriever_invoke():

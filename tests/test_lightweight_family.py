@@ -264,6 +264,15 @@ def test_encode_marks_query_and_prompt_segments(family):
         assert item.input_ids[-item.prompt_length :] == [*sep, *prompt]
 
 
+def test_an_empty_passage_segment_compresses_to_nothing(family):
+    opts = _options(query_instruction_for_rerank="", passage_instruction_for_rerank="")
+    (item,) = family.encode([("what is panda?", "")], opts)
+    assert item.query_length + item.prompt_length == len(item), "no passage tokens between query and prompt"
+    plain = _score(family, [("what is panda?", "")], cutoff_layers=(6,))
+    compressed = _score(family, [("what is panda?", "")], cutoff_layers=(6,), compress_ratio=4, compress_layers=(2,))
+    assert torch.allclose(compressed, plain, atol=TOLERANCE)
+
+
 def test_forward_shape_and_batch_invariance(family):
     options = dict(compress_ratio=4, compress_layers=(3, 5), cutoff_layers=(4, 10))
     together = _score(family, PAIRS, **options)

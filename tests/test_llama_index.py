@@ -35,7 +35,7 @@ from bge_rerank_integrations import BGEReranker  # noqa: E402
 from bge_rerank_integrations.adapter_support import LOAD_SETTINGS, SCORE_SETTINGS  # noqa: E402
 from bge_rerank_integrations.llama_index import BGERerank  # noqa: E402
 
-from .conftest import checkpoint  # noqa: E402
+from .conftest import TOLERANCE, checkpoint, reference_score  # noqa: E402
 
 ENCODER = checkpoint("encoder")
 QUERY = "what is a panda?"
@@ -312,8 +312,20 @@ def test_missing_query_is_an_error():
         rerank.postprocess_nodes(scored(make_nodes()))
     with pytest.raises(ValueError, match="needs a query"):
         asyncio.run(rerank.apostprocess_nodes(scored(make_nodes())))
-    with pytest.raises(ValueError, match="query is empty"):
-        rerank.postprocess_nodes([], query_str=" ")
+    assert rerank.postprocess_nodes([], query_str=" ") == []
+
+
+def test_blank_nodes_and_query_are_scored_as_the_reference_scores_them():
+    """A node without text is scored like any other (goldens: encoder blank_texts)."""
+    rerank = BGERerank(model=ENCODER, device="cpu")
+    nodes = scored([TextNode(id_="empty", text=""), TextNode(id_="spaces", text="   ")])
+    result = rerank.postprocess_nodes(nodes, query_str="what is panda?")
+    assert dict(ids_scores(result)) == {
+        "empty": pytest.approx(reference_score("encoder", "blank_texts", "what is panda?", ""), abs=TOLERANCE),
+        "spaces": pytest.approx(reference_score("encoder", "blank_texts", "what is panda?", "   "), abs=TOLERANCE),
+    }
+    (blank_query,) = rerank.postprocess_nodes(scored([TextNode(id_="hi", text="hi")]), query_str="")
+    assert blank_query.score == pytest.approx(reference_score("encoder", "blank_texts", "", "hi"), abs=TOLERANCE)
 
 
 @pytest.mark.parametrize(

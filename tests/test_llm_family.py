@@ -110,6 +110,18 @@ def test_encode_layout_matches_reference_recipe(family):
     assert encoded.query_length == len(bos + q + sep) and encoded.prompt_length == len(sep + prompt)
 
 
+def test_blank_texts_give_zero_length_ids_around_the_fixed_pieces(family):
+    tok = family.tokenizer
+    opts = options(query_instruction_for_rerank="", passage_instruction_for_rerank="")
+    template = PairTemplate.build(tok, DEFAULT_PROMPT, bos="auto")
+    blank, whitespace = family.encode(with_instructions(family, [("", ""), ("", "   ")], opts), opts)
+    assert blank.input_ids == [*template.bos, *template.sep, *template.sep, *template.prompt]
+    assert blank.query_length == len(template.bos + template.sep) and blank.prompt_length == len(template.tail)
+    assert whitespace.input_ids == [*template.bos, *template.sep, *token_ids(tok, "   "), *template.tail]
+    assert assemble([], [], template, max_length=1) == blank
+    assert torch.isfinite(family.forward([blank, whitespace], opts)).all()
+
+
 def test_default_prompt_is_used_when_none(family):
     (default,) = family.encode([("a", "b")], options())
     (explicit,) = family.encode([("a", "b")], options(prompt=DEFAULT_PROMPT))
@@ -174,6 +186,8 @@ def test_pad_batch_sides_multiple_and_mask_dtype():
     assert right.attention_mask.sum(1).tolist() == [3, 9] and right.has_padding
     with pytest.raises(ValueError):
         pad_batch(batch, pad_id=0, side="middle")
+    with pytest.raises(ValueError, match="no empty sequence"):  # a pair always keeps its separators and prompt
+        pad_batch([*batch, Encoded([])], pad_id=0)
 
 
 # --- parity with the reference -----------------------------------------------------------------
