@@ -92,6 +92,14 @@ class Fixture:
 
 SMALL = {"hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2}
 SMALL_GEMMA = {**SMALL, "num_key_value_heads": 1, "head_dim": 8}
+UNSET_PADDING_SIDE = ("padding_side",)  # the tokenizer class's own default applies
+
+
+def _nfkc(family: str, seed: int, dims: dict, drop_tokenizer_config: tuple[str, ...] = ()) -> Fixture:
+    """The tokenizer variant ``<family>-nfkc``: NFKC tokenizer (module docstring) on a smaller model."""
+    return Fixture(f"{family}-nfkc", family, seed, nfkc=True, dims=dims, drop_tokenizer_config=drop_tokenizer_config)
+
+
 FIXTURES = {
     fixture.name: fixture
     for fixture in (
@@ -99,26 +107,13 @@ FIXTURES = {
         Fixture("llm", "llm", 1002),
         Fixture("layerwise", "layerwise", 1003),
         Fixture("lightweight", "lightweight", 1004),
-        Fixture("encoder-nfkc", "encoder", 2001, nfkc=True, dims={**SMALL, "num_hidden_layers": 1}),
-        Fixture("llm-nfkc", "llm", 2002, nfkc=True, dims=SMALL_GEMMA, drop_tokenizer_config=("padding_side",)),
-        Fixture(
-            "layerwise-nfkc",
-            "layerwise",
-            2003,
-            nfkc=True,
-            dims={**SMALL, "num_key_value_heads": 2, "num_hidden_layers": 4},
-            drop_tokenizer_config=("padding_side",),
-        ),
-        Fixture(
-            "lightweight-nfkc",
-            "lightweight",
-            2004,
-            nfkc=True,
-            dims={**SMALL_GEMMA, "num_hidden_layers": 4, "query_pre_attn_scalar": 8},
-        ),
+        _nfkc("encoder", 2001, {**SMALL, "num_hidden_layers": 1}),
+        _nfkc("llm", 2002, SMALL_GEMMA, UNSET_PADDING_SIDE),
+        _nfkc("layerwise", 2003, {**SMALL, "num_key_value_heads": 2, "num_hidden_layers": 4}, UNSET_PADDING_SIDE),
+        _nfkc("lightweight", 2004, {**SMALL_GEMMA, "num_hidden_layers": 4, "query_pre_attn_scalar": 8}),
     )
 }
-#: BPE size of the variants' shared pieces (smaller: the variants stay a few tens of KB).
+#: BPE size of the variants' shared pieces (a smaller vocabulary: each variant stays under 100 KB).
 NFKC_BPE_SIZE = 300
 
 LLM_PROMPT = (
