@@ -305,6 +305,15 @@ def use_nfkc_pipeline(tok: Tokenizer, family: str) -> Tokenizer:
     return tok
 
 
+def _apply_variant(tok: Tokenizer, fixture: Fixture | None) -> tuple[str, ...]:
+    """Give ``tok`` the fixture's tokenizer variant; return the tokenizer_config.json keys to leave unset."""
+    if fixture is None:
+        return ()
+    if fixture.nfkc:
+        use_nfkc_pipeline(tok, fixture.family)
+    return fixture.drop_tokenizer_config
+
+
 def _patch_json(path: Path, update: dict, drop: tuple[str, ...] = ()) -> None:
     data = json.loads(path.read_text(encoding="utf-8"))
     data.update(update)
@@ -323,12 +332,11 @@ def _finish_tokenizer_dir(out: Path, config_update: dict, drop: tuple[str, ...] 
     )
 
 
-def save_encoder_tokenizer(out: Path, pieces, merges, fixture: Fixture) -> int:
+def save_encoder_tokenizer(out: Path, pieces, merges, fixture: Fixture | None = None) -> int:
     from transformers import XLMRobertaTokenizerFast
 
     tok = build_unigram_tokenizer(pieces, merges)
-    if fixture.nfkc:
-        use_nfkc_pipeline(tok, fixture.family)
+    unset = _apply_variant(tok, fixture)
     hf = XLMRobertaTokenizerFast(
         tokenizer_object=tok,
         bos_token="<s>",
@@ -344,18 +352,17 @@ def save_encoder_tokenizer(out: Path, pieces, merges, fixture: Fixture) -> int:
     _finish_tokenizer_dir(
         out,
         {"tokenizer_class": "XLMRobertaTokenizer", "model_max_length": 512, "padding_side": "right"},
-        drop=fixture.drop_tokenizer_config,
+        drop=unset,
     )
     return len(hf)
 
 
-def save_gemma_tokenizer(out: Path, pieces, merges, fixture: Fixture) -> int:
+def save_gemma_tokenizer(out: Path, pieces, merges, fixture: Fixture | None = None) -> int:
     from transformers import GemmaTokenizerFast
 
     specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
     tok = build_bpe_tokenizer(specials, "<unk>", "gemma", pieces, merges)
-    if fixture.nfkc:
-        use_nfkc_pipeline(tok, fixture.family)
+    unset = _apply_variant(tok, fixture)
     hf = GemmaTokenizerFast(
         tokenizer_object=tok,
         pad_token="<pad>",
@@ -377,18 +384,17 @@ def save_gemma_tokenizer(out: Path, pieces, merges, fixture: Fixture) -> int:
             "add_eos_token": False,
             "clean_up_tokenization_spaces": False,
         },
-        drop=fixture.drop_tokenizer_config,
+        drop=unset,
     )
     return len(hf)
 
 
-def save_llama_tokenizer(out: Path, pieces, merges, fixture: Fixture) -> int:
+def save_llama_tokenizer(out: Path, pieces, merges, fixture: Fixture | None = None) -> int:
     from transformers import LlamaTokenizerFast
 
     specials = ["<unk>", "<s>", "</s>"]
     tok = build_bpe_tokenizer(specials, "<unk>", "llama", pieces, merges)
-    if fixture.nfkc:
-        use_nfkc_pipeline(tok, fixture.family)
+    unset = _apply_variant(tok, fixture)
     # MiniCPM's tokenizer has no pad token of its own; FlagEmbedding's layerwise fine-tuning
     # runner sets pad = unk and padding_side = 'left', which is what the released checkpoint has.
     hf = LlamaTokenizerFast(
@@ -412,7 +418,7 @@ def save_llama_tokenizer(out: Path, pieces, merges, fixture: Fixture) -> int:
             "legacy": False,
             "clean_up_tokenization_spaces": False,
         },
-        drop=("add_prefix_space", *fixture.drop_tokenizer_config),
+        drop=("add_prefix_space", *unset),
     )
     return len(hf)
 
