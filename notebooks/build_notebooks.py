@@ -3,7 +3,7 @@
 The ``.ipynb`` files are committed executed, so a reader sees the rankings and plots without
 running anything. Edit the cells here, then run::
 
-    python notebooks/build_notebooks.py --execute [NAME ...]   # what is committed (about 2 minutes)
+    python notebooks/build_notebooks.py --execute [NAME ...]   # what is committed (a few minutes)
     python notebooks/build_notebooks.py                         # cells only, no outputs (quick drafts)
 
 ``--execute`` runs each notebook top to bottom offline, in this interpreter's kernel, on the
