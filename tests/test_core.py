@@ -15,7 +15,7 @@ from bge_rerank_integrations.device import resolve_device, resolve_dtype
 from bge_rerank_integrations.families import canonical_family, detect_family
 from bge_rerank_integrations.loading import read_config
 
-from .conftest import FAMILIES, TOLERANCE, checkpoint, reference_score
+from .conftest import FAMILIES, TOLERANCE, checkpoint, load_goldens, reference_score
 
 PANDA = "The giant panda (Ailuropoda melanoleuca) is a bear species endemic to China."
 PAIRS = [
@@ -382,3 +382,43 @@ def test_written_newline_in_instruction_format_is_a_newline(reranker):
     real = reranker.compute_score(PAIRS, query_instruction_for_rerank="Q:", query_instruction_format="{}\n{}")
     plain = reranker.compute_score(PAIRS)
     assert written == real and written != plain
+
+
+@pytest.mark.parametrize("family", ["llm", "layerwise"])
+def test_left_padded_scores_do_not_depend_on_our_batching(family, monkeypatch, one_torch_thread):
+    """The CPU padding cap splits the reference's batches, yet each row keeps the reference's positions.
+
+    Before rows carried the reference's position offsets, the two batchings were up to ~7e-5 apart
+    on these cases (layerwise ``query_max_length_init``); now they differ by float rounding (~1e-5).
+    """
+    import bge_rerank_integrations.reranker as reranker_module
+
+    split, worst = 0, 0.0
+    for case in load_goldens(family)["cases"]:
+        if case.get("single_pair"):
+            continue
+        reranker = BGEReranker(checkpoint(family), device="cpu", **case["init"])
+        family_obj = reranker.load().family
+        batches = []
+        forward = family_obj.forward
+        monkeypatch.setattr(family_obj, "forward", lambda batch, options: batches.append(len(batch)) or forward(batch, options))
+        monkeypatch.setattr(reranker_module, "CPU_MAX_PADDING", 0.2)
+        capped = torch.tensor(reranker.compute_score(case["pairs"], **case["call"]))
+        capped_batches = list(batches)
+        monkeypatch.setattr(reranker_module, "CPU_MAX_PADDING", None)
+        batches.clear()
+        as_reference = torch.tensor(reranker.compute_score(case["pairs"], **case["call"]))
+        split += capped_batches != batches
+        worst = max(worst, (capped - as_reference).abs().max().item())
+        monkeypatch.undo()
+    assert split >= 3, "the padding cap should split several of these cases"
+    assert worst <= 3e-5, worst
+
+
+def test_reference_position_offsets_follow_the_reference_batches():
+    from bge_rerank_integrations.families.decoder_text import reference_position_offsets
+
+    # Sorted by key (longest first): [1, 2] (width 16) then [0] (width 8).
+    assert reference_position_offsets([5, 9, 7], [6, 10, 8], batch_size=2) == [2, 6, 8]
+    assert reference_position_offsets([5, 9, 7], [6, 10, 8], batch_size=3) == [10, 6, 8]
+    assert reference_position_offsets([3], [13], batch_size=128) == [3]

@@ -95,6 +95,8 @@ Matching these goldens at 1e-5 on one machine (what an implementation must repro
   fewer than 17 items), split into ``batch_size`` chunks, pad each chunk to a multiple of 8
   (decoders; encoder pads to the chunk's longest) on the tokenizer's side, positions =
   ``arange(L)``. Right padding (encoder, lightweight) has no such dependence beyond ~1e-6.
+  The package does this for positions: each left-padded row carries the offset its reference
+  batch gives it (``decoder_text.reference_position_offsets``), whatever batches it runs in.
 """
 from __future__ import annotations
 

@@ -47,11 +47,14 @@ class Encoded:
 
     ``query_length`` and ``prompt_length`` count the tokens before and after the passage;
     only families that treat the passage segment specially (lightweight compression) use them.
+    ``position_offset`` is the position of the first token: the left padding the reference's
+    batching gives this pair, since it numbers left-padded rows from the first pad (decoders).
     """
 
     input_ids: list[int]
     query_length: int = 0
     prompt_length: int = 0
+    position_offset: int = 0
 
     def __len__(self) -> int:
         return len(self.input_ids)

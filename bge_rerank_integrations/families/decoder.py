@@ -28,7 +28,8 @@ class DecoderFamily(RerankerFamily):
         """Assemble each pair with the reference's truncation; never longer than ``max_positions``."""
         prompt = self.default_prompt if options.prompt is None else options.prompt
         return encode_pairs(
-            self.tokenizer, pairs, prompt, options.max_length, options.query_max_length, self.max_positions, bos=self.bos
+            self.tokenizer, pairs, prompt, options.max_length, options.query_max_length, self.max_positions, bos=self.bos,
+            batch_size=options.batch_size,
         )
 
 

@@ -13,6 +13,7 @@ last real token. Instructions ("A: " / "B: ") are already part of query and pass
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
@@ -148,12 +149,15 @@ def encode_pairs(
     max_positions: int | None = None,
     bos: BosRule = "auto",
     separator: str = SEPARATOR,
+    batch_size: int | None = None,
 ) -> list[Encoded]:
     """Tokenize and assemble ``pairs`` (instructions already applied) for a decoder reranker.
 
     Query and passage are truncated on their own to ``query_max_length`` and ``max_length`` on
     the tokenizer's truncation side, then joined by :func:`assemble`. No result exceeds
-    ``max_positions`` when it is given.
+    ``max_positions`` when it is given. With ``batch_size`` and left padding, each pair also
+    carries the position offset the reference's batches of that size give it
+    (:func:`reference_position_offsets`), so that scores do not depend on how we batch.
     """
     if not pairs:
         return []
@@ -168,17 +172,46 @@ def encode_pairs(
             "%d of %d pairs were longer than the model's %d positions and were cut (the query was capped); "
             "lower query_max_length or max_length to avoid it.", capped, len(results), max_positions
         )
-    return [encoded for encoded, _ in results]
+    encoded = [item for item, _ in results]
+    if batch_size is None or padding_side(tokenizer) != "left":
+        return encoded
+    keys = [len(q) + len(p) for q, p in zip(queries, passages)]
+    offsets = reference_position_offsets(keys, [len(item) for item in encoded], batch_size)
+    return [dataclasses.replace(item, position_offset=offset) for item, offset in zip(encoded, offsets)]
+
+
+def reference_position_offsets(keys: Sequence[int], lengths: Sequence[int], batch_size: int) -> list[int]:
+    """The left padding each sequence gets in the reference's batches, which fixes its RoPE positions.
+
+    The reference sorts pairs by ``len(query ids) + len(passage ids)`` (numpy's argsort of the
+    negated keys), cuts batches of ``batch_size`` and left-pads each batch to a multiple of 8,
+    numbering positions from the first pad. A pair's score therefore depends on its batch; we
+    batch differently (by padding cost), so we give each row the positions it had there.
+
+    >>> reference_position_offsets([5, 9, 7], [6, 10, 8], batch_size=2)
+    [2, 6, 8]
+    """
+    import numpy as np
+
+    order = np.argsort([-key for key in keys]).tolist()
+    offsets = [0] * len(keys)
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        width = padded_length(max(lengths[i] for i in batch))
+        for i in batch:
+            offsets[i] = width - lengths[i]
+    return offsets
 
 
 @dataclass(frozen=True)
 class PaddedBatch:
-    """A padded batch: ids, 0/1 mask, and where each row's last real token is."""
+    """A padded batch: ids, 0/1 mask, each token's position, and where each row's last real token is."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     last_index: torch.Tensor
     lengths: torch.Tensor
+    position_ids: torch.Tensor
 
     @property
     def has_padding(self) -> bool:
@@ -205,25 +238,31 @@ def pad_batch(
 ) -> PaddedBatch:
     """Pad id sequences (or :class:`Encoded`) to a common length that is a multiple of ``multiple_of``.
 
+    Real tokens are numbered from each :class:`Encoded`'s ``position_offset`` (0 for plain id
+    lists); padding gets position 0.
+
     >>> b = pad_batch([[5, 6, 7], [8]], pad_id=0, side="left", multiple_of=4)
-    >>> b.input_ids.tolist(), b.attention_mask.tolist(), b.last_index.tolist()
-    ([[0, 5, 6, 7], [0, 0, 0, 8]], [[0, 1, 1, 1], [0, 0, 0, 1]], [3, 3])
+    >>> b.input_ids.tolist(), b.attention_mask.tolist(), b.last_index.tolist(), b.position_ids.tolist()
+    ([[0, 5, 6, 7], [0, 0, 0, 8]], [[0, 1, 1, 1], [0, 0, 0, 1]], [3, 3], [[0, 0, 1, 2], [0, 0, 0, 0]])
     """
     if side not in ("left", "right"):
         raise ValueError(f"padding side must be 'left' or 'right', got {side!r}")
     rows = [list(s.input_ids) if isinstance(s, Encoded) else list(s) for s in sequences]
     if not rows or not all(rows):
         raise ValueError("pad_batch needs at least one sequence and no empty sequence")
+    offsets = [s.position_offset if isinstance(s, Encoded) else 0 for s in sequences]
     width = padded_length(max(len(r) for r in rows), multiple_of)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=mask_dtype)
-    for i, row in enumerate(rows):
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (row, offset) in enumerate(zip(rows, offsets)):
         span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
         ids[i, span] = torch.tensor(row, dtype=torch.long)
         mask[i, span] = 1
+        positions[i, span] = torch.arange(offset, offset + len(row))
     lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
     last = torch.full_like(lengths, width - 1) if side == "left" else lengths - 1
-    return PaddedBatch(ids.to(device), mask.to(device), last.to(device), lengths.to(device))
+    return PaddedBatch(ids.to(device), mask.to(device), last.to(device), lengths.to(device), positions.to(device))
 
 
 def pad_token_id(tokenizer: Any) -> int:

@@ -49,5 +49,5 @@ class LayerwiseFamily(LayeredDecoderFamily):
         layers = self.cutoff_layers(options)
         padded = pad_batch(batch, pad_token_id(self.tokenizer), padding_side(self.tokenizer), device=self.device)
         with torch.inference_mode():
-            scores = self.model.score(padded.input_ids, padded.attention_mask, layers, padded.last_index)
+            scores = self.model.score(padded.input_ids, padded.attention_mask, layers, padded.last_index, padded.position_ids)
         return scores.float().cpu()

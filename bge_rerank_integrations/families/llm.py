@@ -69,8 +69,10 @@ class LLMFamily(DecoderFamily):
         head = self.model.get_output_embeddings()
         with torch.inference_mode():
             # The 0/1 mask stays an integer tensor: transformers builds the additive mask in the
-            # model's dtype itself. Positions are left at their default (0..seq-1), as in the reference.
-            out = decoder(input_ids=padded.input_ids, attention_mask=padded.attention_mask, use_cache=False)
+            # model's dtype itself. Positions are those of the reference's batches (see encode).
+            out = decoder(
+                input_ids=padded.input_ids, attention_mask=padded.attention_mask, position_ids=padded.position_ids, use_cache=False
+            )
             hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
             last = hidden[torch.arange(hidden.shape[0], device=hidden.device), padded.last_index]
             scores = last @ head.weight[self.yes_id]

@@ -115,14 +115,19 @@ class RMSNorm(nn.Module):
         return normed.to(hidden.dtype) * self.weight
 
 
-def rotary_tables(config: LayerwiseConfig, length: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """RoPE cos/sin for positions ``0..length-1``, shape ``(length, head_dim)``.
+def rotary_tables(
+    config: LayerwiseConfig, length: int, dtype: torch.dtype, device: torch.device, positions: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE cos/sin for ``positions`` (default ``0..length-1``), shape ``positions.shape + (head_dim,)``.
 
-    The tables are computed in float32 and rounded to the model's dtype, as the reference's SDPA
-    attention does before it applies them in float32.
+    ``length`` is the padded sequence length (dynamic scaling depends on it). The tables are
+    computed in float32 and rounded to the model's dtype, as the reference's SDPA attention does
+    before it applies them in float32.
     """
     dim = config.head_dim
-    base, positions = float(config.rope_theta), torch.arange(length, device=device, dtype=torch.float32)
+    base = float(config.rope_theta)
+    positions = torch.arange(length, device=device) if positions is None else positions
+    positions = positions.to(device=device, dtype=torch.float32)
     scaling = config.rope_scaling or {}
     kind, factor = scaling.get("type", scaling.get("rope_type")), float(scaling.get("factor", 1.0))
     if kind == "linear":
@@ -130,7 +135,7 @@ def rotary_tables(config: LayerwiseConfig, length: int, dtype: torch.dtype, devi
     elif kind == "dynamic" and length > config.max_position_embeddings:
         base = base * ((factor * length / config.max_position_embeddings) - (factor - 1)) ** (dim / (dim - 2))
     inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, device=device).float() / dim))
-    angles = torch.outer(positions, inv_freq)
+    angles = positions[..., None] * inv_freq
     angles = torch.cat((angles, angles), dim=-1)
     return angles.cos().to(dtype).float(), angles.sin().to(dtype).float()
 
@@ -273,17 +278,26 @@ class LayerwiseMiniCPM(nn.Module):
         if bad or not layers:
             raise ValueError(f"cutoff_layers must be integers in [{low}, {high}] for this checkpoint, got {list(layers)}.")
 
-    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: Sequence[int], token_index: torch.Tensor) -> torch.Tensor:
+    def score(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        layers: Sequence[int],
+        token_index: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Scores (len(layers), batch) in the model's dtype at ``token_index`` of each row.
 
         ``layers`` must be ascending and valid (see :meth:`check_layers`); the forward stops after
-        the deepest one. Positions are 0..seq-1 whatever the padding, as in the reference.
+        the deepest one. Positions are ``position_ids`` (batch, seq), else 0..seq-1 whatever the
+        padding, as in the reference.
         """
         cfg = self.config
         dtype = self.model.embed_tokens.weight.dtype
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         mask = attention_bias(attention_mask, dtype)
-        rope = rotary_tables(cfg, input_ids.shape[1], dtype, input_ids.device)
+        cos, sin = rotary_tables(cfg, input_ids.shape[1], dtype, input_ids.device, position_ids)
+        rope = (cos, sin) if position_ids is None else (cos[:, None], sin[:, None])
         hidden = self.model.embed_tokens(input_ids) * cfg.scale_emb
         wanted, scores = set(layers), []
         for depth in range(max(layers) + 1):
