@@ -158,7 +158,7 @@ def _encoder_flops(checkpoint: Path, pairs: list[list[str]], max_length: int = 5
     from transformers import AutoTokenizer
 
     cfg = json.loads((checkpoint / "config.json").read_text())
-    tok = AutoTokenizer.from_pretrained(str(checkpoint))
+    tok = AutoTokenizer.from_pretrained(str(checkpoint), trust_remote_code=False)
     q = tok([p[0] for p in pairs], add_special_tokens=False)["input_ids"]
     p = tok([p[1] for p in pairs], add_special_tokens=False)["input_ids"]
     lengths = [min(len(a) + len(b) + 4, max_length) for a, b in zip(q, p)]

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..loading import dtype_kwargs
+from ..loading import transformers_load_kwargs, transformers_weights_info
 from .base import Encoded, ScoreOptions
 from .decoder import DecoderFamily, load_tokenizer
 from .decoder_text import pad_batch, pad_token_id, padding_side
@@ -25,8 +25,10 @@ def load_causal_lm(path: str, dtype: torch.dtype) -> tuple[Any, Any]:
     """Tokenizer and causal LM from a local checkpoint directory, never running checkpoint code."""
     from transformers import AutoModelForCausalLM
 
+    load_kwargs = transformers_load_kwargs(path, dtype)
     tokenizer = load_tokenizer(path)
-    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, **dtype_kwargs(dtype))
+    model, info = AutoModelForCausalLM.from_pretrained(path, **load_kwargs)
+    transformers_weights_info(info, path, LLMFamily.name)
     return tokenizer, model.eval()
 
 
