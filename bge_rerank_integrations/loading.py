@@ -24,10 +24,11 @@ class ModelNotFoundError(OSError):
     """The model is neither a local checkpoint directory nor reachable on the Hugging Face Hub."""
 
 
-class CheckpointError(ValueError):
+class CheckpointError(OSError):
     """A checkpoint is broken or unusable: a file that cannot be read, or weights that do not fit the model.
 
     The message names the file (or the weights) and the problem; nothing is scored from such a checkpoint.
+    Like ``ModelNotFoundError`` it is an ``OSError``: the model could not be loaded.
     """
 
 
@@ -222,7 +223,7 @@ def compare_state_dict(
     return missing, unexpected, mismatched
 
 
-def transformers_weights_info(info: dict[str, Any], source: str | os.PathLike[str], family: str) -> None:
+def check_loading_info(info: dict[str, Any], source: str | os.PathLike[str], family: str) -> None:
     """Check transformers' ``output_loading_info`` (4.x and 5.x report the same keys) with :func:`check_weights`.
 
     An unused pooler is allowed (logged): the sequence-classification head never reads it.

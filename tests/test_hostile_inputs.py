@@ -21,11 +21,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from bge_rerank_integrations import BGEReranker, clear_model_cache
-from bge_rerank_integrations import model_cache
+from bge_rerank_integrations import BGEReranker, CheckpointError, clear_model_cache, model_cache
 from bge_rerank_integrations import reranker as reranker_module
 from bge_rerank_integrations.cli import main, read_passages
-from bge_rerank_integrations.loading import CheckpointError
 
 from .conftest import FAMILIES, checkpoint
 

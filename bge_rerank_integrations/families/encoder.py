@@ -8,7 +8,7 @@ from typing import Sequence
 
 import torch
 
-from ..loading import transformers_load_kwargs, transformers_weights_info
+from ..loading import check_loading_info, transformers_load_kwargs
 from .base import Encoded, RerankerFamily, ScoreOptions
 
 logger = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class EncoderFamily(RerankerFamily):
         load_kwargs = transformers_load_kwargs(path, dtype)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         model, info = AutoModelForSequenceClassification.from_pretrained(path, **load_kwargs)
-        transformers_weights_info(info, path, cls.name)
+        check_loading_info(info, path, cls.name)
         if model.config.num_labels != 1:
             raise ValueError(f"{path!r} has {model.config.num_labels} labels; a reranker has exactly one.")
         return cls(model.to(device).eval(), tokenizer, device, dtype)

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..loading import transformers_load_kwargs, transformers_weights_info
+from ..loading import check_loading_info, transformers_load_kwargs
 from .base import Encoded, ScoreOptions
 from .decoder import DecoderFamily, load_tokenizer
 from .decoder_text import pad_batch, pad_token_id, padding_side
@@ -28,7 +28,7 @@ def load_causal_lm(path: str, dtype: torch.dtype) -> tuple[Any, Any]:
     load_kwargs = transformers_load_kwargs(path, dtype)
     tokenizer = load_tokenizer(path)
     model, info = AutoModelForCausalLM.from_pretrained(path, **load_kwargs)
-    transformers_weights_info(info, path, LLMFamily.name)
+    check_loading_info(info, path, LLMFamily.name)
     return tokenizer, model.eval()
 
 
