@@ -162,7 +162,7 @@ def _print_results(results: Iterable, as_json: bool) -> None:
 
 
 def _printable(text: str) -> str:
-    """``text`` with control and format characters (ANSI escapes, bidi overrides) written as escapes.
+    r"""``text`` with control and format characters (ANSI escapes, bidi overrides) written as escapes.
 
     >>> _printable("red \x1b[31mtext")
     'red \\x1b[31mtext'

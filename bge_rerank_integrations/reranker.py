@@ -155,7 +155,11 @@ class BGEReranker:
         return None
 
     def load(self) -> CachedModel:
-        """Load the model now (otherwise it loads on the first scoring call) and check the options against it."""
+        """Load the model now (otherwise it loads on the first scoring call) and check the options against it.
+
+        A broken checkpoint (unreadable files, no tokenizer, weights that do not fit the family)
+        raises ``CheckpointError`` naming the file or the weights; checkpoint code is never run.
+        """
         if self._model is None:
             path = resolve_checkpoint(self.model_name_or_path, self.cache_dir, self.local_files_only)
             family = self._family_name or detect_family(self.model_name_or_path, read_config(path))
