@@ -10,9 +10,17 @@ The adapters live in ``bge_rerank_integrations.langchain`` and
 """
 
 from .families import KNOWN_MODELS, ScoreOptions
-from .loading import ModelNotFoundError
+from .loading import CheckpointError, ModelNotFoundError
 from .model_cache import clear_model_cache
 from .reranker import BGEReranker, RerankResult
 
-__all__ = ["BGEReranker", "RerankResult", "ScoreOptions", "ModelNotFoundError", "KNOWN_MODELS", "clear_model_cache"]
+__all__ = [
+    "BGEReranker",
+    "RerankResult",
+    "ScoreOptions",
+    "ModelNotFoundError",
+    "CheckpointError",
+    "KNOWN_MODELS",
+    "clear_model_cache",
+]
 __version__ = "0.1.0"

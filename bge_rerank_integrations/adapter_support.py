@@ -7,15 +7,20 @@ scoring settings, and turn the results back; this module keeps those settings in
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from typing import Annotated, Any, Mapping, Optional, Sequence
+
+from pydantic import BeforeValidator
 
 from .families import ScoreOptions
+from .inputs import check_score_threshold
 from .reranker import BGEReranker
 
 #: Settings that decide which model is loaded, where and in what dtype (constructor only).
 LOAD_SETTINGS = ("model_class", "device", "use_fp16", "use_bf16")
 #: Settings forwarded to every ``rerank`` call unchanged (``None`` = the model's default): every scoring option.
 SCORE_SETTINGS = tuple(option.name for option in dataclasses.fields(ScoreOptions))
+#: An adapter's ``score_threshold`` field: any real number (numpy scalars, ints, Decimal), never NaN; as the core checks it.
+ScoreThreshold = Annotated[Optional[float], BeforeValidator(check_score_threshold)]
 
 
 def build_reranker(model: str | BGEReranker, settings: Mapping[str, Any]) -> BGEReranker:

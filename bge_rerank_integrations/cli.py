@@ -14,10 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
 import sys
 from typing import Iterable, Sequence, TextIO
 
-from .loading import ModelNotFoundError
+from .loading import CheckpointError, ModelNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +74,8 @@ def read_passages(stream: TextIO, text_field: str = "text") -> list[str]:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f"line {number} is not valid JSON: {error}") from None
+            except RecursionError:
+                raise ValueError(f"line {number} is nested too deeply to read as JSON.") from None
             if not isinstance(record.get(text_field), str):
                 raise ValueError(f"line {number} has no string field {text_field!r}; use --text-field to name it.")
             passages.append(record[text_field])
@@ -112,14 +116,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             show_progress=len(passages) >= PROGRESS_FROM,
         )
         results = reranker.rerank(args.query, passages, top_n=args.top_n, **options)
-    except ModelNotFoundError as error:
-        print(f"bge-rerank: {error}", file=sys.stderr)
-        return 1
+    except (ModelNotFoundError, CheckpointError) as error:
+        return _fail(error, 1)
     except (ValueError, TypeError) as error:
-        print(f"bge-rerank: {error}", file=sys.stderr)
-        return 2
-    _print_results(results, args.json)
+        return _fail(error, 2)
+    try:
+        _print_results(results, args.json)
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader stopped early (`| head`): not an error, and no traceback
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
+        os.close(devnull)
     return 0
+
+
+def _fail(error: BaseException, status: int) -> int:
+    """Print ``error`` as one line on standard error and return ``status``."""
+    print(f"bge-rerank: {' '.join(str(error).split())}", file=sys.stderr)
+    return status
 
 
 def _gather_passages(args: argparse.Namespace) -> list[str]:
@@ -137,13 +151,23 @@ def _gather_passages(args: argparse.Namespace) -> list[str]:
 
 def _print_results(results: Iterable, as_json: bool) -> None:
     results = list(results)
-    if as_json:
-        print(json.dumps([{"index": r.index, "score": r.score, "text": r.text} for r in results], ensure_ascii=False))
+    if as_json:  # a NaN score (a broken model) is null: JSON has no NaN
+        rows = [{"index": r.index, "score": None if math.isnan(r.score) else r.score, "text": r.text} for r in results]
+        print(json.dumps(rows, ensure_ascii=False, allow_nan=False))
         return
     print(f"{'rank':>4}  {'index':>5}  {'score':>9}  text")
     for rank, result in enumerate(results, 1):
-        text = " ".join(result.text.split())
+        text = _printable(" ".join(result.text.split()))
         print(f"{rank:>4}  {result.index:>5}  {result.score:>9.4f}  {text[:100]}{'…' if len(text) > 100 else ''}")
+
+
+def _printable(text: str) -> str:
+    r"""``text`` with control and format characters (ANSI escapes, bidi overrides) written as escapes.
+
+    >>> _printable("red \x1b[31mtext")
+    'red \\x1b[31mtext'
+    """
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 if __name__ == "__main__":

@@ -10,26 +10,51 @@ logger = logging.getLogger(__name__)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """Pick the device: the one asked for, else CUDA, then Apple MPS, then CPU.
+    """Pick the device: the one asked for, else CUDA, then Apple MPS, then CPU (see :func:`canonical_device`).
 
-    >>> resolve_device("cpu")
+    >>> resolve_device("cpu:0")
     device(type='cpu')
     """
-    if device is not None:
-        try:
-            resolved = torch.device(device)
-        except (RuntimeError, TypeError) as exc:
-            raise ValueError(f"device={device!r} is not a torch device; use 'cpu', 'cuda', 'cuda:1' or 'mps'.") from exc
-        if resolved.type == "cuda" and not torch.cuda.is_available():
+    if device is None:
+        if torch.cuda.is_available():
+            return canonical_device(torch.device("cuda"))
+        return torch.device("mps" if _mps_available() else "cpu")
+    if isinstance(device, bool) or not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be a string such as 'cpu', 'cuda:1' or 'mps', got {type(device).__name__}.")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device={device!r} is not a torch device; use 'cpu', 'cuda', 'cuda:1' or 'mps'.") from exc
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
             raise ValueError(f"device={device!r} was asked for but CUDA is not available; use device='cpu'.")
-        if resolved.type == "mps" and not _mps_available():
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r}: there are only {torch.cuda.device_count()} CUDA device(s).")
+    elif resolved.type == "mps":
+        if not _mps_available():
             raise ValueError(f"device={device!r} was asked for but Apple MPS is not available; use device='cpu'.")
-        return resolved
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if _mps_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    elif resolved.type != "cpu" and not _backend_available(resolved.type):  # "meta" and the like hold no data
+        raise ValueError(f"device={device!r} cannot run a reranker here; use 'cpu', 'cuda', 'cuda:1' or 'mps'.")
+    return canonical_device(resolved)
+
+
+def canonical_device(device: torch.device) -> torch.device:
+    """One name per device, so that one device gives one cached model: ``cpu:0`` is ``cpu``, ``cuda`` is ``cuda:<current>``.
+
+    >>> canonical_device(torch.device("cpu:0"))
+    device(type='cpu')
+    """
+    if device.type in ("cpu", "mps"):
+        return torch.device(device.type)
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _backend_available(device_type: str) -> bool:
+    """Whether torch has a backend module for ``device_type`` (``torch.xpu``...) that reports a device."""
+    is_available = getattr(getattr(torch, device_type, None), "is_available", None)
+    return bool(callable(is_available) and is_available())
 
 
 def _mps_available() -> bool:

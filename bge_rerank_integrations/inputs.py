@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import decimal
+import math
+import numbers
+import os
+import string
 from typing import Any, Sequence
+
+#: Largest length accepted for max_length and the like (tokenizers take lengths as machine integers).
+MAX_INT = 2**31 - 1
 
 
 def as_pairs(sentence_pairs: Any) -> tuple[list[tuple[str, str]], bool]:
@@ -40,13 +48,77 @@ def check_text(text: Any, what: str) -> str:
     """
     if not isinstance(text, str):
         raise TypeError(f"The {what} must be a string, got {type(text).__name__}.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"The {what} holds a lone surrogate {text[error.start]!r} at character {error.start}, which is not "
+            "valid Unicode: decode the text properly (e.g. errors='replace') before scoring."
+        ) from None
     return text
 
 
 def check_positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    """Return ``value`` if it is an integer in ``[1, MAX_INT]``, else raise ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= MAX_INT:
+        raise ValueError(f"{name} must be a positive integer (at most {MAX_INT}), got {value!r:.60}.")
+    return int(value)
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """Return ``value`` if it is True or False (a string such as "no" would silently count as true)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r:.60}.")
     return value
+
+
+def check_score_threshold(value: Any) -> float | None:
+    """``None``, or the threshold as a float: any real number (int, numpy float32, Decimal...), never NaN.
+
+    >>> check_score_threshold(1), check_score_threshold(None)
+    (1.0, None)
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, decimal.Decimal)):
+        raise ValueError(f"score_threshold must be a number or None, got {value!r:.60}.")
+    threshold = float(value)
+    if math.isnan(threshold):
+        raise ValueError("score_threshold is NaN, which no score passes: pass a number or None.")
+    return threshold
+
+
+def check_instruction_format(value: Any, name: str) -> str:
+    """Return ``value`` if it formats exactly ``(instruction, text)``: two ``{}`` fields, any literal ``{{ }}``.
+
+    >>> check_instruction_format("{}: {}{{x}}", "query_instruction_format")
+    '{}: {}{{x}}'
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, got {type(value).__name__}.")
+    try:
+        fields = [(field, spec) for _, field, spec, _ in string.Formatter().parse(value) if field is not None]
+    except ValueError as error:
+        raise ValueError(f"{name}={value!r} is not a valid format string ({error}).") from None
+    if len(fields) != 2 or any(field != "" or "{" in (spec or "") for field, spec in fields):
+        raise ValueError(
+            f"{name} must have exactly two '{{}}' fields (instruction, then text) and no named or numbered ones; "
+            f"write literal braces as '{{{{' and '}}}}'. Got {value!r}."
+        )
+    try:
+        value.format("", "")
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{name}={value!r} cannot format two texts ({error}).") from None
+    return value
+
+
+def check_cache_dir(value: Any) -> str | None:
+    """``None`` or the directory as a string (a path-like is accepted)."""
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+        raise TypeError(f"cache_dir must be a directory path or None, got {value!r:.60}.")
+    return os.fspath(value)
 
 
 def check_layers(value: Any, name: str) -> tuple[int, ...] | None:

@@ -28,7 +28,6 @@ from pydantic import (
     PrivateAttr,
     SerializerFunctionWrapHandler,
     StrictBool,
-    StrictFloat,
     StrictInt,
     field_serializer,
     field_validator,
@@ -39,6 +38,7 @@ from pydantic import (
 from .adapter_support import (
     LOAD_SETTINGS,
     SCORE_SETTINGS,
+    ScoreThreshold,
     build_reranker,
     check_single_score,
     score_options,
@@ -84,7 +84,7 @@ class BGERerank(BaseDocumentCompressor):
     """Hub id or local checkpoint directory, or an existing ``BGEReranker`` to share."""
     top_n: Optional[StrictInt] = Field(default=3, ge=0)
     """Keep at most this many documents (applied after ``score_threshold``); ``None`` keeps all."""
-    score_threshold: Optional[StrictFloat] = None
+    score_threshold: ScoreThreshold = None
     """Drop documents scoring below this (on the normalized scale when ``normalize`` is set)."""
 
     # Load settings: only with a name or path, and fixed once built (make a new BGERerank to change them).

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Annotated, Any, ContextManager, Dict, List, Optional, Union
+from typing import Annotated, Any, ContextManager, Dict, List, Optional, Sequence, Union
 
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.callbacks.base import EventContext
@@ -29,7 +29,6 @@ from pydantic import (
     SerializationInfo,
     SerializerFunctionWrapHandler,
     StrictBool,
-    StrictFloat,
     StrictInt,
     WithJsonSchema,
     field_serializer,
@@ -40,6 +39,7 @@ from pydantic import (
 from .adapter_support import (
     LOAD_SETTINGS,
     SCORE_SETTINGS,
+    ScoreThreshold,
     build_reranker,
     check_single_score,
     score_options,
@@ -86,7 +86,7 @@ class BGERerank(BaseNodePostprocessor):
         description="Hub id or local checkpoint directory, or an existing BGEReranker to share.",
     )
     top_n: Optional[StrictInt] = Field(default=3, ge=0, description="Keep at most this many nodes (None: all).")
-    score_threshold: Optional[StrictFloat] = Field(default=None, description="Drop nodes scoring below this first.")
+    score_threshold: ScoreThreshold = Field(default=None, description="Drop nodes scoring below this first.")
     keep_retrieval_score: StrictBool = Field(
         default=False, description=f"Keep the retriever's score in the node's metadata under {RETRIEVAL_SCORE_KEY!r}."
     )
@@ -157,7 +157,7 @@ class BGERerank(BaseNodePostprocessor):
         self, nodes: List[NodeWithScore], query_bundle: Optional[QueryBundle] = None
     ) -> List[NodeWithScore]:
         query = _query_str(query_bundle)
-        if not nodes:
+        if not _check_nodes(nodes):
             return []
         with self._reranking_event(nodes, query_bundle) as event:
             reranked = self._to_nodes(nodes, self._rerank(query, nodes))
@@ -169,7 +169,7 @@ class BGERerank(BaseNodePostprocessor):
         self, nodes: List[NodeWithScore], query_bundle: Optional[QueryBundle] = None
     ) -> List[NodeWithScore]:
         query = _query_str(query_bundle)
-        if not nodes:
+        if not _check_nodes(nodes):
             return []
         with self._reranking_event(nodes, query_bundle) as event:
             results = await asyncio.to_thread(self._rerank, query, nodes)
@@ -222,6 +222,19 @@ def _query_str(query_bundle: Optional[QueryBundle]) -> str:
     if query_bundle is None:
         raise ValueError("BGERerank needs a query: pass query_str=... or query_bundle=... to postprocess_nodes.")
     return check_text(query_bundle.query_str, "query")
+
+
+def _check_nodes(nodes: Any) -> List[NodeWithScore]:
+    """``nodes`` if it is a list of ``NodeWithScore``, else a clear error (before any event is emitted)."""
+    if isinstance(nodes, (str, bytes)) or not isinstance(nodes, Sequence):
+        raise TypeError(f"nodes must be a list of NodeWithScore, got {type(nodes).__name__}.")
+    for index, item in enumerate(nodes):
+        if not isinstance(item, NodeWithScore):
+            raise TypeError(
+                f"nodes[{index}] is a {type(item).__name__}, not a NodeWithScore: wrap each node, "
+                "e.g. NodeWithScore(node=node), or pass the retriever's results as they are."
+            )
+    return nodes
 
 
 def _with_key(keys: List[str]) -> List[str]:

@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -21,6 +22,20 @@ _CHECKPOINT_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "tokenizer*"
 
 class ModelNotFoundError(OSError):
     """The model is neither a local checkpoint directory nor reachable on the Hugging Face Hub."""
+
+
+class CheckpointError(OSError):
+    """A checkpoint is broken or unusable: a file that cannot be read, or weights that do not fit the model.
+
+    The message names the file (or the weights) and the problem; nothing is scored from such a checkpoint.
+    Like ``ModelNotFoundError`` it is an ``OSError``: the model could not be loaded.
+    """
+
+
+#: The checkpoint's own weight files, in the order transformers looks for them (index files list shards).
+WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin")
+#: Any one of these makes a tokenizer; without them transformers 5 builds an almost empty one that scores every pair the same.
+TOKENIZER_FILES = ("tokenizer.json", "sentencepiece.bpe.model", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
 
 
 def resolve_checkpoint(model: str, cache_dir: str | None = None, local_files_only: bool = False) -> Path:
@@ -54,29 +69,192 @@ def resolve_checkpoint(model: str, cache_dir: str | None = None, local_files_onl
     return path
 
 
+def read_json(file: str | os.PathLike[str]) -> Any:
+    """A checkpoint's JSON file; unreadable or invalid JSON is a ``CheckpointError`` naming the file."""
+    try:
+        with open(file, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise CheckpointError(f"{str(file)!r} is not valid JSON ({_one_line(error)}).") from None
+
+
 def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The checkpoint's ``config.json`` as a dict."""
-    with open(Path(path) / "config.json", encoding="utf-8") as handle:
-        return json.load(handle)
+    """The checkpoint's ``config.json`` as a dict, checked for the fields that decide the family.
+
+    >>> read_config("tests/fixtures/checkpoints/encoder")["model_type"]
+    'xlm-roberta'
+    """
+    file = Path(path) / "config.json"
+    config = read_json(file)
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{str(file)!r} must hold a JSON object, got a {type(config).__name__}.")
+    architectures = config.get("architectures")
+    if architectures is not None and (
+        not isinstance(architectures, list) or not all(isinstance(name, str) for name in architectures)
+    ):
+        raise CheckpointError(f"{str(file)!r}: architectures must be a list of class names, got {architectures!r:.120}.")
+    if not isinstance(config.get("model_type", ""), str):
+        raise CheckpointError(f"{str(file)!r}: model_type must be a string, got {config['model_type']!r:.120}.")
+    return config
+
+
+def check_checkpoint(path: str | os.PathLike[str]) -> None:
+    """Check, before loading, that a checkpoint directory has a readable config, tokenizer files and weights.
+
+    Weight files are opened without reading their tensors, so a truncated or pickled file fails here, named.
+    """
+    path = Path(path)
+    read_config(path)
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise CheckpointError(
+            f"{str(path)!r} has no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); without them every pair "
+            "would score the same. Copy the tokenizer files of the model it was trained from into the directory."
+        )
+    for file in weight_files(path):
+        _read_weights(file, check_only=True)
+
+
+def weight_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The checkpoint's weight files as transformers finds them: an index's shards, else the one model file.
+
+    Other files (``pytorch_lora_weights.safetensors``, ``training_args.bin``, optimizer states) are never read.
+    """
+    path = Path(path)
+    for name in WEIGHT_FILES:
+        file = path / name
+        if not file.is_file():
+            continue
+        if not name.endswith(".index.json"):
+            return [file]
+        index = read_json(file)
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(shard, str) for shard in weight_map.values()):
+            raise CheckpointError(f"{str(file)!r} has no weight_map of tensor names to shard files.")
+        shards = [path / shard for shard in sorted(set(weight_map.values()))]
+        missing = [shard.name for shard in shards if shard.parent != path or not shard.is_file()]
+        if missing:
+            raise CheckpointError(f"{str(file)!r} lists shard files that are not in the directory: {missing[:3]}.")
+        return shards
+    raise CheckpointError(f"No weights in {str(path)!r}: expected one of {', '.join(WEIGHT_FILES)}.")
 
 
 def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """All weights of a checkpoint directory, from safetensors files if any, else ``*.bin`` files."""
-    path = Path(path)
-    files = sorted(path.glob("*.safetensors"))
+    """The checkpoint's weights (see :func:`weight_files`), read without running any pickled code."""
     state: dict[str, torch.Tensor] = {}
-    if files:
+    for file in weight_files(path):
+        state.update(_read_weights(file))
+    return state
+
+
+def _read_weights(file: Path, check_only: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of one weight file; ``check_only`` reads just enough to know the file is sound (no data).
+
+    Pickled objects are refused (``weights_only``): loading them could run code.
+    """
+    if file.suffix == ".safetensors":
+        from safetensors import safe_open
         from safetensors.torch import load_file
 
-        for file in files:
-            state.update(load_file(str(file)))
-        return state
-    files = sorted(path.glob("*.bin"))
-    if not files:
-        raise ModelNotFoundError(f"No weights (*.safetensors or *.bin) in {str(path)!r}.")
-    for file in files:
-        state.update(torch.load(file, map_location="cpu", weights_only=True))
+        try:
+            if check_only:
+                with safe_open(str(file), framework="pt") as handle:
+                    return dict.fromkeys(handle.keys())
+            return load_file(str(file))
+        except Exception as error:  # noqa: BLE001 - safetensors' own error type, raised for any damage
+            raise CheckpointError(f"{str(file)!r} is not a readable safetensors file ({_one_line(error)}).") from None
+    try:
+        if check_only and zipfile.is_zipfile(file):  # tensors mapped, not read
+            state = torch.load(file, map_location="meta", weights_only=True, mmap=True)
+        else:
+            state = torch.load(file, map_location="meta" if check_only else "cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - unpickling fails in many ways; each means "not plain tensors"
+        raise CheckpointError(
+            f"{str(file)!r} is not a plain tensor file: it holds pickled objects, which are never loaded "
+            f"(they can run code), or it is damaged ({_one_line(error)[:200]}). Convert it to safetensors."
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise CheckpointError(f"{str(file)!r} does not hold a dict of tensor weights.")
     return state
+
+
+def check_weights(
+    source: str | os.PathLike[str],
+    family: str,
+    missing: Sequence[str] = (),
+    unexpected: Sequence[str] = (),
+    mismatched: Sequence[tuple[str, Any, Any]] = (),
+) -> None:
+    """Raise a ``CheckpointError`` naming the weights that do not fit the ``family`` model, if any.
+
+    Missing weights would be freshly (randomly) initialised and unexpected ones ignored: either
+    way the scores would be wrong, and different in every process.
+    """
+    problems = []
+    if missing:
+        problems.append(f"lacks {len(missing)} weights, e.g. {sorted(missing)[:3]}")
+    if mismatched:
+        shown = [f"{name} {tuple(found)} instead of {tuple(wanted)}" for name, found, wanted in sorted(mismatched)[:3]]
+        problems.append(f"has {len(mismatched)} weights of the wrong shape, e.g. {'; '.join(shown)}")
+    if unexpected:
+        problems.append(f"has {len(unexpected)} weights the model does not have, e.g. {sorted(unexpected)[:3]}")
+    if problems:
+        raise CheckpointError(
+            f"Checkpoint {str(source)!r} does not fit a {family} reranker: it {', and '.join(problems)}. "
+            "Check that the checkpoint is complete and that model_class (if given) is its family."
+        )
+
+
+def compare_state_dict(
+    model: torch.nn.Module, state: dict[str, torch.Tensor]
+) -> tuple[list[str], list[str], list[tuple[str, Any, Any]]]:
+    """``(missing, unexpected, mismatched)`` between ``model``'s weights and a checkpoint's ``state``.
+
+    >>> compare_state_dict(torch.nn.Linear(2, 1), {"weight": torch.zeros(1, 3), "scale": torch.zeros(1)})
+    (['bias'], ['scale'], [('weight', (1, 3), (1, 2))])
+    """
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        (name, tuple(state[name].shape), tuple(tensor.shape))
+        for name, tensor in expected.items()
+        if name in state and state[name].shape != tensor.shape
+    ]
+    return missing, unexpected, mismatched
+
+
+def check_loading_info(info: dict[str, Any], source: str | os.PathLike[str], family: str) -> None:
+    """Check transformers' ``output_loading_info`` (4.x and 5.x report the same keys) with :func:`check_weights`.
+
+    An unused pooler is allowed (logged): the sequence-classification head never reads it.
+    """
+    unexpected = list(info.get("unexpected_keys") or [])
+    pooler = [name for name in unexpected if ".pooler." in f".{name}"]
+    if pooler:
+        logger.info("Ignoring %d pooler weights in %s (the classification head does not use them).", len(pooler), source)
+    mismatched = list(info.get("mismatched_keys") or [])
+    check_weights(source, family, list(info.get("missing_keys") or []), [n for n in unexpected if n not in pooler], mismatched)
+
+
+def transformers_load_kwargs(path: str | os.PathLike[str], dtype: torch.dtype) -> dict[str, Any]:
+    """``from_pretrained`` keywords that never run checkpoint code and report the weights that do not fit.
+
+    A ``model_type`` transformers does not know would need the checkpoint's own code (``auto_map``),
+    which this package never runs: that is a ``CheckpointError`` before transformers is called.
+    """
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    model_type = read_config(path).get("model_type")
+    if model_type not in CONFIG_MAPPING:
+        raise CheckpointError(
+            f"{str(Path(path) / 'config.json')!r} has model_type {model_type!r}, which transformers does not know; "
+            "loading it would need the checkpoint's own Python code, which this package never runs."
+        )
+    return {"trust_remote_code": False, "output_loading_info": True, "ignore_mismatched_sizes": True, **dtype_kwargs(dtype)}
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def reference_gemma_activation(config: dict[str, Any]) -> str:

@@ -9,10 +9,13 @@ from pathlib import Path
 
 import torch
 
+from .device import canonical_device
 from .families import RerankerFamily, family_class
-from .loading import quiet_transformers
+from .loading import check_checkpoint, quiet_transformers
 
 logger = logging.getLogger(__name__)
+
+_Key = tuple[str, str, str, torch.dtype]
 
 
 @dataclass
@@ -23,20 +26,30 @@ class CachedModel:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-_models: dict[tuple[str, str, str, torch.dtype], CachedModel] = {}
+_models: dict[_Key, CachedModel] = {}
+#: One lock per key while it loads: loading one checkpoint never blocks loading another.
+_loading: dict[_Key, threading.Lock] = {}
 _models_lock = threading.Lock()
 
 
 def get_model(path: Path, family: str, device: torch.device, dtype: torch.dtype) -> CachedModel:
-    """Return the cached model for this key, loading it on first use."""
-    key = (str(Path(path).resolve()), family, str(device), dtype)
+    """Return the cached model for this key, loading it on first use (a broken checkpoint raises ``CheckpointError``)."""
+    key = (str(Path(path).resolve()), family, str(canonical_device(device)), dtype)
     with _models_lock:
         cached = _models.get(key)
+        if cached is not None:
+            return cached
+        key_lock = _loading.setdefault(key, threading.Lock())
+    with key_lock:
+        with _models_lock:
+            cached = _models.get(key)
         if cached is None:
             logger.info("Loading %s reranker from %s on %s (%s).", family, path, device, dtype)
+            check_checkpoint(path)
             with quiet_transformers():
-                cached = CachedModel(family_class(family).load(str(path), device, dtype))
-            _models[key] = cached
+                cached = CachedModel(family_class(family).load(str(path), canonical_device(device), dtype))
+            with _models_lock:
+                _models[key] = cached
         return cached
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence, Union
@@ -14,7 +15,16 @@ from .batching import run_batches
 from .device import is_mps_dtype_error, resolve_device, resolve_dtype
 from .families.base import FAMILY_SPECIFIC_OPTIONS
 from .families import KNOWN_MODELS, RerankerFamily, ScoreOptions, canonical_family, detect_family, family_class
-from .inputs import as_pairs, check_layers, check_positive_int, check_text
+from .inputs import (
+    as_pairs,
+    check_bool,
+    check_cache_dir,
+    check_instruction_format,
+    check_layers,
+    check_positive_int,
+    check_score_threshold,
+    check_text,
+)
 from .loading import read_config, resolve_checkpoint
 from .model_cache import CachedModel, get_model
 
@@ -79,10 +89,10 @@ class BGEReranker:
         self.model_name_or_path = str(model_name_or_path)
         self.model_class = canonical_family(model_class) if model_class is not None else None
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(self.device, use_fp16, use_bf16)
-        self.cache_dir = cache_dir
-        self.local_files_only = local_files_only
-        self.show_progress = show_progress
+        self.dtype = resolve_dtype(self.device, check_bool(use_fp16, "use_fp16"), check_bool(use_bf16, "use_bf16"))
+        self.cache_dir = check_cache_dir(cache_dir)
+        self.local_files_only = check_bool(local_files_only, "local_files_only")
+        self.show_progress = check_bool(show_progress, "show_progress")
         self._query_max_length = query_max_length
         self._defaults = _merge(
             ScoreOptions(),
@@ -103,6 +113,7 @@ class BGEReranker:
             constructor_query_max_length=query_max_length,
         )
         self._model: CachedModel | None = None
+        self._path: Path | None = None
         self._family_name = self._family_without_loading()
         self.check_options()
 
@@ -144,13 +155,17 @@ class BGEReranker:
         return None
 
     def load(self) -> CachedModel:
-        """Load the model now (otherwise it loads on the first scoring call) and check the options against it."""
+        """Load the model now (otherwise it loads on the first scoring call) and check the options against it.
+
+        A broken checkpoint (unreadable files, no tokenizer, weights that do not fit the family)
+        raises ``CheckpointError`` naming the file or the weights; checkpoint code is never run.
+        """
         if self._model is None:
             path = resolve_checkpoint(self.model_name_or_path, self.cache_dir, self.local_files_only)
             family = self._family_name or detect_family(self.model_name_or_path, read_config(path))
             model = get_model(path, family, self.device, self.dtype)
             _check_against_model(model.family, self._defaults)
-            self._model = model
+            self._model, self._path = model, path
         return self._model
 
     def compute_score(self, sentence_pairs: Any, **options: Any) -> Scores:
@@ -187,7 +202,7 @@ class BGEReranker:
         """Score ``passages`` against ``query`` and return them best first.
 
         Passages scoring below ``score_threshold`` are dropped first, then at most ``top_n``
-        are kept. Ties keep input order.
+        are kept. Ties keep input order; NaN scores (a broken model, logged) rank last and pass no threshold.
 
         >>> reranker.rerank("what is panda?", ["hi", "The giant panda ..."], top_n=1)  # doctest: +SKIP
         [RerankResult(index=1, score=5.26171875, text='The giant panda ...')]
@@ -197,45 +212,53 @@ class BGEReranker:
             raise TypeError(f"passages must be a list of strings, got {type(passages).__name__}.")
         if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 0):
             raise ValueError(f"top_n must be a non-negative integer or None, got {top_n!r}.")
-        if score_threshold is not None and (isinstance(score_threshold, bool) or not isinstance(score_threshold, (int, float))):
-            raise ValueError(f"score_threshold must be a number or None, got {score_threshold!r}.")
+        score_threshold = check_score_threshold(score_threshold)
         scores = self.compute_score([(query, passage) for passage in passages], **options)
         if scores and isinstance(scores[0], list):
             raise ValueError("rerank needs one score per passage, but several cutoff_layers were asked for: pass one layer.")
-        ranked = sorted(range(len(passages)), key=lambda i: -scores[i])
+        ranked = sorted(range(len(passages)), key=lambda i: (math.isnan(scores[i]), -scores[i]))  # NaN last
         if score_threshold is not None:
             ranked = [i for i in ranked if scores[i] >= score_threshold]
         return [RerankResult(i, scores[i], passages[i]) for i in ranked[:top_n]]
 
     def _score(self, model: CachedModel, pairs: list[tuple[str, str]], options: ScoreOptions) -> list[list[float]]:
-        family = model.family
-        texts = [_apply_instructions(family, query, passage, options) for query, passage in pairs]
-        progress = _progress_bar(len(texts)) if self.show_progress else None
-        with model.lock, torch.inference_mode():
-            encoded = family.encode(texts, options)
-            scores = run_batches(
-                encoded,
-                [len(item) for item in encoded],
-                options.batch_size,
-                lambda batch: self._forward(family, batch, options),
-                progress.update if progress is not None else None,
-                max_padding=CPU_MAX_PADDING if family.device.type == "cpu" else None,
+        try:
+            scores = self._run(model, pairs, options)
+        except RuntimeError as error:
+            if not is_mps_dtype_error(error, model.family.device) or model.family.dtype == torch.float32:
+                raise
+            # The cached half-precision model stays as it is for others; this reranker moves to a float32 copy.
+            logger.warning("MPS refused %s for this model (%s): falling back to float32.", model.family.dtype, error)
+            self.dtype = torch.float32
+            self._model = get_model(self._path, model.family.name, self.device, torch.float32)
+            scores = self._run(self._model, pairs, options)
+        nan = int(torch.isnan(scores).sum())
+        if nan:
+            logger.warning(
+                "%d of %d scores are NaN: the model's weights or its precision are broken (try float32).", nan, scores.numel()
             )
-        if progress is not None:
-            progress.close()
         if options.normalize:
             scores = torch.sigmoid(scores.double())
         return scores.tolist()
 
-    def _forward(self, family: RerankerFamily, batch: list, options: ScoreOptions) -> torch.Tensor:
+    def _run(self, model: CachedModel, pairs: list[tuple[str, str]], options: ScoreOptions) -> torch.Tensor:
+        family = model.family
+        texts = [_apply_instructions(family, query, passage, options) for query, passage in pairs]
+        progress = _progress_bar(len(texts)) if self.show_progress else None
         try:
-            return family.forward(batch, options)
-        except RuntimeError as error:
-            if not is_mps_dtype_error(error, family.device) or family.dtype == torch.float32:
-                raise
-            logger.warning("MPS refused %s for this model (%s): falling back to float32.", family.dtype, error)
-            family.to_dtype(torch.float32)
-            return family.forward(batch, options)
+            with model.lock, torch.inference_mode():
+                encoded = family.encode(texts, options)
+                return run_batches(
+                    encoded,
+                    [len(item) for item in encoded],
+                    options.batch_size,
+                    lambda batch: family.forward(batch, options),
+                    progress.update if progress is not None else None,
+                    max_padding=CPU_MAX_PADDING if family.device.type == "cpu" else None,
+                )
+        finally:
+            if progress is not None:
+                progress.close()
 
 
 def _merge(base: ScoreOptions, overrides: dict[str, Any], constructor_query_max_length: int | None) -> ScoreOptions:
@@ -256,8 +279,8 @@ def _merge(base: ScoreOptions, overrides: dict[str, Any], constructor_query_max_
         if name in given and not isinstance(given[name], str):
             raise TypeError(f"{name} must be a string, got {type(given[name]).__name__}.")
     for name in ("query_instruction_format", "passage_instruction_format"):
-        if name in given and (not isinstance(given[name], str) or given[name].count("{}") != 2):
-            raise ValueError(f"{name} must be a format string with two '{{}}' (instruction, text), got {given[name]!r}.")
+        if name in given:
+            check_instruction_format(given[name], name)
     if "query_max_length" not in given and constructor_query_max_length is None:
         given["query_max_length"] = given.get("max_length", base.max_length) * 3 // 4
     return dataclasses.replace(base, **given)

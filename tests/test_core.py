@@ -316,33 +316,6 @@ def test_other_errors_propagate_at_once():
     assert calls == [2]
 
 
-def test_mps_half_precision_error_falls_back_to_fp32(reranker, caplog):
-    class FakeMPSFamily:
-        device = torch.device("mps")
-        dtype = torch.float16
-
-        def __init__(self):
-            self.calls = 0
-
-        def forward(self, batch, options):
-            self.calls += 1
-            if self.dtype == torch.float16:
-                raise RuntimeError(
-                    "'mps.add' op requires the same element type for all operands and results "
-                    "(tensor<1x7x1xf16> and tensor<1xf32>)"
-                )
-            return torch.ones(1, len(batch))
-
-        def to_dtype(self, dtype):
-            self.dtype = dtype
-
-    family = FakeMPSFamily()
-    with caplog.at_level(logging.WARNING):
-        assert reranker._forward(family, ["x"], reranker.options).tolist() == [[1.0]]
-    assert family.dtype == torch.float32 and family.calls == 2
-    assert "falling back to float32" in caplog.text
-
-
 # --- cache and threads ----------------------------------------------------------------------
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bge_rerank_integrations import BGEReranker
+from bge_rerank_integrations import BGEReranker, CheckpointError
 from bge_rerank_integrations.families import family_class
 from bge_rerank_integrations.families.decoder_text import token_ids
 from bge_rerank_integrations.families.layerwise import LayerwiseFamily
@@ -115,7 +115,7 @@ def test_missing_weights_and_unsupported_heads_are_refused():
     config = LayerwiseConfig.from_dict(read_config(path))
     state = load_state_dict(path)
     state.pop("model.layers.0.mlp.up_proj.weight")
-    with pytest.raises(ValueError, match="lacks"):
+    with pytest.raises(CheckpointError, match="lacks"):
         LayerwiseMiniCPM.from_state_dict(config, state)
     with pytest.raises(ValueError, match="head_type"):
         LayerwiseConfig.from_dict({**read_config(path), "head_type": "complex"})

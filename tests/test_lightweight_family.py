@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from bge_rerank_integrations import CheckpointError
 from bge_rerank_integrations.families.base import Encoded, ScoreOptions
 from bge_rerank_integrations.families.lightweight import DEFAULT_PROMPT, LightweightFamily
 from bge_rerank_integrations.models.gemma2_lightweight import (
@@ -193,7 +194,7 @@ def test_missing_weights_are_named(tmp_path):
     state = load_file(str(path / "model.safetensors"))
     del state["lm_head.0.linear_head.weight"]
     save_file(state, str(path / "model.safetensors"))
-    with pytest.raises(ValueError, match="lm_head.0.linear_head.weight"):
+    with pytest.raises(CheckpointError, match="lm_head.0.linear_head.weight"):
         load_lightweight(path, CPU, torch.float32)
 
 

@@ -465,7 +465,7 @@ def _center_encoder_logits(model, out: Path) -> None:
     """Shift the classifier bias so that scores are centred near 0 (sigmoid not saturated)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out, trust_remote_code=False)
     probe = [(a, b) for a in CORPUS_LINES[2:8:2] for b in CORPUS_LINES[3:9:2]]
     enc = tok([a for a, _ in probe], [b for _, b in probe], padding=True, return_tensors="pt")
     with torch.no_grad():

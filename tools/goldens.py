@@ -587,7 +587,7 @@ def _model_probe(name: str) -> dict:
         from transformers import GemmaForCausalLM as Cls
 
         mask = (ids != 0).long()
-    model, info = Cls.from_pretrained(str(CKPT_DIR / name), output_loading_info=True)
+    model, info = Cls.from_pretrained(str(CKPT_DIR / name), output_loading_info=True, trust_remote_code=False)
     model.eval()
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=mask).logits.float()

@@ -109,8 +109,3 @@ class RerankerFamily(ABC):
     @abstractmethod
     def forward(self, batch: Sequence[Encoded], options: ScoreOptions) -> torch.Tensor:
         """Pad ``batch`` and return raw scores as float32 on CPU, shape ``(output_count, len(batch))``."""
-
-    def to_dtype(self, dtype: torch.dtype) -> None:
-        """Move the weights to ``dtype`` (used when a device refuses half precision)."""
-        self.model.to(dtype)
-        self.dtype = dtype

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import torch
 
-from ..loading import dtype_kwargs
+from ..loading import check_loading_info, transformers_load_kwargs
 from ..tokenization import load_tokenizer
 from .base import Encoded, RerankerFamily, ScoreOptions
 
@@ -85,8 +85,10 @@ class EncoderFamily(RerankerFamily):
     def load(cls, path: str, device: torch.device, dtype: torch.dtype) -> "EncoderFamily":
         from transformers import AutoModelForSequenceClassification
 
+        load_kwargs = transformers_load_kwargs(path, dtype)
         tokenizer = load_tokenizer(path)
-        model = AutoModelForSequenceClassification.from_pretrained(path, **dtype_kwargs(dtype))
+        model, info = AutoModelForSequenceClassification.from_pretrained(path, **load_kwargs)
+        check_loading_info(info, path, cls.name)
         if model.config.num_labels != 1:
             raise ValueError(f"{path!r} has {model.config.num_labels} labels; a reranker has exactly one.")
         return cls(model.to(device).eval(), tokenizer, device, dtype)

@@ -37,7 +37,7 @@ class LayerwiseFamily(LayeredDecoderFamily):
         """Read ``config.json``, the tokenizer and the weights (by key name) from ``path``."""
         config = LayerwiseConfig.from_dict(read_config(path))
         tokenizer = load_tokenizer(path)
-        model = LayerwiseMiniCPM.from_state_dict(config, load_state_dict(path))
+        model = LayerwiseMiniCPM.from_state_dict(config, load_state_dict(path), source=path)
         return cls(model.to(device=device, dtype=dtype), tokenizer, device, dtype)
 
     def check_options(self, options: ScoreOptions) -> None:

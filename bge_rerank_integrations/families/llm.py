@@ -13,9 +13,9 @@ from typing import Any, Sequence
 
 import torch
 
-from ..loading import dtype_kwargs, read_config, reference_gemma_activation
-from .base import Encoded, ScoreOptions
+from ..loading import check_loading_info, read_config, reference_gemma_activation, transformers_load_kwargs
 from ..tokenization import load_tokenizer
+from .base import Encoded, ScoreOptions
 from .decoder import DecoderFamily
 from .decoder_text import pad_batch, pad_token_id, padding_side
 
@@ -26,11 +26,13 @@ def load_causal_lm(path: str, dtype: torch.dtype) -> tuple[Any, Any]:
     """Tokenizer and causal LM from a local checkpoint directory, never running checkpoint code."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    load_kwargs = transformers_load_kwargs(path, dtype)
     tokenizer = load_tokenizer(path)
     config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     if config.model_type == "gemma":  # the reference's activation on every transformers version
         config.hidden_act = config.hidden_activation = reference_gemma_activation(read_config(path))
-    model = AutoModelForCausalLM.from_pretrained(path, config=config, trust_remote_code=False, **dtype_kwargs(dtype))
+    model, info = AutoModelForCausalLM.from_pretrained(path, config=config, **load_kwargs)
+    check_loading_info(info, path, LLMFamily.name)
     return tokenizer, model.eval()
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..loading import load_state_dict, read_config, reference_gemma_activation
+from ..loading import check_weights, compare_state_dict, load_state_dict, read_config, reference_gemma_activation
 
 logger = logging.getLogger(__name__)
 
@@ -388,13 +388,10 @@ def load_lightweight(path: str | Path, device: torch.device, dtype: torch.dtype)
     model = Gemma2LightweightReranker(config, device="meta")
     state = load_state_dict(path)
     expected = set(model.state_dict())
-    missing = sorted(expected - set(state))
-    if missing:
-        raise ValueError(
-            f"Checkpoint {str(path)!r} lacks {len(missing)} lightweight reranker weights, e.g. {missing[:3]}."
-        )
+    missing, unexpected, mismatched = compare_state_dict(model, state)
+    check_weights(path, "lightweight", missing, mismatched=mismatched)
     # "lm_head.weight" can appear when the embeddings were tied on save; the score heads never use it.
-    unexpected = sorted(set(state) - expected - {"lm_head.weight"})
+    unexpected = [name for name in unexpected if name != "lm_head.weight"]
     if unexpected:
         logger.warning("Ignoring %d unused weights in %s, e.g. %s", len(unexpected), path, unexpected[:3])
     model.load_state_dict({name: state[name] for name in expected}, strict=True, assign=True)

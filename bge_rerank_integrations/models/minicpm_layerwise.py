@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..loading import check_weights, compare_state_dict
+
 logger = logging.getLogger(__name__)
 
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -258,17 +260,19 @@ class LayerwiseMiniCPM(nn.Module):
         self.lm_head = nn.ModuleList(ScoreHead(config.hidden_size) for _ in range(config.head_count))
 
     @classmethod
-    def from_state_dict(cls, config: LayerwiseConfig, state: dict[str, torch.Tensor]) -> "LayerwiseMiniCPM":
+    def from_state_dict(
+        cls, config: LayerwiseConfig, state: dict[str, torch.Tensor], source: str = "checkpoint"
+    ) -> "LayerwiseMiniCPM":
         """Build the model around the checkpoint's tensors (no random initialization); all keys must be present."""
         with torch.device("meta"):
             model = cls(config)
         if not config.head_multi and "lm_head.linear_head.weight" in state:
             state = {("lm_head.0.linear_head.weight" if k == "lm_head.linear_head.weight" else k): v for k, v in state.items()}
-        result = model.load_state_dict(state, strict=False, assign=True)
-        if result.missing_keys:
-            raise ValueError(f"The checkpoint lacks {len(result.missing_keys)} weights of a layerwise MiniCPM, e.g. {result.missing_keys[:3]}.")
-        if result.unexpected_keys:
-            logger.debug("Ignoring %d checkpoint tensors: %s", len(result.unexpected_keys), result.unexpected_keys[:5])
+        missing, unexpected, mismatched = compare_state_dict(model, state)
+        check_weights(source, "layerwise", missing, mismatched=mismatched)
+        if unexpected:
+            logger.debug("Ignoring %d checkpoint tensors: %s", len(unexpected), unexpected[:5])
+        model.load_state_dict({name: state[name] for name in model.state_dict()}, strict=True, assign=True)
         return model.eval()
 
     def check_layers(self, layers: Sequence[int]) -> None:
