@@ -5,6 +5,9 @@
 >>> reranker.compute_score(["what is panda?", "hi"])             # doctest: +SKIP
 -8.1875
 
+``RemoteReranker`` has the same methods (plus ``acompute_score`` / ``arerank``) and scores
+through a rerank server: ``bge-rerank serve``, TEI, vLLM, Infinity or a Cohere-compatible one.
+
 The adapters live in ``bge_rerank_integrations.langchain`` and
 ``bge_rerank_integrations.llama_index`` and import their framework only there.
 """
@@ -12,7 +15,19 @@ The adapters live in ``bge_rerank_integrations.langchain`` and
 from .families import KNOWN_MODELS, ScoreOptions
 from .loading import ModelNotFoundError
 from .model_cache import clear_model_cache
-from .reranker import BGEReranker, RerankResult
+from .ranking import RerankResult
+from .remote import RemoteReranker, RemoteRerankError, RemoteRerankTimeout
+from .reranker import BGEReranker
 
-__all__ = ["BGEReranker", "RerankResult", "ScoreOptions", "ModelNotFoundError", "KNOWN_MODELS", "clear_model_cache"]
+__all__ = [
+    "BGEReranker",
+    "RemoteReranker",
+    "RerankResult",
+    "ScoreOptions",
+    "ModelNotFoundError",
+    "RemoteRerankError",
+    "RemoteRerankTimeout",
+    "KNOWN_MODELS",
+    "clear_model_cache",
+]
 __version__ = "0.1.0"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence, Union
 
@@ -14,9 +13,10 @@ from .batching import run_batches
 from .device import is_mps_dtype_error, resolve_device, resolve_dtype
 from .families.base import FAMILY_SPECIFIC_OPTIONS
 from .families import KNOWN_MODELS, RerankerFamily, ScoreOptions, canonical_family, detect_family, family_class
-from .inputs import as_pairs, check_layers, check_positive_int, check_text
+from .inputs import as_pairs, check_layers, check_positive_int
 from .loading import read_config, resolve_checkpoint
 from .model_cache import CachedModel, get_model
+from .ranking import RerankResult, check_rerank_arguments, rank
 
 logger = logging.getLogger(__name__)
 
@@ -24,15 +24,6 @@ Scores = Union[float, list[float], list[list[float]]]
 
 #: On CPU a padded position costs as much as a real one: batches end before padding exceeds this share.
 CPU_MAX_PADDING = 0.2
-
-
-@dataclass(frozen=True)
-class RerankResult:
-    """One passage of a ``rerank`` call: its position in the input, its score and its text."""
-
-    index: int
-    score: float
-    text: str
 
 
 class BGEReranker:
@@ -192,20 +183,9 @@ class BGEReranker:
         >>> reranker.rerank("what is panda?", ["hi", "The giant panda ..."], top_n=1)  # doctest: +SKIP
         [RerankResult(index=1, score=5.26171875, text='The giant panda ...')]
         """
-        check_text(query, "query")
-        if isinstance(passages, (str, bytes)) or not isinstance(passages, Sequence):
-            raise TypeError(f"passages must be a list of strings, got {type(passages).__name__}.")
-        if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 0):
-            raise ValueError(f"top_n must be a non-negative integer or None, got {top_n!r}.")
-        if score_threshold is not None and (isinstance(score_threshold, bool) or not isinstance(score_threshold, (int, float))):
-            raise ValueError(f"score_threshold must be a number or None, got {score_threshold!r}.")
+        check_rerank_arguments(query, passages, top_n, score_threshold)
         scores = self.compute_score([(query, passage) for passage in passages], **options)
-        if scores and isinstance(scores[0], list):
-            raise ValueError("rerank needs one score per passage, but several cutoff_layers were asked for: pass one layer.")
-        ranked = sorted(range(len(passages)), key=lambda i: -scores[i])
-        if score_threshold is not None:
-            ranked = [i for i in ranked if scores[i] >= score_threshold]
-        return [RerankResult(i, scores[i], passages[i]) for i in ranked[:top_n]]
+        return rank(passages, scores, top_n, score_threshold)
 
     def _score(self, model: CachedModel, pairs: list[tuple[str, str]], options: ScoreOptions) -> list[list[float]]:
         family = model.family
@@ -240,6 +220,18 @@ class BGEReranker:
 
 def _merge(base: ScoreOptions, overrides: dict[str, Any], constructor_query_max_length: int | None) -> ScoreOptions:
     """Apply per-call ``overrides`` (``None`` means "keep") to ``base`` and check every value."""
+    given = checked_options(overrides)
+    if "query_max_length" not in given and constructor_query_max_length is None:
+        given["query_max_length"] = given.get("max_length", base.max_length) * 3 // 4
+    return dataclasses.replace(base, **given)
+
+
+def checked_options(overrides: dict[str, Any]) -> dict[str, Any]:
+    """The scoring options set in ``overrides`` (not ``None``), each checked; layer lists become tuples.
+
+    >>> checked_options({"normalize": True, "cutoff_layers": 28, "prompt": None})
+    {'normalize': True, 'cutoff_layers': (28,)}
+    """
     unknown = set(overrides) - {f.name for f in dataclasses.fields(ScoreOptions)}
     if unknown:
         raise TypeError(f"Unknown scoring option(s) {sorted(unknown)}; known: {[f.name for f in dataclasses.fields(ScoreOptions)]}.")
@@ -258,9 +250,7 @@ def _merge(base: ScoreOptions, overrides: dict[str, Any], constructor_query_max_
     for name in ("query_instruction_format", "passage_instruction_format"):
         if name in given and (not isinstance(given[name], str) or given[name].count("{}") != 2):
             raise ValueError(f"{name} must be a format string with two '{{}}' (instruction, text), got {given[name]!r}.")
-    if "query_max_length" not in given and constructor_query_max_length is None:
-        given["query_max_length"] = given.get("max_length", base.max_length) * 3 // 4
-    return dataclasses.replace(base, **given)
+    return given
 
 
 def _check_family_options(family: type[RerankerFamily] | RerankerFamily, options: ScoreOptions) -> None:

@@ -1,0 +1,50 @@
+"""Turning scores into a ranking: one place for the order, ``score_threshold`` and ``top_n``.
+
+Used by ``BGEReranker.rerank`` (in-process) and ``RemoteReranker.rerank`` (through a server),
+so both rank the same scores the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from .inputs import check_text
+
+
+@dataclass(frozen=True)
+class RerankResult:
+    """One passage of a ``rerank`` call: its position in the input, its score and its text."""
+
+    index: int
+    score: float
+    text: str
+
+
+def check_rerank_arguments(query: Any, passages: Any, top_n: Any, score_threshold: Any) -> None:
+    """Reject a blank query, a non-list of passages, a bad ``top_n`` or ``score_threshold``, before any scoring."""
+    check_text(query, "query")
+    if isinstance(passages, (str, bytes)) or not isinstance(passages, Sequence):
+        raise TypeError(f"passages must be a list of strings, got {type(passages).__name__}.")
+    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 0):
+        raise ValueError(f"top_n must be a non-negative integer or None, got {top_n!r}.")
+    if score_threshold is not None and (isinstance(score_threshold, bool) or not isinstance(score_threshold, (int, float))):
+        raise ValueError(f"score_threshold must be a number or None, got {score_threshold!r}.")
+
+
+def rank(
+    passages: Sequence[str], scores: Sequence[Any], top_n: int | None, score_threshold: float | None
+) -> list[RerankResult]:
+    """``passages`` best first by ``scores``: below ``score_threshold`` dropped first, then at most ``top_n`` kept.
+
+    Ties keep input order.
+
+    >>> rank(["a", "b", "c"], [0.1, 0.9, 0.5], top_n=2, score_threshold=None)
+    [RerankResult(index=1, score=0.9, text='b'), RerankResult(index=2, score=0.5, text='c')]
+    """
+    if scores and isinstance(scores[0], list):
+        raise ValueError("rerank needs one score per passage, but several cutoff_layers were asked for: pass one layer.")
+    ranked = sorted(range(len(passages)), key=lambda i: -scores[i])
+    if score_threshold is not None:
+        ranked = [i for i in ranked if scores[i] >= score_threshold]
+    return [RerankResult(i, scores[i], passages[i]) for i in ranked[:top_n]]

@@ -1,0 +1,368 @@
+"""``RemoteReranker`` against stand-ins for TEI, Infinity, vLLM and Cohere (tests/stand_in_servers.py).
+
+Scores, order and request bodies per API; splitting over TEI's 32-text limit and reassembly in
+order; retries on 503/429 (``Retry-After`` honoured) and connection errors; one clear error for a
+4xx; timeouts that fail the whole call; 50 concurrent async calls through one client, no thread
+per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pickle
+import socket
+import threading
+import time
+
+import pytest
+
+from bge_rerank_integrations import RemoteReranker, RemoteRerankError, RemoteRerankTimeout, RerankResult
+from bge_rerank_integrations.ranking import rank
+
+from .stand_in_servers import COHERE_KEY, TEI_MAX_TEXTS, StandInServer, normalized_score, raw_score
+
+QUERY = "what is panda?"
+TEXTS = [
+    "hi",
+    "The giant panda (Ailuropoda melanoleuca) is a bear species endemic to China.",
+    "Paris is the capital of France.",
+    "The panda eats bamboo.",
+    "pandas is a Python library.",
+]
+MANY = [f"passage number {i} about pandas and bamboo" for i in range(75)]
+
+
+@pytest.fixture(scope="module")
+def stand_in():
+    server = StandInServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def server(stand_in):
+    stand_in.reset()
+    yield stand_in
+    stand_in.reset()
+
+
+def client(server: StandInServer, api: str, **kwargs) -> RemoteReranker:
+    """A RemoteReranker on the stand-in of ``api`` (Cohere: its key, a model and normalized scores)."""
+    if api == "cohere":
+        kwargs = {"model": "rerank-v3.5", "api_key": COHERE_KEY, "normalize": True, **kwargs}
+    return RemoteReranker(f"{server.url}/{api}", api=api, **kwargs)
+
+
+def expected_scores(texts, normalize=False, query=QUERY) -> list[float]:
+    score = normalized_score if normalize else raw_score
+    return [score(query, text) for text in texts]
+
+
+API_CASES = [
+    ("tei", False, {"raw_scores": True, "truncate": True}),
+    ("tei", True, {"raw_scores": False}),
+    ("infinity", False, {"raw_scores": True}),
+    ("infinity", True, {"raw_scores": False}),
+    ("vllm", False, {"use_activation": False}),
+    ("vllm", True, {"use_activation": True}),
+    ("cohere", True, {"model": "rerank-v3.5"}),
+]
+
+
+# --- scores, order and request shapes ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("api, normalize, fields", API_CASES)
+def test_scores_in_input_order_and_the_scale_asked_for(server, api, normalize, fields):
+    reranker = client(server, api, normalize=normalize)
+    scores = reranker.compute_score([[QUERY, text] for text in TEXTS])
+    assert scores == pytest.approx(expected_scores(TEXTS, normalize), abs=1e-12)
+    assert reranker.compute_score([QUERY, TEXTS[1]]) == pytest.approx(expected_scores(TEXTS[1:2], normalize)[0], abs=1e-12)
+    body = server.requests[0]["body"]
+    assert body["query"] == QUERY and body["texts" if api == "tei" else "documents"] == TEXTS
+    assert {name: body.get(name) for name in fields} == fields
+    assert "top_n" not in body  # every score comes back; the ranking is ours
+    reranker.close()
+
+
+@pytest.mark.parametrize("api, normalize, fields", API_CASES)
+async def test_async_scores_equal_the_sync_ones(server, api, normalize, fields):
+    reranker = client(server, api, normalize=normalize)
+    scores = await reranker.acompute_score([[QUERY, text] for text in TEXTS])
+    assert scores == pytest.approx(expected_scores(TEXTS, normalize), abs=1e-12)
+    assert await reranker.arerank(QUERY, TEXTS, top_n=2) == rank(TEXTS, scores, 2, None)
+    await reranker.aclose()
+
+
+def test_rerank_ranks_like_the_in_process_reranker(server):
+    reranker = client(server, "tei")
+    scores = expected_scores(TEXTS)
+    results = reranker.rerank(QUERY, TEXTS)
+    assert [r.index for r in results] == sorted(range(len(TEXTS)), key=lambda i: -scores[i])
+    assert all(isinstance(r, RerankResult) and r.text == TEXTS[r.index] for r in results)
+    assert reranker.rerank(QUERY, TEXTS, top_n=2) == results[:2]
+    threshold = results[2].score
+    assert reranker.rerank(QUERY, TEXTS, score_threshold=threshold) == results[:3]
+    assert reranker.rerank(QUERY, TEXTS, top_n=0) == []
+    with pytest.raises(ValueError, match="top_n"):
+        reranker.rerank(QUERY, TEXTS, top_n=-1)
+    with pytest.raises(ValueError, match="query is empty"):
+        reranker.rerank("  ", TEXTS)
+    reranker.close()
+
+
+def test_per_call_normalize_overrides_the_default(server):
+    reranker = client(server, "infinity")
+    assert reranker.compute_score([[QUERY, t] for t in TEXTS], normalize=True) == pytest.approx(expected_scores(TEXTS, True))
+    assert server.requests[-1]["body"]["raw_scores"] is False
+    assert reranker.compute_score([[QUERY, t] for t in TEXTS]) == pytest.approx(expected_scores(TEXTS))
+    reranker.close()
+
+
+def test_pairs_with_several_queries_are_grouped_per_query_and_reassembled(server):
+    reranker = client(server, "tei")
+    pairs = [[QUERY if i % 3 else "capital of France", text] for i, text in enumerate(TEXTS * 2)]
+    scores = reranker.compute_score(pairs)
+    assert scores == pytest.approx([raw_score(q, t) for q, t in pairs], abs=1e-12)
+    assert sorted(r["body"]["query"] for r in server.requests) == ["capital of France", QUERY]
+    reranker.close()
+
+
+def test_full_endpoint_urls_are_used_as_given(server):
+    for path in ("/vllm/rerank", "/vllm/v1/rerank"):
+        reranker = RemoteReranker(server.url + path, api="vllm")
+        assert reranker.endpoint == server.url + path
+        assert reranker.compute_score([QUERY, "hi"]) == pytest.approx(raw_score(QUERY, "hi"))
+        assert server.requests[-1]["path"] == path
+        reranker.close()
+    assert RemoteReranker("http://127.0.0.1:9/", api="vllm").endpoint == "http://127.0.0.1:9/v2/rerank"
+
+
+def test_no_pairs_sends_nothing(server):
+    reranker = client(server, "tei")
+    assert reranker.compute_score([]) == []
+    assert reranker.rerank(QUERY, []) == []
+    assert server.requests == []
+
+
+# --- splitting ------------------------------------------------------------------------------------
+
+
+def test_tei_requests_are_split_at_32_sent_concurrently_and_reassembled_in_order(server):
+    server.delay = 0.2  # so that concurrent requests overlap at the server
+    reranker = client(server, "tei")
+    results = reranker.rerank(QUERY, MANY)
+    scores = expected_scores(MANY)
+    assert [(r.index, r.score) for r in results] == [(r.index, r.score) for r in rank(MANY, scores, None, None)]
+    assert sorted(server.sizes()) == [11, TEI_MAX_TEXTS, TEI_MAX_TEXTS]
+    assert server.max_in_flight == 3
+    reranker.close()
+
+
+def test_max_concurrent_requests_bounds_the_requests_in_flight(server):
+    server.delay = 0.1
+    reranker = client(server, "infinity", max_documents_per_request=10, max_concurrent_requests=2)
+    assert reranker.compute_score([[QUERY, text] for text in MANY]) == pytest.approx(expected_scores(MANY))
+    assert sorted(server.sizes()) == [5] + [10] * 7
+    assert server.max_in_flight == 2
+    reranker.close()
+
+
+def test_a_413_halves_the_request(server, caplog):
+    reranker = client(server, "tei", max_documents_per_request=100)  # more than this TEI takes
+    with caplog.at_level(logging.WARNING, logger="bge_rerank_integrations.remote"):
+        scores = reranker.compute_score([[QUERY, text] for text in MANY])
+    assert scores == pytest.approx(expected_scores(MANY), abs=1e-12)
+    assert server.sizes()[0] == 75 and sorted(server.sizes()[1:]) == [18, 19, 19, 19, 37, 38]
+    assert "413" in caplog.text and "max_documents_per_request" in caplog.text
+    reranker.close()
+
+
+# --- retries --------------------------------------------------------------------------------------
+
+
+def test_503_with_retry_after_is_waited_out_and_retried(server, caplog):
+    server.fail_next(1, 503, {"error": "Model is overloaded", "error_type": "overloaded"}, {"Retry-After": "1"})
+    reranker = client(server, "tei")
+    start = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="bge_rerank_integrations.remote"):
+        scores = reranker.compute_score([[QUERY, text] for text in TEXTS])
+    assert time.monotonic() - start >= 0.95
+    assert "retry 1 of 3 in 1.00s" in caplog.text
+    assert scores == pytest.approx(expected_scores(TEXTS))
+    assert len(server.requests) == 2
+    reranker.close()
+
+
+async def test_429_is_retried_with_backoff_on_the_async_path(server):
+    server.fail_next(2, 429, {"error": "Model is overloaded", "error_type": "overloaded"})
+    reranker = client(server, "vllm")
+    assert await reranker.acompute_score([[QUERY, text] for text in TEXTS]) == pytest.approx(expected_scores(TEXTS))
+    assert len(server.requests) == 3
+    await reranker.aclose()
+
+
+def test_retries_give_up_with_the_servers_message(server):
+    server.fail_next(3, 503, {"error": "Model is overloaded", "error_type": "overloaded"}, {"Retry-After": "0"})
+    reranker = client(server, "tei", retries=2)
+    with pytest.raises(RemoteRerankError, match="503 Service Unavailable: Model is overloaded .after 3 attempts") as caught:
+        reranker.compute_score([QUERY, "hi"])
+    assert caught.value.status_code == 503
+    assert len(server.requests) == 3
+    reranker.close()
+
+
+def test_connection_errors_are_retried_then_reported():
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    reranker = RemoteReranker(f"http://127.0.0.1:{port}", api="tei", retries=1)
+    with pytest.raises(RemoteRerankError, match=r"Could not reach http://127.0.0.1:\d+/rerank after 2 attempt\(s\): ConnectError"):
+        reranker.compute_score([QUERY, "hi"])
+    reranker.close()
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+
+def test_a_4xx_is_one_error_with_the_servers_message_and_no_retry(server):
+    reranker = client(server, "cohere", api_key="wrong")
+    with pytest.raises(RemoteRerankError, match="401 Unauthorized: invalid api token. Check api_key") as caught:
+        reranker.compute_score([QUERY, "hi"])
+    assert caught.value.status_code == 401 and len(server.requests) == 1
+    server.fail_next(1, 422, {"detail": [{"loc": ["body", "query"], "msg": "too long"}]})
+    with pytest.raises(RemoteRerankError, match=r"422 Unprocessable (Entity|Content): \[\{\"loc\""):
+        client(server, "tei").compute_score([QUERY, "hi"])
+    with pytest.raises(RemoteRerankError, match="404 Not Found.*Check url and api"):
+        RemoteReranker(f"{server.url}/nowhere", api="tei").compute_score([QUERY, "hi"])
+    reranker.close()
+
+
+def test_a_single_document_too_large_for_the_server_is_an_error(server):
+    server.fail_next(1, 413, {"error": "payload too large", "error_type": "validation"})
+    with pytest.raises(RemoteRerankError, match="413 Payload Too Large|413 Request Entity Too Large|413 Content Too Large"):
+        client(server, "tei").compute_score([QUERY, "hi"])
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        [{"index": 0, "score": 1.0}],  # one of two missing
+        [{"index": 0, "score": 1.0}, {"index": 0, "score": 2.0}],  # a duplicate
+        [{"index": 0, "score": 1.0}, {"index": 1, "score": "high"}],  # not a number
+        {"results": []},  # another API's shape
+    ],
+)
+def test_incomplete_or_malformed_answers_are_errors_not_partial_results(server, answer):
+    server.fail_next(1, 200, answer)
+    with pytest.raises(RemoteRerankError, match="answered"):
+        client(server, "tei").compute_score([[QUERY, "a"], [QUERY, "b"]])
+
+
+def test_a_timeout_fails_the_whole_call(server):
+    server.delay = 1.5
+    reranker = client(server, "tei", timeout=0.3, max_documents_per_request=2)
+    with pytest.raises(RemoteRerankTimeout, match="did not answer within timeout=0.3s"):
+        reranker.compute_score([[QUERY, text] for text in TEXTS])
+    assert len(server.requests) == 3  # the three chunks were sent; none was retried
+    reranker.close()
+
+
+async def test_a_timeout_fails_the_whole_async_call(server):
+    server.delay = 1.5
+    reranker = client(server, "infinity", timeout=0.3)
+    with pytest.raises(TimeoutError):
+        await reranker.arerank(QUERY, TEXTS)
+    await reranker.aclose()
+
+
+# --- construction ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"url": "127.0.0.1:8080"}, "url must be an http:// or https:// address"),
+        ({"url": "http://h", "api": "openai"}, "api must be one of"),
+        ({"url": "http://h", "api": "cohere", "model": "m"}, "returns only normalized scores.*normalize=True"),
+        ({"url": "http://h", "api": "cohere", "normalize": True}, "needs model="),
+        ({"url": "http://h", "api": "tei", "model": "m"}, "takes no model="),
+        ({"url": "http://h", "api": "tei", "max_length": 256}, "max_length are BGE scoring options"),
+        ({"url": "http://h", "api": "vllm", "prompt": "p", "cutoff_layers": [8]}, "cutoff_layers, prompt are BGE"),
+        ({"url": "http://h", "api": "bge", "cutoff_layers": [8, 12]}, "one score per passage"),
+        ({"url": "http://h", "api": "bge", "batch_size": 0}, "batch_size must be a positive integer"),
+        ({"url": "http://h", "api": "bge", "colour": "red"}, "Unknown scoring option"),
+        ({"url": "http://h", "timeout": 0}, "timeout must be a positive number"),
+        ({"url": "http://h", "max_documents_per_request": 0}, "max_documents_per_request must be a positive"),
+        ({"url": "http://h", "retries": -1}, "retries must be"),
+    ],
+)
+def test_bad_settings_fail_at_construction(kwargs, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        RemoteReranker(**kwargs)
+
+
+def test_per_call_options_are_checked_like_the_constructors(server):
+    reranker = client(server, "cohere")
+    with pytest.raises(ValueError, match="normalize=True"):
+        reranker.compute_score([QUERY, "hi"], normalize=False)
+    with pytest.raises(ValueError, match="prompt are BGE scoring options"):
+        client(server, "tei").rerank(QUERY, TEXTS, prompt="Yes or No?")
+    assert server.requests == []
+
+
+def test_the_api_key_is_sent_but_never_shown_or_serialized(server, monkeypatch):
+    monkeypatch.setenv("BGE_RERANK_API_KEY", COHERE_KEY)
+    reranker = RemoteReranker(f"{server.url}/cohere", api="cohere", model="rerank-v3.5", normalize=True)
+    assert reranker.compute_score([QUERY, "hi"]) == pytest.approx(normalized_score(QUERY, "hi"))
+    assert server.requests[-1]["headers"]["authorization"] == f"Bearer {COHERE_KEY}"
+    assert COHERE_KEY not in repr(reranker) + str(reranker.settings())
+    assert RemoteReranker(**reranker.settings()).settings() == reranker.settings()
+    copied = pickle.loads(pickle.dumps(reranker))  # a copy works (fresh connections)
+    assert copied.compute_score([QUERY, "hi"]) == pytest.approx(normalized_score(QUERY, "hi"))
+    monkeypatch.delenv("BGE_RERANK_API_KEY")
+    explicit = RemoteReranker(f"{server.url}/tei", api="tei", api_key="k1")
+    explicit.compute_score([QUERY, "hi"])
+    assert server.requests[-1]["headers"]["authorization"] == "Bearer k1"
+    client(server, "tei").compute_score([QUERY, "hi"])
+    assert "authorization" not in server.requests[-1]["headers"]
+    for each in (reranker, copied, explicit):
+        each.close()
+
+
+def test_sync_calls_from_many_threads_share_one_loop_thread(server):
+    reranker = client(server, "tei")
+    before = threading.active_count()
+    results: list = [None] * 8
+
+    def work(i: int) -> None:
+        results[i] = reranker.compute_score([[QUERY, text] for text in TEXTS])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(r == pytest.approx(expected_scores(TEXTS)) for r in results)
+    assert threading.active_count() == before + 1  # the reranker's one loop thread
+    reranker.close()
+    assert threading.active_count() == before
+
+
+# --- concurrency ----------------------------------------------------------------------------------
+
+
+async def test_50_concurrent_async_calls_through_one_client_without_a_thread_per_call(server, monkeypatch):
+    server.delay = 0.05
+    reranker = client(server, "tei")
+    started = []
+    original_start = threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start", lambda self: (started.append(self.name), original_start(self)))
+    queries = [f"question {i} about pandas" for i in range(50)]
+    results = await asyncio.gather(*(reranker.arerank(q, TEXTS, top_n=3) for q in queries))
+    for query, result in zip(queries, results):
+        assert result == rank(TEXTS, expected_scores(TEXTS, query=query), 3, None)
+    assert started == []
+    assert len(server.requests) == 50 and server.max_in_flight > 1
+    await reranker.aclose()
