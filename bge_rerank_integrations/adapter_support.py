@@ -1,21 +1,186 @@
-"""What both framework adapters share: which settings load a model, which score, and building the reranker.
+"""What the framework adapters share: their settings as one pydantic definition, and building the reranker.
 
-Adapters turn their documents or nodes into texts, call ``BGEReranker.rerank`` with the
-scoring settings, and turn the results back; this module keeps those settings in one place.
+Each adapter class combines ``RerankSettings`` (or ``RerankerSettings``) with its framework's base
+class, turns its documents or nodes into texts, calls ``BGEReranker.rerank`` with the scoring
+settings, and turns the results back; the settings, their checks and their serialization live here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+import logging
+import os
+from typing import Annotated, Any, List, Mapping, Optional, Sequence, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    WithJsonSchema,
+    field_serializer,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from .families import ScoreOptions
 from .reranker import BGEReranker
 
-#: Settings that decide which model is loaded, where and in what dtype (constructor only).
-LOAD_SETTINGS = ("model_class", "device", "use_fp16", "use_bf16")
+logger = logging.getLogger(__name__)
+
+#: Settings given to the ``BGEReranker`` constructor only: which model is loaded, from where, where and how.
+LOAD_SETTINGS = ("model_class", "device", "use_fp16", "use_bf16", "cache_dir", "local_files_only", "show_progress")
 #: Settings forwarded to every ``rerank`` call unchanged (``None`` = the model's default): every scoring option.
 SCORE_SETTINGS = tuple(option.name for option in dataclasses.fields(ScoreOptions))
+
+SharedReranker = Annotated[BGEReranker, WithJsonSchema({"type": "object", "title": "BGEReranker"})]
+Layers = Optional[Union[StrictInt, List[StrictInt]]]
+
+
+class RerankerSettings(BaseModel):
+    """Every setting of a ``BGEReranker`` as a pydantic field; builds the reranker at construction.
+
+    ``model`` is a Hub id or local checkpoint (built into a ``BGEReranker`` at construction, loaded
+    on first use and shared through the package's model cache), or an existing ``BGEReranker`` to
+    share; the load settings only apply to a name or path and are fixed once built. Scoring
+    settings left ``None`` use the reranker's own defaults; set ones go to every call unchanged.
+    A shared ``BGEReranker`` serializes as its name or path plus its own settings, so the
+    configuration alone rebuilds an equivalent adapter (sharing the cached model).
+    """
+
+    model_config = ConfigDict(
+        arbitrary_types_allowed=True, extra="forbid", validate_assignment=True, protected_namespaces=()
+    )
+
+    model: Union[str, SharedReranker] = Field(
+        default="BAAI/bge-reranker-v2-m3",
+        frozen=True,
+        description="Hub id or local checkpoint directory, or an existing BGEReranker to share.",
+    )
+
+    # Load settings (LOAD_SETTINGS): only with a name or path; fixed once built.
+    model_class: Optional[str] = Field(
+        default=None, frozen=True, description='"encoder", "llm", "layerwise" or "lightweight"; default: detected.'
+    )
+    device: Optional[str] = Field(
+        default=None, frozen=True, description='"cpu", "cuda", "cuda:1", "mps"; None: the best available when built.'
+    )
+    use_fp16: StrictBool = Field(default=False, frozen=True, description="float16 on CUDA/MPS (float32 on CPU).")
+    use_bf16: StrictBool = Field(default=False, frozen=True, description="bfloat16 on CUDA/MPS (float32 on CPU).")
+    cache_dir: Optional[str] = Field(default=None, frozen=True, description="Where Hub downloads go.")
+    local_files_only: StrictBool = Field(
+        default=False, frozen=True, description="Never reach the Hub: use the local cache or a directory only."
+    )
+    show_progress: StrictBool = Field(default=False, frozen=True, description="A progress bar over the pairs.")
+
+    # Scoring settings (SCORE_SETTINGS): forwarded to every call; None keeps the reranker's own default.
+    normalize: Optional[StrictBool] = Field(default=None, description="Map scores to (0, 1) with a sigmoid.")
+    batch_size: Optional[StrictInt] = Field(default=None, ge=1, description="Pairs per forward pass.")
+    max_length: Optional[StrictInt] = Field(default=None, ge=1, description="Token limit of a (query, passage) pair.")
+    query_max_length: Optional[StrictInt] = Field(default=None, ge=1, description="Token limit of the query.")
+    query_instruction_for_rerank: Optional[str] = Field(
+        default=None, description='Text put before each query (decoders default to "A: "; "" means none).'
+    )
+    query_instruction_format: Optional[str] = Field(default=None, description='Instruction + query format ("{}{}").')
+    passage_instruction_for_rerank: Optional[str] = Field(
+        default=None, description='Text put before each passage (decoders default to "B: "; "" means none).'
+    )
+    passage_instruction_format: Optional[str] = Field(default=None, description='Instruction + passage format ("{}{}").')
+    prompt: Optional[str] = Field(default=None, description="Decoder families: the relevance prompt.")
+    cutoff_layers: Layers = Field(default=None, description="Layerwise/lightweight: the one layer to score with.")
+    compress_ratio: Optional[StrictInt] = Field(default=None, ge=1, description="Lightweight: 1, 2, 4 or 8.")
+    compress_layers: Layers = Field(default=None, description="Lightweight: layers where tokens are compressed.")
+
+    _reranker: Optional[BGEReranker] = PrivateAttr(default=None)
+
+    @field_validator("model", "cache_dir", mode="before")
+    @classmethod
+    def _path_to_str(cls, value: Any) -> Any:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+    @field_validator("cutoff_layers")
+    @classmethod
+    def _one_layer(cls, value: Layers) -> Layers:
+        check_single_score(value)
+        return value
+
+    @model_validator(mode="after")
+    def _build_reranker(self) -> "RerankerSettings":
+        """Build the reranker at construction (the model loads on first use); re-check the options on assignment."""
+        if self._reranker is None:
+            self._reranker = build_reranker(self.model, self.reranker_settings())
+        else:
+            self._reranker.check_options(**score_options(self.reranker_settings()))
+        return self
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Assignments are checked like construction; a rejected value leaves the previous one in place."""
+        if name not in type(self).model_fields:
+            return super().__setattr__(name, value)
+        previous = self.__dict__.get(name)
+        try:
+            super().__setattr__(name, value)
+        except ValueError:  # pydantic keeps a value its model validators rejected: put the old one back
+            self.__dict__[name] = previous
+            raise
+
+    @field_serializer("model")
+    def _serialize_model(self, model: Union[str, BGEReranker]) -> str:
+        return model.model_name_or_path if isinstance(model, BGEReranker) else model
+
+    @model_serializer(mode="wrap")
+    def custom_model_dump(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
+        """The settings as plain data (the framework's own dump, if it has one); a shared reranker adds its settings."""
+        framework_dump = getattr(super(), "custom_model_dump", None)  # LlamaIndex adds its "class_name"
+        data = framework_dump(handler, info) if framework_dump is not None else handler(self)
+        if isinstance(self.model, BGEReranker):
+            data.update(shared_reranker_settings(self.model, data))
+        return data
+
+    @property
+    def reranker(self) -> BGEReranker:
+        """The ``BGEReranker`` that scores (pass it as ``model`` to another adapter to share it)."""
+        return self._reranker
+
+    def reranker_settings(self) -> dict[str, Any]:
+        """The load and scoring settings as ``{name: value}``."""
+        return {name: getattr(self, name) for name in (*LOAD_SETTINGS, *SCORE_SETTINGS)}
+
+    def scoring_options(self) -> dict[str, Any]:
+        """The scoring settings that were set, as keyword arguments for ``rerank`` or ``compute_score``."""
+        return score_options(self.reranker_settings())
+
+
+class RerankSettings(RerankerSettings):
+    """``RerankerSettings`` plus what a reranking step keeps: ``top_n`` and ``score_threshold``."""
+
+    top_n: Optional[StrictInt] = Field(
+        default=3, ge=0, description="Keep at most this many (applied after score_threshold); None keeps all."
+    )
+    score_threshold: Optional[StrictFloat] = Field(
+        default=None, description="Drop those scoring below this first (on the (0, 1) scale with normalize=True)."
+    )
+
+    _warned_raw_threshold: bool = PrivateAttr(default=False)
+
+    @model_validator(mode="after")
+    def _warn_raw_threshold(self) -> "RerankSettings":
+        """Warn once when ``score_threshold`` applies to raw logits, which have no fixed scale."""
+        raw = self.score_threshold is not None and not self._reranker.check_options(**self.scoring_options()).normalize
+        if raw and not self._warned_raw_threshold:
+            logger.warning(
+                "score_threshold=%s is compared with raw scores (logits, unbounded and model-dependent); "
+                "set normalize=True to threshold scores in (0, 1).",
+                self.score_threshold,
+            )
+        self._warned_raw_threshold = raw
+        return self
 
 
 def build_reranker(model: str | BGEReranker, settings: Mapping[str, Any]) -> BGEReranker:
@@ -56,19 +221,13 @@ def check_single_score(cutoff_layers: int | Sequence[int] | None) -> None:
 
 
 def shared_reranker_settings(reranker: BGEReranker, data: Mapping[str, Any]) -> dict[str, Any]:
-    """The load settings of a shared ``reranker`` and the scoring defaults it changed, as adapter fields.
+    """The load settings of a shared ``reranker`` (as it was given them) and the scoring defaults it changed.
 
     What an adapter built on an existing ``BGEReranker`` adds to its serialized configuration, so
-    that the configuration alone rebuilds an equivalent adapter (sharing the cached model).
-
-    Fields the adapter sets itself (not ``None`` in ``data``) win.
+    that the configuration alone rebuilds an equivalent adapter (sharing the cached model). An unset
+    device stays unset. Scoring fields the adapter sets itself (not ``None`` in ``data``) win.
     """
-    settings: dict[str, Any] = {
-        "model_class": reranker.model_class,
-        "device": str(reranker.device),
-        "use_fp16": str(reranker.dtype) == "torch.float16",
-        "use_bf16": str(reranker.dtype) == "torch.bfloat16",
-    }
+    settings = dict(reranker.load_settings)
     baseline = ScoreOptions()
     for option in dataclasses.fields(baseline):
         value, default = getattr(reranker.options, option.name), getattr(baseline, option.name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from pathlib import Path
 from typing import Any, Sequence, Union
 
@@ -69,6 +70,8 @@ class BGEReranker:
             raise ValueError(f"model_name_or_path must be a Hub id or a local directory, got {model_name_or_path!r}.")
         self.model_name_or_path = str(model_name_or_path)
         self.model_class = canonical_family(model_class) if model_class is not None else None
+        self._requested_device = None if device is None else str(device)
+        self._requested_dtype = (use_fp16, use_bf16)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(self.device, use_fp16, use_bf16)
         self.cache_dir = cache_dir
@@ -99,6 +102,26 @@ class BGEReranker:
 
     def __repr__(self) -> str:
         return f"BGEReranker({self.model_name_or_path!r}, device={str(self.device)!r}, dtype={self.dtype})"
+
+    @property
+    def load_settings(self) -> dict[str, Any]:
+        """The constructor's load settings as given (not as resolved): what rebuilds an equivalent reranker elsewhere.
+
+        An unset ``device`` stays ``None`` and ``use_fp16`` stays as asked, so a configuration saved
+        on a CPU machine does not pin CPU or float32 on a GPU one.
+
+        >>> BGEReranker("tests/fixtures/checkpoints/encoder").load_settings["device"] is None
+        True
+        """
+        return {
+            "model_class": self.model_class,
+            "device": self._requested_device,
+            "use_fp16": self._requested_dtype[0],
+            "use_bf16": self._requested_dtype[1],
+            "cache_dir": None if self.cache_dir is None else os.fspath(self.cache_dir),
+            "local_files_only": self.local_files_only,
+            "show_progress": self.show_progress,
+        }
 
     @property
     def options(self) -> ScoreOptions:
