@@ -21,7 +21,6 @@ from typing import Optional, Sequence
 try:
     from langchain_core.callbacks import Callbacks
     from langchain_core.documents import BaseDocumentCompressor, Document
-    from langchain_core.runnables.config import run_in_executor
 except ImportError as error:  # pragma: no cover - exercised in a subprocess without the extra
     raise ImportError(
         "bge_rerank_integrations.langchain needs LangChain: pip install "
@@ -31,7 +30,7 @@ from pydantic import ConfigDict
 
 from .adapter_support import RerankSettings
 from .inputs import check_text
-from .reranker import RerankResult
+from .ranking import RerankResult
 
 __all__ = ["BGERerank"]
 
@@ -50,8 +49,9 @@ class BGERerank(RerankSettings, BaseDocumentCompressor):
     ``top_n`` are kept (``None`` keeps all). ``page_content`` is what is scored.
 
     The settings (``model``, ``top_n``, ``score_threshold``, the load settings ``model_class``,
-    ``device``, ``use_fp16``, ``use_bf16``, ``cache_dir``, ``local_files_only``, ``show_progress``
-    and every scoring option) are ``RerankSettings``' fields, shared with the LlamaIndex adapter.
+    ``device``, ``use_fp16``, ``use_bf16``, ``cache_dir``, ``local_files_only``, ``show_progress``,
+    the remote settings ``api``, ``api_key``, ``remote_model``... for a server URL, and every
+    scoring option) are ``RerankSettings``' fields, shared with the LlamaIndex adapter.
 
     >>> compressor = BGERerank(model="BAAI/bge-reranker-v2-m3", top_n=2, normalize=True)
     >>> [d.metadata["relevance_score"] for d in compressor.compress_documents(docs, "what is panda?")]  # doctest: +SKIP
@@ -82,7 +82,10 @@ class BGERerank(RerankSettings, BaseDocumentCompressor):
         query: str,
         callbacks: Optional[Callbacks] = None,
     ) -> Sequence[Document]:
-        """``compress_documents`` run in a worker thread, so the event loop is never blocked.
+        """``compress_documents`` without blocking the event loop.
+
+        A ``RemoteReranker`` (``model`` a server URL) awaits its requests on the loop; an
+        in-process model runs in a worker thread.
 
         >>> await compressor.acompress_documents(docs, "what is panda?")  # doctest: +SKIP
         [Document(metadata={'src': 'wiki', 'relevance_score': 5.26171875}, page_content='The giant panda is a bear.')]
@@ -90,7 +93,8 @@ class BGERerank(RerankSettings, BaseDocumentCompressor):
         documents = self._check(documents, query)
         if not documents:
             return []
-        return await run_in_executor(None, self._rerank, documents, query)
+        results = await self.arank_texts(query, [document.page_content for document in documents])
+        return self._scored(documents, results)
 
     @staticmethod
     def _check(documents: Sequence[Document], query: str) -> list[Document]:
@@ -105,13 +109,10 @@ class BGERerank(RerankSettings, BaseDocumentCompressor):
         return list(documents)
 
     def _rerank(self, documents: list[Document], query: str) -> list[Document]:
-        results = self._reranker.rerank(
-            query,
-            [document.page_content for document in documents],
-            top_n=self.top_n,
-            score_threshold=self.score_threshold,
-            **self.scoring_options(),
-        )
+        return self._scored(documents, self.rank_texts(query, [document.page_content for document in documents]))
+
+    @staticmethod
+    def _scored(documents: list[Document], results: list[RerankResult]) -> list[Document]:
         logger.debug("Reranked %d documents, kept %d.", len(documents), len(results))
         return [_scored_copy(documents[result.index], result) for result in results]
 

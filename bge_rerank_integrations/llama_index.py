@@ -11,7 +11,6 @@ Only this module imports ``llama_index.core``; install it with ``pip install bge
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import ContextManager, List, Optional
 
@@ -31,7 +30,7 @@ from pydantic import ConfigDict, Field, StrictBool
 
 from .adapter_support import RerankSettings
 from .inputs import check_text
-from .reranker import RerankResult
+from .ranking import RerankResult
 
 __all__ = ["BGERerank", "RETRIEVAL_SCORE_KEY"]
 
@@ -50,8 +49,9 @@ class BGERerank(RerankSettings, BaseNodePostprocessor):
     ``score`` is the rerank score; the input nodes are left untouched. The settings are
     ``RerankSettings``' fields, shared with the LangChain adapter, plus ``keep_retrieval_score``.
     Scoring settings left at ``None`` use the reranker's own defaults and may be changed later;
-    ``model`` and the load settings are fixed once built. ``model`` may be an existing
-    ``BGEReranker`` to share: it then serializes as its name or path plus its own settings, so
+    ``model`` and the load settings are fixed once built. ``model`` may be a server URL (scored
+    through a ``RemoteReranker``; async postprocessing and ``aquery`` await its requests) or an
+    existing ``BGEReranker`` to share: it then serializes as its name or path plus its own settings, so
     ``from_dict`` rebuilds an equivalent postprocessor (sharing the same loaded model via the cache).
 
     >>> rerank = BGERerank(model="tests/fixtures/checkpoints/encoder", top_n=1, device="cpu")
@@ -91,18 +91,15 @@ class BGERerank(RerankSettings, BaseNodePostprocessor):
         if not nodes:
             return []
         with self._reranking_event(nodes, query_bundle) as event:
-            results = await asyncio.to_thread(self._rerank, query, nodes)
+            results = await self.arank_texts(query, _texts(nodes))
             reranked = self._to_nodes(nodes, results)
             event.on_end(payload={EventPayload.NODES: reranked})
         dispatcher.event(ReRankEndEvent(nodes=reranked))
         return reranked
 
     def _rerank(self, query: str, nodes: List[NodeWithScore]) -> List[RerankResult]:
-        texts = [item.node.get_content(metadata_mode=MetadataMode.EMBED) for item in nodes]
-        logger.debug("Reranking %d nodes with %s.", len(texts), self.reranker.model_name_or_path)
-        return self.reranker.rerank(
-            query, texts, top_n=self.top_n, score_threshold=self.score_threshold, **self.scoring_options()
-        )
+        logger.debug("Reranking %d nodes with %s.", len(nodes), self.reranker.model_name_or_path)
+        return self.rank_texts(query, _texts(nodes))
 
     def _reranking_event(self, nodes: List[NodeWithScore], query_bundle: QueryBundle) -> ContextManager[EventContext]:
         """Emit ``ReRankStartEvent`` and open the ``CBEventType.RERANKING`` callback event."""
@@ -132,6 +129,11 @@ class BGERerank(RerankSettings, BaseNodePostprocessor):
                 node.excluded_llm_metadata_keys = _with_key(node.excluded_llm_metadata_keys)
             reranked.append(NodeWithScore(node=node, score=result.score))
         return reranked
+
+
+def _texts(nodes: List[NodeWithScore]) -> List[str]:
+    """What is scored: the text LlamaIndex embeds."""
+    return [item.node.get_content(metadata_mode=MetadataMode.EMBED) for item in nodes]
 
 
 def _query_str(query_bundle: Optional[QueryBundle]) -> str:

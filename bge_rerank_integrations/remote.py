@@ -15,6 +15,7 @@ on first use.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 import json
 import logging
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Sequence
 from urllib.parse import urlsplit
 
+from .families import ScoreOptions
 from .inputs import as_pairs, check_positive_int
 from .ranking import RerankResult, check_rerank_arguments, rank
 from .reranker import Scores, checked_options
@@ -43,6 +45,9 @@ RETRY_STATUSES = frozenset({429, 503})
 #: First backoff in seconds (doubled each retry), and the longest wait between two attempts.
 BACKOFF_SECONDS = 0.5
 MAX_WAIT_SECONDS = 30.0
+#: Scoring options our server (api="bge") takes per request, by their ``BGEReranker`` names; ``normalize``
+#: travels as ``raw_scores``, and ``batch_size`` is the server's own setting.
+SERVER_OPTIONS = tuple(f.name for f in dataclasses.fields(ScoreOptions) if f.name not in ("normalize", "batch_size"))
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,8 @@ class _Api:
 
 #: The APIs ``api=`` names.
 APIS: dict[str, _Api] = {
-    "bge": _Api("/rerank", "texts", "raw_scores", True, 32, None, "score", "none", bge_options=True),
+    # bge-rerank serve's default --max-documents is 1024; TEI's --max-client-batch-size is 32.
+    "bge": _Api("/rerank", "texts", "raw_scores", True, 1024, None, "score", "none", bge_options=True),
     "tei": _Api("/rerank", "texts", "raw_scores", True, 32, None, "score", "none"),
     "infinity": _Api("/rerank", "documents", "raw_scores", True, None, "results", "relevance_score", "optional"),
     "vllm": _Api("/v2/rerank", "documents", "use_activation", False, None, "results", "relevance_score", "optional"),
@@ -97,7 +103,7 @@ class RemoteReranker:
     ``BGE_RERANK_API_KEY`` environment variable and is sent as a bearer token; it is never shown
     or serialized.
 
-    Calls larger than ``max_documents_per_request`` (TEI's and ours: 32) are split, sent at most
+    Calls larger than ``max_documents_per_request`` (TEI: 32, ours: 1024, Cohere: 1000) are split, sent at most
     ``max_concurrent_requests`` at a time, and reassembled in input order; a 413 halves a request.
     Connection errors, 429 and 503 are retried ``retries`` times with backoff (honouring
     ``Retry-After``); any other error status raises ``RemoteRerankError`` with the server's message,
@@ -204,6 +210,11 @@ class RemoteReranker:
         """
         merged = {**self._options, **checked_options(options)}
         bge_only = sorted(name for name in merged if name != "normalize")
+        if "batch_size" in merged:
+            raise ValueError(
+                "batch_size is the server's own setting (bge-rerank serve --batch-size, --max-batch-pairs), "
+                "not a request option: drop it, or use max_documents_per_request to size requests."
+            )
         if bge_only and not self._api.bge_options:
             raise ValueError(
                 f"{', '.join(bge_only)} are BGE scoring options that only bge-rerank serve (api='bge') takes; "

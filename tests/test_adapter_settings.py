@@ -16,7 +16,7 @@ from langchain_core.documents import Document  # noqa: E402
 from llama_index.core.schema import NodeWithScore, TextNode  # noqa: E402
 
 from bge_rerank_integrations import BGEReranker, ModelNotFoundError  # noqa: E402
-from bge_rerank_integrations.adapter_support import LOAD_SETTINGS, SCORE_SETTINGS, RerankSettings  # noqa: E402
+from bge_rerank_integrations.adapter_support import LOAD_SETTINGS, REMOTE_SETTINGS, SCORE_SETTINGS, RerankSettings  # noqa: E402
 from bge_rerank_integrations.langchain import BGERerank as LangChainRerank  # noqa: E402
 from bge_rerank_integrations.llama_index import BGERerank as LlamaIndexRerank  # noqa: E402
 
@@ -54,7 +54,7 @@ def raw_threshold_warnings(caplog) -> list[str]:
 
 def test_both_adapters_take_their_settings_from_one_definition():
     shared = RerankSettings.model_fields
-    assert {"model", "top_n", "score_threshold", *LOAD_SETTINGS, *SCORE_SETTINGS} == set(shared)
+    assert {"model", "top_n", "score_threshold", *LOAD_SETTINGS, *REMOTE_SETTINGS, *SCORE_SETTINGS} == set(shared)
     assert {"cache_dir", "local_files_only", "show_progress"} <= set(LOAD_SETTINGS)
     for adapter in ADAPTERS.values():
         assert issubclass(adapter, RerankSettings)

@@ -292,6 +292,7 @@ async def test_a_timeout_fails_the_whole_async_call(server):
         ({"url": "http://h", "api": "vllm", "prompt": "p", "cutoff_layers": [8]}, "cutoff_layers, prompt are BGE"),
         ({"url": "http://h", "api": "bge", "cutoff_layers": [8, 12]}, "one score per passage"),
         ({"url": "http://h", "api": "bge", "batch_size": 0}, "batch_size must be a positive integer"),
+        ({"url": "http://h", "api": "bge", "batch_size": 8}, "batch_size is the server's own setting"),
         ({"url": "http://h", "api": "bge", "colour": "red"}, "Unknown scoring option"),
         ({"url": "http://h", "timeout": 0}, "timeout must be a positive number"),
         ({"url": "http://h", "max_documents_per_request": 0}, "max_documents_per_request must be a positive"),
@@ -366,3 +367,97 @@ async def test_50_concurrent_async_calls_through_one_client_without_a_thread_per
     assert started == []
     assert len(server.requests) == 50 and server.max_in_flight > 1
     await reranker.aclose()
+
+
+# --- the adapters over a server ---------------------------------------------------------------------
+
+langchain_documents = pytest.importorskip("langchain_core.documents")
+llama_schema = pytest.importorskip("llama_index.core.schema")
+
+
+def lc_rerank(**settings):
+    from bge_rerank_integrations.langchain import BGERerank
+
+    return BGERerank(**settings)
+
+
+def li_rerank(**settings):
+    from bge_rerank_integrations.llama_index import BGERerank
+
+    return BGERerank(**settings)
+
+
+ADAPTERS = {"langchain": lc_rerank, "llama_index": li_rerank}
+
+
+async def adapter_ranking(adapter, use_async: bool) -> list[tuple[int, float]]:
+    """(input position, score) best first, through the adapter's sync or async path."""
+    if hasattr(adapter, "compress_documents"):
+        docs = [langchain_documents.Document(page_content=text, id=str(i)) for i, text in enumerate(TEXTS)]
+        out = await adapter.acompress_documents(docs, QUERY) if use_async else adapter.compress_documents(docs, QUERY)
+        return [(int(d.id), d.metadata["relevance_score"]) for d in out]
+    nodes = [llama_schema.NodeWithScore(node=llama_schema.TextNode(text=text, id_=str(i)), score=0.0) for i, text in enumerate(TEXTS)]
+    if use_async:
+        out = await adapter.apostprocess_nodes(nodes, query_str=QUERY)
+    else:
+        out = adapter.postprocess_nodes(nodes, query_str=QUERY)
+    return [(int(n.node.node_id), n.score) for n in out]
+
+
+@pytest.mark.parametrize("name", ADAPTERS)
+@pytest.mark.parametrize("api", ["tei", "infinity", "vllm"])
+async def test_adapters_score_through_a_server_url(server, name, api):
+    adapter = ADAPTERS[name](model=f"{server.url}/{api}", api=api, top_n=3)
+    assert isinstance(adapter.reranker, RemoteReranker) and adapter.reranker.api == api
+    want = [(r.index, r.score) for r in rank(TEXTS, expected_scores(TEXTS), 3, None)]
+    assert await adapter_ranking(adapter, use_async=False) == want
+    assert await adapter_ranking(adapter, use_async=True) == want
+
+
+@pytest.mark.parametrize("name", ADAPTERS)
+async def test_adapters_share_a_remote_reranker_and_serialize_it_without_its_key(server, name, monkeypatch):
+    remote = RemoteReranker(f"{server.url}/cohere", api="cohere", model="rerank-v3.5", api_key=COHERE_KEY, normalize=True, timeout=5)
+    adapter = ADAPTERS[name](model=remote, top_n=None)
+    assert adapter.reranker is remote
+    want = [(r.index, r.score) for r in rank(TEXTS, expected_scores(TEXTS, normalize=True), None, None)]
+    assert await adapter_ranking(adapter, use_async=True) == want
+    saved = adapter.to_dict() if hasattr(adapter, "to_dict") else adapter.model_dump()
+    assert {k: saved[k] for k in ("model", "api", "remote_model", "timeout", "normalize")} == {
+        "model": f"{server.url}/cohere", "api": "cohere", "remote_model": "rerank-v3.5", "timeout": 5.0, "normalize": True,
+    }
+    assert "api_key" not in saved and COHERE_KEY not in repr(saved) + repr(adapter)
+    saved.pop("class_name", None)
+    monkeypatch.setenv("BGE_RERANK_API_KEY", COHERE_KEY)
+    rebuilt = ADAPTERS[name](**saved)
+    assert await adapter_ranking(rebuilt, use_async=False) == want
+
+
+@pytest.mark.parametrize("name", ADAPTERS)
+def test_the_adapters_api_key_setting_is_used_and_never_dumped(server, name):
+    adapter = ADAPTERS[name](model=f"{server.url}/cohere", api="cohere", remote_model="rerank-v3.5", api_key=COHERE_KEY, normalize=True)
+    asyncio.run(adapter_ranking(adapter, use_async=False))
+    assert server.requests[-1]["headers"]["authorization"] == f"Bearer {COHERE_KEY}"
+    saved = adapter.to_json() if hasattr(adapter, "to_json") else adapter.model_dump_json()
+    assert COHERE_KEY not in saved + repr(adapter) and "api_key" not in saved
+
+
+@pytest.mark.parametrize("name", ADAPTERS)
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"model": "http://127.0.0.1:9", "device": "cpu"}, "device.*model is a server URL"),
+        ({"model": "tests/fixtures/checkpoints/encoder", "api": "tei"}, "apply to a rerank server"),
+        ({"model": "http://127.0.0.1:9", "api": "tei", "max_length": 128}, "max_length are BGE scoring options"),
+        ({"model": "http://127.0.0.1:9", "api": "cohere", "remote_model": "m"}, "normalize=True"),
+        ({"model": "http://127.0.0.1:9", "api": "grpc"}, "api must be one of"),
+    ],
+)
+def test_adapter_settings_that_do_not_fit_a_server_fail_at_construction(name, settings, message):
+    with pytest.raises(ValueError, match=message):
+        ADAPTERS[name](**settings)
+
+
+@pytest.mark.parametrize("name", ADAPTERS)
+def test_remote_settings_with_a_shared_remote_reranker_are_an_error(name):
+    with pytest.raises(ValueError, match="existing RemoteReranker"):
+        ADAPTERS[name](model=RemoteReranker("http://127.0.0.1:9", api="tei"), timeout=3)
