@@ -6,7 +6,11 @@
        2      0  -8.1875  hi
 
 Passages come from the arguments, from ``--file`` or from standard input: one per line, or
-JSON Lines with a ``text`` field (``--text-field`` names another).
+JSON Lines with a ``text`` field (``--text-field`` names another); with ``--json`` each JSONL
+record's other fields (an ``id``, say) are kept next to ``index``, ``score`` and ``text``.
+
+``--help`` and ``--version`` answer without importing torch: the model code is imported only
+once there is something to score.
 """
 
 from __future__ import annotations
@@ -15,9 +19,9 @@ import argparse
 import json
 import logging
 import sys
-from typing import Iterable, Sequence, TextIO
+from typing import Any, NoReturn, Sequence, TextIO
 
-from .loading import ModelNotFoundError
+from . import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +29,15 @@ logger = logging.getLogger(__name__)
 PROGRESS_FROM = 256
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument errors are one line on standard error: the problem, then where to read more (no usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="bge-rerank", description="Rerank passages for a query with a BGE reranker (FlagEmbedding-exact scores)."
     )
     parser.add_argument("passages", nargs="*", help="passages to score (else --file, else standard input)")
@@ -35,19 +46,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--file", "-f", help="read passages from this file ('-' = standard input): one per non-blank line, or JSONL")
     parser.add_argument("--text-field", default="text", help="JSONL field holding the passage (default: text)")
     parser.add_argument("--top-n", type=int, help="print only the best N")
+    parser.add_argument(
+        "--score-threshold", type=float, help="drop passages scoring below this (before --top-n; use with --normalize for a (0, 1) scale)"
+    )
     parser.add_argument("--normalize", action="store_true", help="map scores through a sigmoid into (0, 1)")
     parser.add_argument("--cutoff-layers", type=_int_list, help="layerwise/lightweight: one layer to score at, e.g. 28")
     parser.add_argument("--compress-ratio", type=int, help="lightweight: passage compression ratio (1, 2, 4, 8)")
     parser.add_argument("--compress-layers", type=_int_list, help="lightweight: layers that compress, e.g. 24,40")
     parser.add_argument("--prompt", help="decoder families: the instruction prompt")
     parser.add_argument("--max-length", type=int, help="longest pair in tokens (default 512)")
+    parser.add_argument("--query-max-length", type=int, help="longest query in tokens (default: 3/4 of --max-length)")
+    parser.add_argument("--query-instruction", help='text put before the query (decoders default to "A: "; "" for none)')
+    parser.add_argument("--query-instruction-format", help='how instruction and query are joined (default "{}{}")')
+    parser.add_argument("--passage-instruction", help='text put before each passage (decoders default to "B: "; "" for none)')
+    parser.add_argument("--passage-instruction-format", help='how instruction and passage are joined (default "{}{}")')
     parser.add_argument("--model-class", help="family override: encoder, llm, layerwise, lightweight")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: best available)")
     parser.add_argument("--fp16", action="store_true", help="half precision on CUDA/MPS")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 on CUDA/MPS")
     parser.add_argument("--batch-size", type=int, help="pairs per forward pass (default 128)")
-    parser.add_argument("--json", action="store_true", help="print a JSON list of {index, score, text}")
+    parser.add_argument("--cache-dir", help="where Hub downloads go (default: the Hugging Face cache)")
+    parser.add_argument("--local-files-only", action="store_true", help="never reach the Hub: use the cache or a directory")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON list of {index, score, text} plus each JSONL record's other fields "
+        "(an input field named index, score or text is kept as input_<name>)",
+    )
     parser.add_argument("--verbose", "-v", action="store_true", help="log what happens on standard error")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
 
@@ -58,15 +85,16 @@ def _int_list(value: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") from None
 
 
-def read_passages(stream: TextIO, text_field: str = "text") -> list[str]:
-    """Passages from a stream: JSON Lines when every non-blank line is a JSON object, else one per line.
+def read_records(stream: TextIO, text_field: str = "text") -> list[tuple[str, dict[str, Any]]]:
+    """Passages from a stream, each with its other fields: JSON Lines when every non-blank line is a
+    JSON object (the passage is ``text_field``), else one passage per line (no other fields).
 
-    >>> import io; read_passages(io.StringIO('{"text": "a"}\\n{"text": "b"}\\n'))
-    ['a', 'b']
+    >>> import io; read_records(io.StringIO('{"id": 7, "text": "a"}\\n{"id": 8, "text": "b"}\\n'))
+    [('a', {'id': 7}), ('b', {'id': 8})]
     """
     lines = [line.rstrip("\n") for line in stream if line.strip()]
     if lines and all(line.lstrip().startswith("{") for line in lines):
-        passages = []
+        records = []
         for number, line in enumerate(lines, 1):
             try:
                 record = json.loads(line)
@@ -74,9 +102,10 @@ def read_passages(stream: TextIO, text_field: str = "text") -> list[str]:
                 raise ValueError(f"line {number} is not valid JSON: {error}") from None
             if not isinstance(record.get(text_field), str):
                 raise ValueError(f"line {number} has no string field {text_field!r}; use --text-field to name it.")
-            passages.append(record[text_field])
-        return passages
-    return lines
+            text = record.pop(text_field)
+            records.append((text, record))
+        return records
+    return [(line, {}) for line in lines]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -93,12 +122,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        passages = _gather_passages(args)
+        records = _gather_records(args)
     except (OSError, ValueError) as error:
         parser.error(str(error))
-    if not passages:
+    if not records:
         parser.error("no passages: give them as arguments, with --file, or on standard input")
 
+    from .loading import ModelNotFoundError
     from .reranker import BGEReranker
 
     options = {
@@ -108,6 +138,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "compress_layers": args.compress_layers,
         "prompt": args.prompt,
         "max_length": args.max_length,
+        "query_max_length": args.query_max_length,
+        "query_instruction_for_rerank": args.query_instruction,
+        "query_instruction_format": args.query_instruction_format,
+        "passage_instruction_for_rerank": args.passage_instruction,
+        "passage_instruction_format": args.passage_instruction_format,
         "batch_size": args.batch_size,
     }
     try:
@@ -117,36 +152,48 @@ def main(argv: Sequence[str] | None = None) -> int:
             device=args.device,
             use_fp16=args.fp16,
             use_bf16=args.bf16,
-            show_progress=len(passages) >= PROGRESS_FROM,
+            cache_dir=args.cache_dir,
+            local_files_only=args.local_files_only,
+            show_progress=len(records) >= PROGRESS_FROM,
         )
-        results = reranker.rerank(args.query, passages, top_n=args.top_n, **options)
+        passages = [text for text, _ in records]
+        results = reranker.rerank(args.query, passages, top_n=args.top_n, score_threshold=args.score_threshold, **options)
     except ModelNotFoundError as error:
         print(f"bge-rerank: {error}", file=sys.stderr)
         return 1
     except (ValueError, TypeError) as error:
         print(f"bge-rerank: {error}", file=sys.stderr)
         return 2
-    _print_results(results, args.json)
+    _print_results(results, args.json, [fields for _, fields in records])
     return 0
 
 
-def _gather_passages(args: argparse.Namespace) -> list[str]:
+def _gather_records(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
     if args.passages and args.file:
         raise ValueError("give passages as arguments or with --file, not both")
     if args.passages:
-        return list(args.passages)
+        return [(passage, {}) for passage in args.passages]
     if args.file and args.file != "-":
         with open(args.file, encoding="utf-8") as handle:
-            return read_passages(handle, args.text_field)
+            return read_records(handle, args.text_field)
     if args.file == "-" or not sys.stdin.isatty():
-        return read_passages(sys.stdin, args.text_field)
+        return read_records(sys.stdin, args.text_field)
     return []
 
 
-def _print_results(results: Iterable, as_json: bool) -> None:
-    results = list(results)
+def _json_record(result: Any, fields: dict[str, Any]) -> dict[str, Any]:
+    """``{index, score, text}`` then the input record's other fields; one named like ours becomes ``input_<name>``."""
+    record: dict[str, Any] = {"index": result.index, "score": result.score, "text": result.text}
+    for key, value in fields.items():
+        while key in record:
+            key = f"input_{key}"
+        record[key] = value
+    return record
+
+
+def _print_results(results: Sequence[Any], as_json: bool, fields: Sequence[dict[str, Any]]) -> None:
     if as_json:
-        print(json.dumps([{"index": r.index, "score": r.score, "text": r.text} for r in results], ensure_ascii=False))
+        print(json.dumps([_json_record(r, fields[r.index]) for r in results], ensure_ascii=False))
         return
     print(f"{'rank':>4}  {'index':>5}  {'score':>9}  text")
     for rank, result in enumerate(results, 1):

@@ -1,8 +1,9 @@
-"""LangChain adapter: ``BGERerank``, a document compressor that reranks with a BGE reranker.
+"""LangChain adapter: ``BGERerank``, a document compressor that reranks with a BGE reranker, and
+``BGECrossEncoder``, a ``BaseCrossEncoder`` for LangChain's ``CrossEncoderReranker``.
 
-Needs ``langchain-core`` only (``pip install "bge-rerank-integrations[langchain]"``); the rest
-of the package imports without it. All scoring happens in ``BGEReranker``; this module turns
-``Document`` objects into texts and the ranked results back into new documents.
+Needs the ``langchain`` extra (``langchain-core``; ``langchain-classic`` for the retrievers);
+the rest of the package imports without it. All scoring happens in ``BGEReranker``; this module
+turns ``Document`` objects into texts and the ranked results back into new documents.
 
 >>> from bge_rerank_integrations.langchain import BGERerank
 >>> from langchain_core.documents import Document
@@ -20,6 +21,7 @@ from typing import Optional, Sequence
 
 try:
     from langchain_core.callbacks import Callbacks
+    from langchain_core.cross_encoders import BaseCrossEncoder
     from langchain_core.documents import BaseDocumentCompressor, Document
 except ImportError as error:  # pragma: no cover - exercised in a subprocess without the extra
     raise ImportError(
@@ -28,11 +30,11 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess wit
     ) from error
 from pydantic import ConfigDict
 
-from .adapter_support import RerankSettings
+from .adapter_support import RerankerSettings, RerankSettings
 from .inputs import check_text
 from .ranking import RerankResult
 
-__all__ = ["BGERerank"]
+__all__ = ["BGERerank", "BGECrossEncoder"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +117,35 @@ class BGERerank(RerankSettings, BaseDocumentCompressor):
     def _scored(documents: list[Document], results: list[RerankResult]) -> list[Document]:
         logger.debug("Reranked %d documents, kept %d.", len(documents), len(results))
         return [_scored_copy(documents[result.index], result) for result in results]
+
+
+class BGECrossEncoder(RerankerSettings, BaseCrossEncoder):
+    """A LangChain ``BaseCrossEncoder`` over any BGE reranker: scores (query, text) pairs, as FlagEmbedding does.
+
+    A drop-in for ``HuggingFaceCrossEncoder`` in ``CrossEncoderReranker`` (from
+    ``langchain_classic.retrievers.document_compressors``), with every setting of ``BGERerank``
+    but ``top_n`` and ``score_threshold`` (the reranker keeps its own ``top_n``).
+
+    >>> from langchain_classic.retrievers.document_compressors import CrossEncoderReranker
+    >>> encoder = BGECrossEncoder(model="BAAI/bge-reranker-v2-m3", normalize=True)
+    >>> encoder.score([("what is panda?", "hi"), ("what is panda?", "The giant panda is a bear.")])  # doctest: +SKIP
+    [0.0003, 0.9948]
+    >>> compressor = CrossEncoderReranker(model=encoder, top_n=3)
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", validate_assignment=True)
+
+    def score(self, text_pairs: Sequence[tuple[str, str]]) -> list[float]:
+        """One score per ``(query, text)`` pair, in input order."""
+        if (
+            isinstance(text_pairs, (str, bytes))
+            or not isinstance(text_pairs, Sequence)
+            or any(isinstance(pair, (str, bytes)) for pair in text_pairs)
+        ):
+            raise TypeError(f"text_pairs must be a list of (query, text) pairs, got {text_pairs!r:.120}.")
+        if not text_pairs:
+            return []
+        return self._reranker.compute_score(list(text_pairs), **self.scoring_options())
 
 
 def _scored_copy(document: Document, result: RerankResult) -> Document:

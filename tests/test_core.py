@@ -194,7 +194,7 @@ def test_missing_local_checkpoint_is_clear(tmp_path):
 
 def test_hub_id_offline_says_how_to_use_a_local_path(tmp_path):
     reranker = BGEReranker("BAAI/bge-reranker-v2-m3", device="cpu", cache_dir=str(tmp_path), local_files_only=True)
-    with pytest.raises(ModelNotFoundError, match="huggingface-cli download BAAI/bge-reranker-v2-m3.*BGEReranker\\('./bge-reranker-v2-m3'\\)"):
+    with pytest.raises(ModelNotFoundError, match="hf download BAAI/bge-reranker-v2-m3.*BGEReranker\\('./bge-reranker-v2-m3'\\)"):
         reranker.compute_score(PAIRS)
 
 
