@@ -5,6 +5,11 @@
        1      1   5.2617  The giant panda ...
        2      0  -8.1875  hi
 
+    $ bge-rerank --url http://127.0.0.1:8080 --api tei --query "what is panda?" "hi" "The giant panda ..."
+
+``--url`` ranks through a rerank server instead of a local model (``--api``: bge, tei, infinity,
+vllm, cohere; the API key comes from ``BGE_RERANK_API_KEY``).
+
 Passages come from the arguments, from ``--file`` or from standard input: one per line, or
 JSON Lines with a ``text`` field (``--text-field`` names another); with ``--json`` each JSONL
 record's other fields (an ``id``, say) are kept next to ``index``, ``score`` and ``text``.
@@ -41,7 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bge-rerank", description="Rerank passages for a query with a BGE reranker (FlagEmbedding-exact scores)."
     )
     parser.add_argument("passages", nargs="*", help="passages to score (else --file, else standard input)")
-    parser.add_argument("--model", "-m", required=True, help="Hub id (e.g. BAAI/bge-reranker-v2-m3) or local checkpoint directory")
+    parser.add_argument("--model", "-m", help="Hub id (e.g. BAAI/bge-reranker-v2-m3) or local checkpoint directory")
+    parser.add_argument("--url", help="rank through a rerank server at this URL instead of --model (e.g. http://127.0.0.1:8080)")
+    parser.add_argument(
+        "--api", default="bge", choices=["bge", "tei", "infinity", "vllm", "cohere"],
+        help="the server's API with --url (default bge: bge-rerank serve); API key from $BGE_RERANK_API_KEY",
+    )
+    parser.add_argument("--remote-model", help="with --url: the model name sent to servers that take one (Cohere needs it)")
+    parser.add_argument("--timeout", type=float, help="with --url: seconds to wait for the server (default 60)")
     parser.add_argument("--query", "-q", required=True, help="the query")
     parser.add_argument("--file", "-f", help="read passages from this file ('-' = standard input): one per non-blank line, or JSONL")
     parser.add_argument("--text-field", default="text", help="JSONL field holding the passage (default: text)")
@@ -127,9 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(error))
     if not records:
         parser.error("no passages: give them as arguments, with --file, or on standard input")
+    if (args.model is None) == (args.url is None):
+        parser.error("give a local model with --model, or a rerank server with --url (one of them)")
 
     from .loading import ModelNotFoundError
-    from .reranker import BGEReranker
+    from .remote import RemoteRerankError
 
     options = {
         "normalize": args.normalize or None,
@@ -146,19 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "batch_size": args.batch_size,
     }
     try:
-        reranker = BGEReranker(
-            args.model,
-            model_class=args.model_class,
-            device=args.device,
-            use_fp16=args.fp16,
-            use_bf16=args.bf16,
-            cache_dir=args.cache_dir,
-            local_files_only=args.local_files_only,
-            show_progress=len(records) >= PROGRESS_FROM,
-        )
+        reranker = _reranker(args, len(records))
         passages = [text for text, _ in records]
         results = reranker.rerank(args.query, passages, top_n=args.top_n, score_threshold=args.score_threshold, **options)
-    except ModelNotFoundError as error:
+    except (ModelNotFoundError, RemoteRerankError) as error:
         print(f"bge-rerank: {error}", file=sys.stderr)
         return 1
     except (ValueError, TypeError) as error:
@@ -166,6 +171,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     _print_results(results, args.json, [fields for _, fields in records])
     return 0
+
+
+def _reranker(args: argparse.Namespace, count: int) -> Any:
+    """A ``BGEReranker`` for ``--model``, or a ``RemoteReranker`` for ``--url`` (load options are then an error)."""
+    if args.url is None:
+        from .reranker import BGEReranker
+
+        return BGEReranker(
+            args.model,
+            model_class=args.model_class,
+            device=args.device,
+            use_fp16=args.fp16,
+            use_bf16=args.bf16,
+            cache_dir=args.cache_dir,
+            local_files_only=args.local_files_only,
+            show_progress=count >= PROGRESS_FROM,
+        )
+    load = ("model_class", "device", "fp16", "bf16", "cache_dir", "local_files_only")
+    given = [f"--{name.replace('_', '-')}" for name in load if getattr(args, name)]
+    if given:
+        raise ValueError(f"{', '.join(given)} choose how a local model is loaded: set them on the server, not with --url.")
+    from .remote import RemoteReranker
+
+    remote = {"model": args.remote_model, "timeout": args.timeout}
+    return RemoteReranker(args.url, api=args.api, normalize=args.normalize, **{k: v for k, v in remote.items() if v is not None})
 
 
 def _gather_records(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:

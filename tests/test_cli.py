@@ -141,7 +141,7 @@ def test_jsonl_json_output_keeps_each_records_other_fields(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["-q", QUERY, "x"], "the following arguments are required: --model/-m"),
+        (["-q", QUERY, "x"], "give a local model with --model, or a rerank server with --url (one of them)"),
         (["-m", "m", "-q", QUERY, "--top-n", "three", "x"], "argument --top-n: invalid int value: 'three'"),
         (["-m", "m", "-q", QUERY, "--no-such-flag", "x"], "unrecognized arguments: --no-such-flag"),
     ],

@@ -9,6 +9,8 @@ per call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import pickle
 import socket
@@ -461,3 +463,42 @@ def test_adapter_settings_that_do_not_fit_a_server_fail_at_construction(name, se
 def test_remote_settings_with_a_shared_remote_reranker_are_an_error(name):
     with pytest.raises(ValueError, match="existing RemoteReranker"):
         ADAPTERS[name](model=RemoteReranker("http://127.0.0.1:9", api="tei"), timeout=3)
+
+
+# --- the command line -----------------------------------------------------------------------------
+
+
+def test_the_command_line_ranks_through_a_server(server, capsys):
+    from bge_rerank_integrations.cli import main
+
+    assert main(["--url", f"{server.url}/tei", "--api", "tei", "-q", QUERY, "--json", "--top-n", "3", *TEXTS]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == [{"index": r.index, "score": r.score, "text": r.text} for r in rank(TEXTS, expected_scores(TEXTS), 3, None)]
+    assert server.requests[-1]["body"]["raw_scores"] is True
+    assert main(["--url", f"{server.url}/infinity", "--api", "infinity", "-q", QUERY, "--normalize", "--json", *TEXTS]) == 0
+    assert [r["score"] for r in json.loads(capsys.readouterr().out)] == sorted(expected_scores(TEXTS, True), reverse=True)
+
+
+@pytest.mark.parametrize(
+    "args, status, message",
+    [
+        (["--url", "http://127.0.0.1:9", "--device", "cpu"], 2, "--device choose how a local model is loaded"),
+        (["--url", "http://127.0.0.1:9", "--api", "cohere", "--remote-model", "m"], 2, "normalize=True"),
+        (["--url", "http://127.0.0.1:9", "--api", "tei", "--prompt", "p"], 2, "prompt are BGE scoring options"),
+        ([], 2, "give a local model with --model, or a rerank server with --url"),
+        (["--url", "http://127.0.0.1:9", "-m", "x"], 2, "one of them"),
+    ],
+)
+def test_the_command_line_refuses_what_does_not_fit_a_server(args, status, message, capsys):
+    from bge_rerank_integrations.cli import main
+
+    with contextlib.suppress(SystemExit):
+        assert main([*args, "-q", QUERY, "hi"]) == status
+    assert message in capsys.readouterr().err
+
+
+def test_the_command_line_reports_a_server_error(server, capsys):
+    from bge_rerank_integrations.cli import main
+
+    assert main(["--url", f"{server.url}/nowhere", "--api", "tei", "-q", QUERY, "hi"]) == 1
+    assert "404 Not Found" in capsys.readouterr().err
