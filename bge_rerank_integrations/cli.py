@@ -175,21 +175,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _reranker(args: argparse.Namespace, count: int) -> Any:
     """A ``BGEReranker`` for ``--model``, or a ``RemoteReranker`` for ``--url`` (load options are then an error)."""
+    load = {
+        "model_class": args.model_class,
+        "device": args.device,
+        "use_fp16": args.fp16,
+        "use_bf16": args.bf16,
+        "cache_dir": args.cache_dir,
+        "local_files_only": args.local_files_only,
+    }
     if args.url is None:
         from .reranker import BGEReranker
 
-        return BGEReranker(
-            args.model,
-            model_class=args.model_class,
-            device=args.device,
-            use_fp16=args.fp16,
-            use_bf16=args.bf16,
-            cache_dir=args.cache_dir,
-            local_files_only=args.local_files_only,
-            show_progress=count >= PROGRESS_FROM,
-        )
-    load = ("model_class", "device", "fp16", "bf16", "cache_dir", "local_files_only")
-    given = [f"--{name.replace('_', '-')}" for name in load if getattr(args, name)]
+        return BGEReranker(args.model, **load, show_progress=count >= PROGRESS_FROM)
+    given = sorted(name for name, value in load.items() if value)
     if given:
         raise ValueError(f"{', '.join(given)} choose how a local model is loaded: set them on the server, not with --url.")
     from .remote import RemoteReranker

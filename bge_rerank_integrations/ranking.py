@@ -1,7 +1,8 @@
 """Turning scores into a ranking: one place for the order, ``score_threshold`` and ``top_n``.
 
-Used by ``BGEReranker.rerank`` (in-process) and ``RemoteReranker.rerank`` (through a server),
-so both rank the same scores the same way.
+``Ranking.rerank`` is ``BGEReranker.rerank`` (in-process) and ``RemoteReranker.rerank`` (through
+a server), and ``RemoteReranker.arerank`` ranks with the same steps, so every reranker ranks the
+same scores the same way.
 """
 
 from __future__ import annotations
@@ -21,8 +22,27 @@ class RerankResult:
     text: str
 
 
-def check_rerank_arguments(query: Any, passages: Any, top_n: Any, score_threshold: Any) -> None:
-    """Reject a blank query, a non-list of passages, a bad ``top_n`` or ``score_threshold``, before any scoring."""
+class Ranking:
+    """``rerank`` over the subclass's ``compute_score(sentence_pairs, **options)``."""
+
+    def rerank(
+        self, query: str, passages: Sequence[str], top_n: int | None = None, score_threshold: float | None = None, **options: Any
+    ) -> list[RerankResult]:
+        """Score ``passages`` against ``query`` and return them best first.
+
+        Passages scoring below ``score_threshold`` are dropped first, then at most ``top_n``
+        are kept. Ties keep input order. ``options`` are ``compute_score``'s, for this call.
+
+        >>> reranker.rerank("what is panda?", ["hi", "The giant panda ..."], top_n=1)  # doctest: +SKIP
+        [RerankResult(index=1, score=5.26171875, text='The giant panda ...')]
+        """
+        pairs = rerank_pairs(query, passages, top_n, score_threshold)
+        return rank(passages, self.compute_score(pairs, **options), top_n, score_threshold)
+
+
+def rerank_pairs(query: Any, passages: Any, top_n: Any, score_threshold: Any) -> list[tuple[str, str]]:
+    """The (query, passage) pairs of a ``rerank`` call, after rejecting a blank query, a non-list of
+    passages, a bad ``top_n`` or ``score_threshold`` (before any scoring)."""
     check_text(query, "query")
     if isinstance(passages, (str, bytes)) or not isinstance(passages, Sequence):
         raise TypeError(f"passages must be a list of strings, got {type(passages).__name__}.")
@@ -30,6 +50,7 @@ def check_rerank_arguments(query: Any, passages: Any, top_n: Any, score_threshol
         raise ValueError(f"top_n must be a non-negative integer or None, got {top_n!r}.")
     if score_threshold is not None and (isinstance(score_threshold, bool) or not isinstance(score_threshold, (int, float))):
         raise ValueError(f"score_threshold must be a number or None, got {score_threshold!r}.")
+    return [(query, passage) for passage in passages]
 
 
 def rank(

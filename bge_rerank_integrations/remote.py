@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 from .families import ScoreOptions
 from .inputs import as_pairs, check_positive_int
-from .ranking import RerankResult, check_rerank_arguments, rank
+from .ranking import Ranking, RerankResult, rank, rerank_pairs
 from .reranker import Scores, checked_options
 
 __all__ = ["RemoteReranker", "RemoteRerankError", "RemoteRerankTimeout", "API_KEY_ENV", "APIS"]
@@ -91,7 +91,7 @@ class RemoteRerankTimeout(RemoteRerankError, TimeoutError):
     """A rerank server did not answer within ``timeout``: the whole call fails, nothing partial is returned."""
 
 
-class RemoteReranker:
+class RemoteReranker(Ranking):
     """Score (query, passage) pairs through a rerank server, with ``BGEReranker``'s methods and results.
 
     ``url`` is the server's base URL (``http://host:port``; the API's path is added) or its full
@@ -255,31 +255,12 @@ class RemoteReranker:
         scores = await self._score(pairs, merged)
         return scores[0] if single else scores
 
-    def rerank(
-        self,
-        query: str,
-        passages: Sequence[str],
-        top_n: int | None = None,
-        score_threshold: float | None = None,
-        **options: Any,
-    ) -> list[RerankResult]:
-        """Score ``passages`` against ``query`` and return them best first, as ``BGEReranker.rerank`` does."""
-        check_rerank_arguments(query, passages, top_n, score_threshold)
-        scores = self.compute_score([(query, passage) for passage in passages], **options)
-        return rank(passages, scores, top_n, score_threshold)
-
     async def arerank(
-        self,
-        query: str,
-        passages: Sequence[str],
-        top_n: int | None = None,
-        score_threshold: float | None = None,
-        **options: Any,
+        self, query: str, passages: Sequence[str], top_n: int | None = None, score_threshold: float | None = None, **options: Any
     ) -> list[RerankResult]:
         """``rerank`` on the running event loop (no thread)."""
-        check_rerank_arguments(query, passages, top_n, score_threshold)
-        scores = await self.acompute_score([(query, passage) for passage in passages], **options)
-        return rank(passages, scores, top_n, score_threshold)
+        pairs = rerank_pairs(query, passages, top_n, score_threshold)
+        return rank(passages, await self.acompute_score(pairs, **options), top_n, score_threshold)
 
     # --- lifecycle -----------------------------------------------------------------------------------
 

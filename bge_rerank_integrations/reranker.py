@@ -17,7 +17,7 @@ from .families import KNOWN_MODELS, RerankerFamily, ScoreOptions, canonical_fami
 from .inputs import as_pairs, check_layers, check_positive_int
 from .loading import read_config, resolve_checkpoint
 from .model_cache import CachedModel, get_model
-from .ranking import RerankResult, check_rerank_arguments, rank
+from .ranking import Ranking, RerankResult  # noqa: F401 - RerankResult: also importable from here, as before
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ Scores = Union[float, list[float], list[list[float]]]
 CPU_MAX_PADDING = 0.2
 
 
-class BGEReranker:
+class BGEReranker(Ranking):
     """Score (query, passage) pairs with a BGE reranker, as FlagEmbedding does, on CUDA, MPS or CPU.
 
     The model family (encoder, llm, layerwise, lightweight) is decided from the six official
@@ -189,26 +189,6 @@ class BGEReranker:
         if len(scores) == 1:
             return scores[0][0] if single else scores[0]
         return [layer[0] for layer in scores] if single else scores
-
-    def rerank(
-        self,
-        query: str,
-        passages: Sequence[str],
-        top_n: int | None = None,
-        score_threshold: float | None = None,
-        **options: Any,
-    ) -> list[RerankResult]:
-        """Score ``passages`` against ``query`` and return them best first.
-
-        Passages scoring below ``score_threshold`` are dropped first, then at most ``top_n``
-        are kept. Ties keep input order.
-
-        >>> reranker.rerank("what is panda?", ["hi", "The giant panda ..."], top_n=1)  # doctest: +SKIP
-        [RerankResult(index=1, score=5.26171875, text='The giant panda ...')]
-        """
-        check_rerank_arguments(query, passages, top_n, score_threshold)
-        scores = self.compute_score([(query, passage) for passage in passages], **options)
-        return rank(passages, scores, top_n, score_threshold)
 
     def count_tokens(self, sentence_pairs: Any, **options: Any) -> list[int]:
         """The number of tokens the model reads for each pair (instructions, prompt and truncation applied).

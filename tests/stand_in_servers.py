@@ -101,30 +101,40 @@ class StandInServer:
 def _app(server: StandInServer) -> FastAPI:
     app = FastAPI()
 
-    async def receive(request: Request) -> tuple[dict[str, Any], JSONResponse | None]:
-        body = await request.json()
-        server.requests.append({"path": request.url.path, "body": body, "headers": dict(request.headers)})
-        server.in_flight += 1
-        server.max_in_flight = max(server.max_in_flight, server.in_flight)
-        try:
-            if server.delay:
-                await asyncio.sleep(server.delay)
-        finally:
-            server.in_flight -= 1
-        if server.faults:
-            status, headers, content = server.faults.popleft()
-            return body, JSONResponse(content, status_code=status, headers=headers)
-        return body, None
+    def endpoint(*paths: str):
+        """Register ``handler(body, headers)`` at ``paths``: requests are recorded, delayed and failed as told first."""
 
-    def ranked(query: str, texts: list[str], normalized: bool) -> list[tuple[int, float]]:
+        def register(handler):
+            async def serve(request: Request):
+                body = await request.json()
+                server.requests.append({"path": request.url.path, "body": body, "headers": dict(request.headers)})
+                server.in_flight += 1
+                server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    if server.delay:
+                        await asyncio.sleep(server.delay)
+                finally:
+                    server.in_flight -= 1
+                if server.faults:
+                    status, headers, content = server.faults.popleft()
+                    return JSONResponse(content, status_code=status, headers=headers)
+                return handler(body, request.headers)
+
+            for path in paths:
+                app.post(path)(serve)
+            return handler
+
+        return register
+
+    def ranked(query: str, texts: list[str], normalized: bool, top_n: int | None = None) -> list[tuple[int, float]]:
         score = normalized_score if normalized else raw_score
-        return sorted(((i, score(query, text)) for i, text in enumerate(texts)), key=lambda item: -item[1])
+        return sorted(((i, score(query, text)) for i, text in enumerate(texts)), key=lambda item: -item[1])[: top_n or None]
 
-    @app.post("/tei/rerank")
-    async def tei(request: Request):
-        body, fault = await receive(request)
-        if fault is not None:
-            return fault
+    def usage(docs: list[str]) -> dict[str, int]:
+        return {"prompt_tokens": 7 * len(docs), "total_tokens": 7 * len(docs)}
+
+    @endpoint("/tei/rerank")
+    def tei(body: dict, headers) -> Any:
         texts = body["texts"]
         if not texts:
             return JSONResponse({"error": "`texts` cannot be empty", "error_type": "validation"}, status_code=413)
@@ -134,55 +144,41 @@ def _app(server: StandInServer) -> FastAPI:
         ranks = ranked(body["query"], texts, not body.get("raw_scores", False))
         return [{"index": i, "score": s, **({"text": texts[i]} if body.get("return_text") else {})} for i, s in ranks]
 
-    @app.post("/infinity/rerank")
-    async def infinity(request: Request):
-        body, fault = await receive(request)
-        if fault is not None:
-            return fault
+    @endpoint("/infinity/rerank")
+    def infinity(body: dict, headers) -> Any:
         docs = body["documents"]
-        ranks = ranked(body["query"], docs, not body.get("raw_scores", False))[: body.get("top_n") or None]
         return {
             "object": "rerank",
             "results": [
                 {"relevance_score": s, "index": i, "document": docs[i] if body.get("return_documents") else None}
-                for i, s in ranks
+                for i, s in ranked(body["query"], docs, not body.get("raw_scores", False), body.get("top_n"))
             ],
             "model": body.get("model") or "bge-reranker",
-            "usage": {"prompt_tokens": 7 * len(docs), "total_tokens": 7 * len(docs)},
+            "usage": usage(docs),
             "id": f"infinity-{uuid.uuid4()}",
             "created": int(time.time()),
         }
 
-    async def vllm(request: Request):
-        body, fault = await receive(request)
-        if fault is not None:
-            return fault
+    @endpoint("/vllm/rerank", "/vllm/v1/rerank", "/vllm/v2/rerank")
+    def vllm(body: dict, headers) -> Any:
         docs = body["documents"]
-        ranks = ranked(body["query"], docs, body.get("use_activation", True))[: body.get("top_n") or None]
+        ranks = ranked(body["query"], docs, body.get("use_activation", True), body.get("top_n"))
         return {
             "id": f"rerank-{uuid.uuid4().hex}",
             "model": body.get("model") or "BAAI/bge-reranker-v2-m3",
-            "usage": {"prompt_tokens": 7 * len(docs), "total_tokens": 7 * len(docs)},
+            "usage": usage(docs),
             "results": [{"index": i, "document": {"text": docs[i]}, "relevance_score": s} for i, s in ranks],
         }
 
-    for path in ("/vllm/rerank", "/vllm/v1/rerank", "/vllm/v2/rerank"):
-        app.post(path)(vllm)
-
-    @app.post("/cohere/v2/rerank")
-    async def cohere(request: Request):
-        body, fault = await receive(request)
-        if fault is not None:
-            return fault
-        if request.headers.get("authorization") != f"Bearer {COHERE_KEY}":
+    @endpoint("/cohere/v2/rerank")
+    def cohere(body: dict, headers) -> Any:
+        if headers.get("authorization") != f"Bearer {COHERE_KEY}":
             return JSONResponse({"message": "invalid api token"}, status_code=401)
         if not body.get("model"):
             return JSONResponse({"message": "invalid request: model is required"}, status_code=400)
-        docs = body["documents"]
-        ranks = ranked(body["query"], docs, True)[: body.get("top_n") or None]
         return {
             "id": str(uuid.uuid4()),
-            "results": [{"index": i, "relevance_score": s} for i, s in ranks],
+            "results": [{"index": i, "relevance_score": s} for i, s in ranked(body["query"], body["documents"], True, body.get("top_n"))],
             "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}},
         }
 

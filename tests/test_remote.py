@@ -26,11 +26,11 @@ from .stand_in_servers import COHERE_KEY, TEI_MAX_TEXTS, StandInServer, normaliz
 
 QUERY = "what is panda?"
 TEXTS = [
-    "hi",
-    "The giant panda (Ailuropoda melanoleuca) is a bear species endemic to China.",
-    "Paris is the capital of France.",
-    "The panda eats bamboo.",
-    "pandas is a Python library.",
+    "Bamboo makes up almost all of a giant panda's diet.",
+    "hello",
+    "Red pandas are smaller than giant pandas and not closely related.",
+    "The Eiffel Tower is in Paris.",
+    "Pandas spend 10 to 16 hours a day feeding.",
 ]
 MANY = [f"passage number {i} about pandas and bamboo" for i in range(75)]
 
@@ -482,7 +482,7 @@ def test_the_command_line_ranks_through_a_server(server, capsys):
 @pytest.mark.parametrize(
     "args, status, message",
     [
-        (["--url", "http://127.0.0.1:9", "--device", "cpu"], 2, "--device choose how a local model is loaded"),
+        (["--url", "http://127.0.0.1:9", "--device", "cpu", "--fp16"], 2, "device, use_fp16 choose how a local model is loaded"),
         (["--url", "http://127.0.0.1:9", "--api", "cohere", "--remote-model", "m"], 2, "normalize=True"),
         (["--url", "http://127.0.0.1:9", "--api", "tei", "--prompt", "p"], 2, "prompt are BGE scoring options"),
         ([], 2, "give a local model with --model, or a rerank server with --url"),

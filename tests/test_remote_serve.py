@@ -53,12 +53,12 @@ KEY = "serve-test-key"
 TOLERANCE = 1e-4
 QUERIES = ["what is panda?", "capital of France"]
 TEXTS = [
-    "hi",
-    "The giant panda (Ailuropoda melanoleuca) is a bear species endemic to China.",
-    "Paris is the capital of France.",
-    "The population of China is over 1.4 billion people.",
-    "The panda eats bamboo.",
-    "Paris is the capital of France. " * 12 + "The giant panda is a bear.",
+    "Giant pandas live in the mountain forests of central China.",
+    "ok",
+    "France's capital, Paris, lies on the Seine.",
+    "A newborn panda weighs about as much as a stick of butter.",
+    "The Louvre is the most visited museum in the world.",
+    "Pandas eat bamboo. " * 20 + "They also eat small animals now and then.",
 ]
 #: The lightweight model's own options, sent with every request.
 LIGHTWEIGHT = {"cutoff_layers": 6, "compress_ratio": 2, "compress_layers": [4, 8]}
