@@ -408,11 +408,16 @@ async def adapter_ranking(adapter, use_async: bool) -> list[tuple[int, float]]:
 
 @pytest.mark.parametrize("name", ADAPTERS)
 @pytest.mark.parametrize("api", ["tei", "infinity", "vllm"])
-async def test_adapters_score_through_a_server_url(server, name, api):
+async def test_adapters_score_through_a_server_url(server, name, api, monkeypatch):
     adapter = ADAPTERS[name](model=f"{server.url}/{api}", api=api, top_n=3)
     assert isinstance(adapter.reranker, RemoteReranker) and adapter.reranker.api == api
     want = [(r.index, r.score) for r in rank(TEXTS, expected_scores(TEXTS), 3, None)]
     assert await adapter_ranking(adapter, use_async=False) == want
+
+    def sync_path(*args, **kwargs):
+        raise AssertionError("the async path used the synchronous client")
+
+    monkeypatch.setattr(RemoteReranker, "compute_score", sync_path)
     assert await adapter_ranking(adapter, use_async=True) == want
 
 

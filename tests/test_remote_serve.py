@@ -271,12 +271,15 @@ def llama_expected(query: str, top_n: int | None, **options) -> list[tuple[str, 
 
 
 @pytest.mark.parametrize("normalize", [False, True])
-async def test_llama_index_query_engine_through_the_server_ranks_like_in_process(encoder_url, api_key, normalize):
+async def test_llama_index_query_engine_through_the_server_ranks_like_in_process(encoder_url, api_key, normalize, monkeypatch):
     engine = query_engine(LlamaIndexRerank(model=encoder_url, api="bge", top_n=3, normalize=normalize))
     for query in QUERIES:
         want = llama_expected(query, 3, normalize=normalize)
-        for response in (engine.query(query), await engine.aquery(query)):
-            assert_same_ranking([(n.node.node_id, n.score) for n in response.source_nodes], want)
+        assert_same_ranking([(n.node.node_id, n.score) for n in engine.query(query).source_nodes], want)
+        with monkeypatch.context() as patch:  # aquery must await the client, not call its synchronous side
+            patch.setattr(RemoteReranker, "compute_score", lambda *a, **k: pytest.fail("aquery used the sync client"))
+            response = await engine.aquery(query)
+        assert_same_ranking([(n.node.node_id, n.score) for n in response.source_nodes], want)
 
 
 # --- configuration --------------------------------------------------------------------------------
