@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import socket
 import sys
 from typing import Sequence
@@ -141,8 +142,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.info("bge-rerank serve: %s on http://%s:%d (loading the model; /health answers 200 once ready)", args.model, host, port)
     config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=None, access_log=args.log_level == "debug")
     server = uvicorn.Server(config)
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the handler it found:
+    # let that handler end the process with status 0.
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, _exit_after_shutdown)
     server.run(sockets=[sock])
     return 0 if server.started else 1
+
+
+def _exit_after_shutdown(signum: int, frame: object) -> None:
+    logger.info("bge-rerank serve: stopped by %s.", signal.Signals(signum).name)
+    raise SystemExit(0)
 
 
 if __name__ == "__main__":
