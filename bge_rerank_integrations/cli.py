@@ -24,9 +24,12 @@ import argparse
 import json
 import logging
 import sys
-from typing import Any, NoReturn, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, Sequence, TextIO
 
 from . import __version__
+
+if TYPE_CHECKING:  # pragma: no cover - the real import waits until there is something to score (torch)
+    from .reranker import RerankResult
 
 logger = logging.getLogger(__name__)
 
@@ -209,7 +212,7 @@ def _gather_records(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]
     return []
 
 
-def _json_record(result: Any, fields: dict[str, Any]) -> dict[str, Any]:
+def _json_record(result: RerankResult, fields: dict[str, Any]) -> dict[str, Any]:
     """``{index, score, text}`` then the input record's other fields; one named like ours becomes ``input_<name>``."""
     record: dict[str, Any] = {"index": result.index, "score": result.score, "text": result.text}
     for key, value in fields.items():
@@ -219,7 +222,7 @@ def _json_record(result: Any, fields: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def _print_results(results: Sequence[Any], as_json: bool, fields: Sequence[dict[str, Any]]) -> None:
+def _print_results(results: Sequence[RerankResult], as_json: bool, fields: Sequence[dict[str, Any]]) -> None:
     if as_json:
         print(json.dumps([_json_record(r, fields[r.index]) for r in results], ensure_ascii=False))
         return

@@ -19,15 +19,12 @@ import copy
 import logging
 from typing import Optional, Sequence
 
-try:
+from .extras import needs_extra
+
+with needs_extra("langchain", __name__):
     from langchain_core.callbacks import Callbacks
     from langchain_core.cross_encoders import BaseCrossEncoder
     from langchain_core.documents import BaseDocumentCompressor, Document
-except ImportError as error:  # pragma: no cover - exercised in a subprocess without the extra
-    raise ImportError(
-        "bge_rerank_integrations.langchain needs LangChain: pip install "
-        '"bge-rerank-integrations[langchain]" (see the README for installing from a clone or Git URL).'
-    ) from error
 from pydantic import ConfigDict
 
 from .adapter_support import RerankerSettings, RerankSettings

@@ -14,18 +14,15 @@ from __future__ import annotations
 import logging
 from typing import ContextManager, List, Optional
 
-try:
+from .extras import needs_extra
+
+with needs_extra("llama-index", __name__):
     from llama_index.core.callbacks import CBEventType, EventPayload
     from llama_index.core.callbacks.base import EventContext
     from llama_index.core.instrumentation import get_dispatcher
     from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
     from llama_index.core.postprocessor.types import BaseNodePostprocessor
     from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
-except ImportError as error:  # pragma: no cover - exercised in a subprocess without the extra
-    raise ImportError(
-        "bge_rerank_integrations.llama_index needs LlamaIndex: pip install "
-        '"bge-rerank-integrations[llama-index]" (see the README for installing from a clone or Git URL).'
-    ) from error
 from pydantic import ConfigDict, Field, StrictBool
 
 from .adapter_support import RerankSettings
