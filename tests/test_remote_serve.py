@@ -1,7 +1,7 @@
 """Both adapters through a real ``bge-rerank serve`` process give the in-process reranker's ranking and scores.
 
-The server runs the fixture checkpoints on 127.0.0.1 (an ephemeral port, an API key, ``timeout``
-around it so that it stops by itself); every ranking is compared with ``BGEReranker`` on the same
+The server runs the fixture checkpoints on 127.0.0.1 (an ephemeral port, an API key; stopped
+when the module ends, see serve_support.py); every ranking is compared with ``BGEReranker`` on the same
 pairs: same order, scores within 1e-4 (the server batches pairs from concurrent requests
 together, which may move a float32 score in its last bits), raw and normalized, sync and async.
 """
@@ -9,16 +9,8 @@ together, which may move a float32 score in its last bits), raw and normalized, 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import re
-import shutil
-import subprocess
-import sys
 import threading
-import time
-from pathlib import Path
 from typing import Iterator, List
 
 import pytest
@@ -28,7 +20,6 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("httpx")
 yaml = pytest.importorskip("yaml")
 
-import httpx  # noqa: E402
 from langchain_classic.retrievers import ContextualCompressionRetriever  # noqa: E402
 from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun  # noqa: E402
 from langchain_core.documents import Document  # noqa: E402
@@ -45,10 +36,10 @@ from bge_rerank_integrations.llama_index import BGERerank as LlamaIndexRerank  #
 from bge_rerank_integrations.remote import SERVER_OPTIONS  # noqa: E402
 
 from .conftest import checkpoint  # noqa: E402
+from .serve_support import ServerProcess  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-ROOT = Path(__file__).resolve().parent.parent
 KEY = "serve-test-key"
 TOLERANCE = 1e-4
 QUERIES = ["what is panda?", "capital of France"]
@@ -64,62 +55,18 @@ TEXTS = [
 LIGHTWEIGHT = {"cutoff_layers": 6, "compress_ratio": 2, "compress_layers": [4, 8]}
 
 
-@contextlib.contextmanager
-def bge_rerank_serve(model: str, *args: str) -> Iterator[str]:
-    """``bge-rerank serve`` on 127.0.0.1 (ephemeral port, at most 10 minutes); yields its URL once healthy."""
-    if shutil.which("timeout") is None:
-        pytest.skip("needs coreutils' timeout to bound the server's life")
-    env = {key: value for key, value in os.environ.items() if key != "BGE_RERANK_API_KEY"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    command = [
-        "timeout", "600", sys.executable, "-m", "bge_rerank_integrations.cli", "serve", "--model", model,
-        "--device", "cpu", "--host", "127.0.0.1", "--port", "0", "--torch-threads", "1", *args,
-    ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    lines: list[str] = []
-    found = threading.Event()
-
-    def read() -> None:  # drains the server's log so that it never blocks on a full pipe
-        for line in process.stderr:
-            lines.append(line)
-            if re.search(r"on http://127\.0\.0\.1:\d+", line):
-                found.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        if not found.wait(120):
-            raise RuntimeError("bge-rerank serve did not start:\n" + "".join(lines))
-        url = re.search(r"http://127\.0\.0\.1:\d+", "".join(lines)).group(0)
-        deadline = time.monotonic() + 120
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError("bge-rerank serve never became healthy:\n" + "".join(lines))
-            time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        reader.join(timeout=5)
-
-
 @pytest.fixture(scope="module")
 def encoder_url() -> Iterator[str]:
-    with bge_rerank_serve(checkpoint("encoder"), "--api-key", KEY) as url:
-        yield url
+    server = ServerProcess(checkpoint("encoder"), "--api-key", KEY)
+    yield server.url
+    server.close()
 
 
 @pytest.fixture(scope="module")
 def lightweight_url() -> Iterator[str]:
-    with bge_rerank_serve(checkpoint("lightweight")) as url:
-        yield url
+    server = ServerProcess(checkpoint("lightweight"))
+    yield server.url
+    server.close()
 
 
 @pytest.fixture
