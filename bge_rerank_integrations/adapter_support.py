@@ -96,10 +96,15 @@ class RerankerSettings(BaseModel):
 
     # Remote settings (REMOTE_SETTINGS): only with a server URL; fixed once built. None: RemoteReranker's default.
     api: Optional[str] = Field(
-        default=None, frozen=True, description='The server\'s API: "bge" (bge-rerank serve, default), "tei", "infinity", "vllm", "cohere".'
+        default=None,
+        frozen=True,
+        description='The server\'s API: "bge" (bge-rerank serve, default), "tei", "infinity", "vllm", "cohere".',
     )
     api_key: Optional[SecretStr] = Field(
-        default=None, frozen=True, exclude=True, description="Bearer token for the server (default: $BGE_RERANK_API_KEY); never serialized."
+        default=None,
+        frozen=True,
+        exclude=True,
+        description="Bearer token for the server (default: $BGE_RERANK_API_KEY); never serialized.",
     )
     remote_model: Optional[str] = Field(
         default=None, frozen=True, description="Model name sent to servers that take one (required by Cohere)."
@@ -226,7 +231,11 @@ class RerankSettings(RerankerSettings):
         return self._reranker.rerank(query, texts, **self._rank_options())
 
     async def arank_texts(self, query: str, texts: list[str]) -> list[RerankResult]:
-        """``rank_texts`` off the event loop's back: a ``RemoteReranker`` awaits its requests (no thread), an in-process model runs in a worker thread."""
+        """``rank_texts`` without blocking the event loop.
+
+        A ``RemoteReranker`` awaits its requests on the loop (no thread); an in-process model runs
+        in a worker thread.
+        """
         if isinstance(self._reranker, RemoteReranker):
             return await self._reranker.arerank(query, texts, **self._rank_options())
         return await asyncio.to_thread(self.rank_texts, query, texts)

@@ -103,8 +103,9 @@ class RemoteReranker(Ranking):
     ``BGE_RERANK_API_KEY`` environment variable and is sent as a bearer token; it is never shown
     or serialized.
 
-    Calls larger than ``max_documents_per_request`` (TEI: 32, ours: 1024, Cohere: 1000) are split, sent at most
-    ``max_concurrent_requests`` at a time, and reassembled in input order; a 413 halves a request.
+    Calls larger than ``max_documents_per_request`` (TEI: 32, ours: 1024, Cohere: 1000) are split,
+    sent at most ``max_concurrent_requests`` at a time, and reassembled in input order; a 413
+    halves a request.
     Connection errors, 429 and 503 are retried ``retries`` times with backoff (honouring
     ``Retry-After``); any other error status raises ``RemoteRerankError`` with the server's message,
     and no answer within ``timeout`` seconds raises ``RemoteRerankTimeout``. Scoring options
@@ -134,7 +135,8 @@ class RemoteReranker(Ranking):
             raise ValueError(f"api must be one of {sorted(APIS)}, got {api!r}.")
         self.api = api
         self._api = APIS[api]
-        self.endpoint = self.url if urlsplit(self.url).path.rstrip("/").endswith("/rerank") else self.url.rstrip("/") + self._api.path
+        full = urlsplit(self.url).path.rstrip("/").endswith("/rerank")
+        self.endpoint = self.url if full else self.url.rstrip("/") + self._api.path
         if model is not None and (not isinstance(model, str) or not model.strip()):
             raise ValueError(f"model must be the model name the server knows, got {model!r}.")
         if model is None and self._api.model == "required":
