@@ -152,7 +152,7 @@ def test_no_pairs_sends_nothing(server):
 
 
 def test_tei_requests_are_split_at_32_sent_concurrently_and_reassembled_in_order(server):
-    server.delay = 0.2  # so that concurrent requests overlap at the server
+    server.delay = 0.5  # so that concurrent requests overlap at the server
     reranker = client(server, "tei")
     results = reranker.rerank(QUERY, MANY)
     scores = expected_scores(MANY)
@@ -163,7 +163,7 @@ def test_tei_requests_are_split_at_32_sent_concurrently_and_reassembled_in_order
 
 
 def test_max_concurrent_requests_bounds_the_requests_in_flight(server):
-    server.delay = 0.1
+    server.delay = 0.3
     reranker = client(server, "infinity", max_documents_per_request=10, max_concurrent_requests=2)
     assert reranker.compute_score([[QUERY, text] for text in MANY]) == pytest.approx(expected_scores(MANY))
     assert sorted(server.sizes()) == [5] + [10] * 7
@@ -334,10 +334,12 @@ def test_the_api_key_is_sent_but_never_shown_or_serialized(server, monkeypatch):
         each.close()
 
 
-def test_sync_calls_from_many_threads_share_one_loop_thread(server):
+def test_sync_calls_from_many_threads_share_one_loop_thread(server, monkeypatch):
     reranker = client(server, "tei")
-    before = threading.active_count()
     results: list = [None] * 8
+    started: list[threading.Thread] = []
+    original_start = threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start", lambda self: (started.append(self), original_start(self)))
 
     def work(i: int) -> None:
         results[i] = reranker.compute_score([[QUERY, text] for text in TEXTS])
@@ -348,9 +350,10 @@ def test_sync_calls_from_many_threads_share_one_loop_thread(server):
     for thread in threads:
         thread.join()
     assert all(r == pytest.approx(expected_scores(TEXTS)) for r in results)
-    assert threading.active_count() == before + 1  # the reranker's one loop thread
+    loop_threads = [thread for thread in started if thread not in threads]
+    assert [thread.name for thread in loop_threads] == ["bge-rerank-remote"]  # one for the reranker, none per call
     reranker.close()
-    assert threading.active_count() == before
+    assert not loop_threads[0].is_alive()
 
 
 # --- concurrency ----------------------------------------------------------------------------------
