@@ -109,8 +109,8 @@ def test_rerank_ranks_like_the_in_process_reranker(server):
     assert reranker.rerank(QUERY, TEXTS, top_n=0) == []
     with pytest.raises(ValueError, match="top_n"):
         reranker.rerank(QUERY, TEXTS, top_n=-1)
-    with pytest.raises(ValueError, match="query is empty"):
-        reranker.rerank("  ", TEXTS)
+    with pytest.raises(TypeError, match="query must be a string"):
+        reranker.rerank(None, TEXTS)
     reranker.close()
 
 
