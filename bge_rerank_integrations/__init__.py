@@ -5,22 +5,65 @@
 >>> reranker.compute_score(["what is panda?", "hi"])             # doctest: +SKIP
 -8.1875
 
+``RemoteReranker`` has the same methods (plus ``acompute_score`` / ``arerank``) and scores
+through a rerank server: ``bge-rerank serve``, TEI, vLLM, Infinity or a Cohere-compatible one.
+
 The adapters live in ``bge_rerank_integrations.langchain`` and
-``bge_rerank_integrations.llama_index`` and import their framework only there.
+``bge_rerank_integrations.llama_index`` and import their framework only there. The public names
+below are imported on first use, so that importing the package (or its command line, for
+``--help``) does not import torch.
 """
 
-from .families import KNOWN_MODELS, ScoreOptions
-from .loading import CheckpointError, ModelNotFoundError
-from .model_cache import clear_model_cache
-from .reranker import BGEReranker, RerankResult
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+#: Public name -> the module that defines it.
+_EXPORTS = {
+    "BGEReranker": ".reranker",
+    "RemoteReranker": ".remote",
+    "RemoteRerankError": ".remote",
+    "RemoteRerankTimeout": ".remote",
+    "RerankResult": ".ranking",
+    "ScoreOptions": ".families",
+    "KNOWN_MODELS": ".families",
+    "ModelNotFoundError": ".loading",
+    "CheckpointError": ".loading",
+    "clear_model_cache": ".model_cache",
+}
 
 __all__ = [
     "BGEReranker",
+    "RemoteReranker",
     "RerankResult",
     "ScoreOptions",
     "ModelNotFoundError",
     "CheckpointError",
+    "RemoteRerankError",
+    "RemoteRerankTimeout",
     "KNOWN_MODELS",
     "clear_model_cache",
 ]
-__version__ = "0.1.0"
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .families import KNOWN_MODELS, ScoreOptions
+    from .loading import CheckpointError, ModelNotFoundError
+    from .model_cache import clear_model_cache
+    from .ranking import RerankResult
+    from .remote import RemoteReranker, RemoteRerankError, RemoteRerankTimeout
+    from .reranker import BGEReranker
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

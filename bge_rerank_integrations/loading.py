@@ -63,7 +63,7 @@ def resolve_checkpoint(model: str, cache_dir: str | None = None, local_files_onl
         raise ModelNotFoundError(
             f"Could not load {model!r}: it is not a local directory, and the Hugging Face Hub could not provide it "
             f"({type(error).__name__}: {error}). Where you are online, download it once "
-            f"(`huggingface-cli download {model} --local-dir ./{model.split('/')[-1]}`) and pass that directory, "
+            f"(`hf download {model} --local-dir ./{model.split('/')[-1]}`) and pass that directory, "
             f"e.g. BGEReranker('./{model.split('/')[-1]}')."
         ) from error
     return path

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-from dataclasses import dataclass
+import os
 from pathlib import Path
 from typing import Any, Sequence, Union
 
@@ -15,18 +14,10 @@ from .batching import run_batches
 from .device import is_mps_dtype_error, resolve_device, resolve_dtype
 from .families.base import FAMILY_SPECIFIC_OPTIONS
 from .families import KNOWN_MODELS, RerankerFamily, ScoreOptions, canonical_family, detect_family, family_class
-from .inputs import (
-    as_pairs,
-    check_bool,
-    check_cache_dir,
-    check_instruction_format,
-    check_layers,
-    check_positive_int,
-    check_score_threshold,
-    check_text,
-)
+from .inputs import as_pairs, check_bool, check_cache_dir, check_instruction_format, check_layers, check_positive_int
 from .loading import read_config, resolve_checkpoint
 from .model_cache import CachedModel, get_model
+from .ranking import Ranking, RerankResult  # noqa: F401 - RerankResult: also importable from here, as before
 
 logger = logging.getLogger(__name__)
 
@@ -36,16 +27,7 @@ Scores = Union[float, list[float], list[list[float]]]
 CPU_MAX_PADDING = 0.2
 
 
-@dataclass(frozen=True)
-class RerankResult:
-    """One passage of a ``rerank`` call: its position in the input, its score and its text."""
-
-    index: int
-    score: float
-    text: str
-
-
-class BGEReranker:
+class BGEReranker(Ranking):
     """Score (query, passage) pairs with a BGE reranker, as FlagEmbedding does, on CUDA, MPS or CPU.
 
     The model family (encoder, llm, layerwise, lightweight) is decided from the six official
@@ -88,6 +70,8 @@ class BGEReranker:
             raise ValueError(f"model_name_or_path must be a Hub id or a local directory, got {model_name_or_path!r}.")
         self.model_name_or_path = str(model_name_or_path)
         self.model_class = canonical_family(model_class) if model_class is not None else None
+        self._requested_device = None if device is None else str(device)
+        self._requested_dtype = (use_fp16, use_bf16)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(self.device, check_bool(use_fp16, "use_fp16"), check_bool(use_bf16, "use_bf16"))
         self.cache_dir = check_cache_dir(cache_dir)
@@ -119,6 +103,26 @@ class BGEReranker:
 
     def __repr__(self) -> str:
         return f"BGEReranker({self.model_name_or_path!r}, device={str(self.device)!r}, dtype={self.dtype})"
+
+    @property
+    def load_settings(self) -> dict[str, Any]:
+        """The constructor's load settings as given (not as resolved): what rebuilds an equivalent reranker elsewhere.
+
+        An unset ``device`` stays ``None`` and ``use_fp16`` stays as asked, so a configuration saved
+        on a CPU machine does not pin CPU or float32 on a GPU one.
+
+        >>> BGEReranker("tests/fixtures/checkpoints/encoder").load_settings["device"] is None
+        True
+        """
+        return {
+            "model_class": self.model_class,
+            "device": self._requested_device,
+            "use_fp16": self._requested_dtype[0],
+            "use_bf16": self._requested_dtype[1],
+            "cache_dir": None if self.cache_dir is None else os.fspath(self.cache_dir),
+            "local_files_only": self.local_files_only,
+            "show_progress": self.show_progress,
+        }
 
     @property
     def options(self) -> ScoreOptions:
@@ -179,47 +183,42 @@ class BGEReranker:
         >>> reranker.compute_score([["what is panda?", "hi"], ["what is panda?", "The giant panda ..."]])  # doctest: +SKIP
         [-8.1875, 5.26171875]
         """
-        pairs, single = as_pairs(sentence_pairs)
-        merged = _merge(self._defaults, options, constructor_query_max_length=self._query_max_length)
-        if not pairs:
+        pairs, single, merged, model = self._prepare(sentence_pairs, options)
+        if model is None:
             return []
-        model = self.load()
-        if options:
-            _check_against_model(model.family, merged)
         scores = self._score(model, pairs, merged)
         if len(scores) == 1:
             return scores[0][0] if single else scores[0]
         return [layer[0] for layer in scores] if single else scores
 
-    def rerank(
-        self,
-        query: str,
-        passages: Sequence[str],
-        top_n: int | None = None,
-        score_threshold: float | None = None,
-        **options: Any,
-    ) -> list[RerankResult]:
-        """Score ``passages`` against ``query`` and return them best first.
+    def count_tokens(self, sentence_pairs: Any, **options: Any) -> list[int]:
+        """The number of tokens the model reads for each pair (instructions, prompt and truncation applied).
 
-        Passages scoring below ``score_threshold`` are dropped first, then at most ``top_n``
-        are kept. Ties keep input order; NaN scores (a broken model, logged) rank last and pass no threshold.
-
-        >>> reranker.rerank("what is panda?", ["hi", "The giant panda ..."], top_n=1)  # doctest: +SKIP
-        [RerankResult(index=1, score=5.26171875, text='The giant panda ...')]
+        >>> reranker.count_tokens([["what is panda?", "hi"]])  # doctest: +SKIP
+        [9]
         """
-        check_text(query, "query")
-        if isinstance(passages, (str, bytes)) or not isinstance(passages, Sequence):
-            raise TypeError(f"passages must be a list of strings, got {type(passages).__name__}.")
-        if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 0):
-            raise ValueError(f"top_n must be a non-negative integer or None, got {top_n!r}.")
-        score_threshold = check_score_threshold(score_threshold)
-        scores = self.compute_score([(query, passage) for passage in passages], **options)
-        if scores and isinstance(scores[0], list):
-            raise ValueError("rerank needs one score per passage, but several cutoff_layers were asked for: pass one layer.")
-        ranked = sorted(range(len(passages)), key=lambda i: (math.isnan(scores[i]), -scores[i]))  # NaN last
-        if score_threshold is not None:
-            ranked = [i for i in ranked if scores[i] >= score_threshold]
-        return [RerankResult(i, scores[i], passages[i]) for i in ranked[:top_n]]
+        pairs, _, merged, model = self._prepare(sentence_pairs, options)
+        if model is None:
+            return []
+        with model.lock:
+            return [len(item) for item in self._encode(model.family, pairs, merged)]
+
+    def _prepare(
+        self, sentence_pairs: Any, options: dict[str, Any]
+    ) -> tuple[list[tuple[str, str]], bool, ScoreOptions, CachedModel | None]:
+        """Checked pairs, whether one bare pair was given, the merged options, and the model (``None``: no pairs)."""
+        pairs, single = as_pairs(sentence_pairs)
+        merged = _merge(self._defaults, options, constructor_query_max_length=self._query_max_length)
+        if not pairs:
+            return pairs, single, merged, None
+        model = self.load()
+        if options:
+            _check_against_model(model.family, merged)
+        return pairs, single, merged, model
+
+    def _encode(self, family: RerankerFamily, pairs: list[tuple[str, str]], options: ScoreOptions) -> list:
+        texts = [_apply_instructions(family, query, passage, options) for query, passage in pairs]
+        return family.encode(texts, options)
 
     def _score(self, model: CachedModel, pairs: list[tuple[str, str]], options: ScoreOptions) -> list[list[float]]:
         try:
@@ -243,11 +242,10 @@ class BGEReranker:
 
     def _run(self, model: CachedModel, pairs: list[tuple[str, str]], options: ScoreOptions) -> torch.Tensor:
         family = model.family
-        texts = [_apply_instructions(family, query, passage, options) for query, passage in pairs]
-        progress = _progress_bar(len(texts)) if self.show_progress else None
+        progress = _progress_bar(len(pairs)) if self.show_progress else None
         try:
             with model.lock, torch.inference_mode():
-                encoded = family.encode(texts, options)
+                encoded = self._encode(family, pairs, options)
                 return run_batches(
                     encoded,
                     [len(item) for item in encoded],
@@ -263,6 +261,18 @@ class BGEReranker:
 
 def _merge(base: ScoreOptions, overrides: dict[str, Any], constructor_query_max_length: int | None) -> ScoreOptions:
     """Apply per-call ``overrides`` (``None`` means "keep") to ``base`` and check every value."""
+    given = checked_options(overrides)
+    if "query_max_length" not in given and constructor_query_max_length is None:
+        given["query_max_length"] = given.get("max_length", base.max_length) * 3 // 4
+    return dataclasses.replace(base, **given)
+
+
+def checked_options(overrides: dict[str, Any]) -> dict[str, Any]:
+    """The scoring options set in ``overrides`` (not ``None``), each checked; layer lists become tuples.
+
+    >>> checked_options({"normalize": True, "cutoff_layers": 28, "prompt": None})
+    {'normalize': True, 'cutoff_layers': (28,)}
+    """
     unknown = set(overrides) - {f.name for f in dataclasses.fields(ScoreOptions)}
     if unknown:
         raise TypeError(f"Unknown scoring option(s) {sorted(unknown)}; known: {[f.name for f in dataclasses.fields(ScoreOptions)]}.")
@@ -281,9 +291,7 @@ def _merge(base: ScoreOptions, overrides: dict[str, Any], constructor_query_max_
     for name in ("query_instruction_format", "passage_instruction_format"):
         if name in given:
             check_instruction_format(given[name], name)
-    if "query_max_length" not in given and constructor_query_max_length is None:
-        given["query_max_length"] = given.get("max_length", base.max_length) * 3 // 4
-    return dataclasses.replace(base, **given)
+    return given
 
 
 def _check_family_options(family: type[RerankerFamily] | RerankerFamily, options: ScoreOptions) -> None:

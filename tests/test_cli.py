@@ -103,3 +103,91 @@ def test_console_script_runs():
     )
     assert completed.returncode == 0, completed.stderr
     assert json.loads(completed.stdout)[0]["text"] == "hi"
+
+
+# --- scoring options, JSONL fields, argument errors, startup without torch ---------------------------
+
+
+@pytest.mark.parametrize(
+    "flags, options",
+    [
+        (["--score-threshold", "1.0"], {"score_threshold": 1.0}),
+        (["--normalize", "--score-threshold", "0.6"], {"normalize": True, "score_threshold": 0.6}),
+        (["--query-max-length", "3"], {"query_max_length": 3}),
+        (
+            ["--query-instruction", "Q:", "--query-instruction-format", "{}\\n{}", "--passage-instruction", "P: "],
+            {"query_instruction_for_rerank": "Q:", "query_instruction_format": "{}\\n{}", "passage_instruction_for_rerank": "P: "},
+        ),
+        (["--passage-instruction", "P", "--passage-instruction-format", "{} {}"], {"passage_instruction_for_rerank": "P", "passage_instruction_format": "{} {}"}),
+    ],
+)
+def test_scoring_options_reach_the_core(flags, options, capsys):
+    assert main(["-m", checkpoint("encoder"), "-q", QUERY, "--device", "cpu", "--json", *flags, *PASSAGES]) == 0
+    printed = [(p["index"], p["score"]) for p in json.loads(capsys.readouterr().out)]
+    assert printed == [(r.index, r.score) for r in _expected(**options)]
+    assert printed != [(r.index, r.score) for r in _expected()]  # the option changed something
+
+
+def test_cache_dir_and_local_files_only_never_reach_the_hub(tmp_path, capsys):
+    code = main(["-m", "BAAI/bge-reranker-v2-m3", "-q", QUERY, "--device", "cpu", "--cache-dir", str(tmp_path), "--local-files-only", "x"])
+    assert code == 1
+    assert "BAAI/bge-reranker-v2-m3" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing fetched into the cache
+
+
+def test_jsonl_json_output_keeps_each_records_other_fields(tmp_path, capsys):
+    records = [
+        {"id": f"doc-{i}", "body": text, "meta": {"n": i}, **({"score": 0.5} if i == 1 else {})}
+        for i, text in enumerate(PASSAGES)
+    ]
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records[:2]) + "\n\n" + json.dumps(records[2]) + "\n", encoding="utf-8")
+    assert main(["-m", checkpoint("encoder"), "-q", QUERY, "--device", "cpu", "--json", "-f", str(path), "--text-field", "body"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    want = []
+    for result in _expected():
+        extra = {key: value for key, value in records[result.index].items() if key != "body"}
+        if "score" in extra:
+            extra["input_score"] = extra.pop("score")  # the input's own score is kept, under another name
+        want.append({"index": result.index, "score": result.score, "text": result.text, **extra})
+    assert printed == want
+    assert [list(p)[:3] for p in printed] == [["index", "score", "text"]] * len(PASSAGES)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["-q", QUERY, "x"], "give a local model with --model, or a rerank server with --url (one of them)"),
+        (["-m", "m", "-q", QUERY, "--top-n", "three", "x"], "argument --top-n: invalid int value: 'three'"),
+        (["-m", "m", "-q", QUERY, "--no-such-flag", "x"], "unrecognized arguments: --no-such-flag"),
+    ],
+)
+def test_argument_errors_are_one_line_with_a_hint(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "usage:" not in err
+    assert err.startswith(f"bge-rerank: error: {message}") and "bge-rerank --help" in err
+
+
+@pytest.mark.parametrize("flag", ["--help", "--version"])
+def test_help_and_version_do_not_import_torch(flag):
+    script = (
+        "import sys\n"
+        "from bge_rerank_integrations.cli import main\n"
+        "try:\n"
+        f"    main([{flag!r}])\n"
+        "except SystemExit as exit:\n"
+        "    assert exit.code == 0, exit.code\n"
+        "print('TORCH', 'torch' in sys.modules, file=sys.stderr)\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert completed.returncode == 0, completed.stderr
+    assert "TORCH False" in completed.stderr
+    if flag == "--version":
+        from bge_rerank_integrations import __version__
+
+        assert completed.stdout.strip() == f"bge-rerank {__version__}"
+    else:
+        assert "--score-threshold" in completed.stdout and "--local-files-only" in completed.stdout

@@ -216,7 +216,7 @@ def test_missing_local_checkpoint_is_clear(tmp_path):
 
 def test_hub_id_offline_says_how_to_use_a_local_path(tmp_path):
     reranker = BGEReranker("BAAI/bge-reranker-v2-m3", device="cpu", cache_dir=str(tmp_path), local_files_only=True)
-    with pytest.raises(ModelNotFoundError, match="huggingface-cli download BAAI/bge-reranker-v2-m3.*BGEReranker\\('./bge-reranker-v2-m3'\\)"):
+    with pytest.raises(ModelNotFoundError, match="hf download BAAI/bge-reranker-v2-m3.*BGEReranker\\('./bge-reranker-v2-m3'\\)"):
         reranker.compute_score(PAIRS)
 
 
@@ -395,3 +395,14 @@ def test_reference_position_offsets_follow_the_reference_batches():
     assert reference_position_offsets([5, 9, 7], [6, 10, 8], batch_size=2) == [2, 6, 8]
     assert reference_position_offsets([5, 9, 7], [6, 10, 8], batch_size=3) == [10, 6, 8]
     assert reference_position_offsets([3], [13], batch_size=128) == [3]
+# --- token counts (the servers' usage figures) ---------------------------------------------
+
+
+def test_count_tokens_counts_what_the_encoder_reads(reranker):
+    tokenizer = reranker.family.tokenizer
+    query, passage = PAIRS[1]
+    alone = len(tokenizer(query, add_special_tokens=False)["input_ids"]) + len(tokenizer(passage, add_special_tokens=False)["input_ids"])
+    assert reranker.count_tokens([PAIRS[1]]) == [alone + 4]  # <s> q </s></s> p </s>
+    assert reranker.count_tokens(PAIRS, max_length=16) == [min(16, n) for n in reranker.count_tokens(PAIRS)]
+    assert reranker.count_tokens(PAIRS[3], max_length=16) == [16]
+    assert reranker.count_tokens([]) == []

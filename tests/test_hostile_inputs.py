@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from bge_rerank_integrations import BGEReranker, CheckpointError, clear_model_cache, model_cache
 from bge_rerank_integrations import reranker as reranker_module
-from bge_rerank_integrations.cli import main, read_passages
+from bge_rerank_integrations.cli import main, read_records
 
 from .conftest import FAMILIES, checkpoint
 
@@ -398,7 +398,7 @@ def test_progress_bar_is_closed_when_scoring_raises(monkeypatch):
 
 def test_deeply_nested_jsonl_is_a_clear_error():
     with pytest.raises(ValueError, match="line 1 is nested too deeply"):
-        read_passages(io.StringIO('{"text": ' + "[" * 100000 + "]" * 100000 + "}\n"))
+        read_records(io.StringIO('{"text": ' + "[" * 100000 + "]" * 100000 + "}\n"))
 
 
 def test_table_output_escapes_control_characters(capsys):

@@ -444,3 +444,49 @@ def test_a_shared_reranker_serializes_to_a_config_that_rebuilds_it():
     docs = make_docs()
     assert got(rebuilt.compress_documents(docs, QUERY)) == got(compressor.compress_documents(docs, QUERY))
     assert got(rebuilt.compress_documents(docs, QUERY)) != got(BGERerank(model=ENCODER, device="cpu", top_n=None).compress_documents(docs, QUERY))
+
+
+# --- BGECrossEncoder: LangChain's CrossEncoderReranker over the same core ---------------------------
+
+
+def test_cross_encoder_in_langchains_cross_encoder_reranker():
+    from langchain_classic.retrievers.document_compressors import CrossEncoderReranker
+    from langchain_core.cross_encoders import BaseCrossEncoder
+
+    from bge_rerank_integrations.langchain import BGECrossEncoder
+
+    encoder = BGECrossEncoder(model=ENCODER, device="cpu", normalize=True, max_length=64)
+    assert isinstance(encoder, BaseCrossEncoder)
+    docs = make_docs()
+    pairs = [(QUERY, d.page_content) for d in docs]
+    assert encoder.score(pairs) == core_scores(QUERY, [d.page_content for d in docs], normalize=True, max_length=64)
+    assert encoder.score([]) == []
+
+    compressor = CrossEncoderReranker(model=encoder, top_n=3)
+    want = [doc_id for doc_id, _ in expected(QUERY, docs, top_n=3, normalize=True, max_length=64)]
+    assert [d.id for d in compressor.compress_documents(docs, QUERY)] == want
+    retriever = make_retriever(compressor)
+    assert [d.id for d in retriever.invoke(QUERY)] == [
+        doc_id for doc_id, _ in expected(QUERY, retrieved(retriever, QUERY), top_n=3, normalize=True, max_length=64)
+    ]
+
+
+def test_cross_encoder_settings_and_errors():
+    from bge_rerank_integrations.adapter_support import RerankerSettings
+    from bge_rerank_integrations.langchain import BGECrossEncoder
+
+    assert set(BGECrossEncoder.model_fields) == set(RerankerSettings.model_fields)
+    assert "top_n" not in BGECrossEncoder.model_fields  # CrossEncoderReranker keeps its own
+    shared = BGEReranker(ENCODER, device="cpu")
+    encoder = BGECrossEncoder(model=shared)
+    assert encoder.reranker is shared and encoder.model_dump()["model"] == ENCODER
+    with pytest.raises(ValidationError, match="compress_ratio do\\(es\\) not apply to the encoder family"):
+        BGECrossEncoder(model=ENCODER, compress_ratio=2)
+    with pytest.raises(ValidationError, match="top_n"):
+        BGECrossEncoder(model=ENCODER, top_n=3)
+    with pytest.raises(TypeError, match="list of \\(query, text\\) pairs"):
+        encoder.score((QUERY, "hi"))  # one bare pair, not a list of pairs
+    with pytest.raises(TypeError, match="passage at index 1 must be a string"):
+        encoder.score([(QUERY, "hi"), (QUERY, None)])
+    blank = encoder.score([(QUERY, "hi"), (QUERY, " ")])  # blank texts are scored, as the reference does
+    assert blank == pytest.approx(shared.compute_score([(QUERY, "hi"), (QUERY, " ")]))
