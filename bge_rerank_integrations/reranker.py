@@ -207,12 +207,31 @@ class BGEReranker:
             ranked = [i for i in ranked if scores[i] >= score_threshold]
         return [RerankResult(i, scores[i], passages[i]) for i in ranked[:top_n]]
 
+    def count_tokens(self, sentence_pairs: Any, **options: Any) -> list[int]:
+        """The number of tokens the model reads for each pair (instructions, prompt and truncation applied).
+
+        >>> reranker.count_tokens([["what is panda?", "hi"]])  # doctest: +SKIP
+        [9]
+        """
+        pairs, _ = as_pairs(sentence_pairs)
+        merged = _merge(self._defaults, options, constructor_query_max_length=self._query_max_length)
+        if not pairs:
+            return []
+        model = self.load()
+        if options:
+            _check_against_model(model.family, merged)
+        with model.lock:
+            return [len(item) for item in self._encode(model.family, pairs, merged)]
+
+    def _encode(self, family: RerankerFamily, pairs: list[tuple[str, str]], options: ScoreOptions) -> list:
+        texts = [_apply_instructions(family, query, passage, options) for query, passage in pairs]
+        return family.encode(texts, options)
+
     def _score(self, model: CachedModel, pairs: list[tuple[str, str]], options: ScoreOptions) -> list[list[float]]:
         family = model.family
-        texts = [_apply_instructions(family, query, passage, options) for query, passage in pairs]
-        progress = _progress_bar(len(texts)) if self.show_progress else None
+        progress = _progress_bar(len(pairs)) if self.show_progress else None
         with model.lock, torch.inference_mode():
-            encoded = family.encode(texts, options)
+            encoded = self._encode(family, pairs, options)
             scores = run_batches(
                 encoded,
                 [len(item) for item in encoded],

@@ -1,0 +1,253 @@
+"""The FastAPI app: rerank endpoints over a scorer, with limits, errors, health, info and metrics.
+
+``create_app(scorer, settings=ServerSettings(...))`` builds the app; the scorer owns the model
+(see ``scoring.Scorer``). The app validates requests, turns them into (query, text) pairs and
+``BGEReranker`` options, checks the options exactly like the core, awaits ``scorer.score`` and
+shapes the result for the API that was called.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Sequence
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..adapter_support import check_single_score
+from ..inputs import check_text
+from .guard import Guard
+from .metrics import Metrics
+from .schemas import ErrorResponse, RerankRequest, RerankResponse, RerankResult, TEIRank, TEIRerankRequest, Usage
+from .scoring import Overloaded, ScoredPairs, Scorer
+
+#: Status of a request whose client went away before its answer (nginx's convention; nobody reads it).
+CLIENT_CLOSED = 499
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What the app enforces; the model and its scoring defaults belong to the scorer's ``BGEReranker``.
+
+    ``model_name`` is the name responses and ``/info`` give (default: the reranker's model path).
+    """
+
+    model_name: str | None = None
+    max_documents: int = 1024
+    max_request_bytes: int = 2_000_000
+    api_key: str | None = None
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error", "error_type"}`` with ``status``."""
+
+    def __init__(self, status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.message, self.headers = status, kind, message, headers
+
+
+class _ClientGone(Exception):
+    pass
+
+
+_ERRORS = {
+    401: {"model": ErrorResponse, "description": "missing or wrong API key"},
+    413: {"model": ErrorResponse, "description": "body over --max-request-bytes or more documents than --max-documents"},
+    422: {"model": ErrorResponse, "description": "malformed JSON, wrong types, or options the model cannot take"},
+    503: {"model": ErrorResponse, "description": "queue full (see Retry-After) or model not ready"},
+}
+
+
+def create_app(scorer: Scorer, *, settings: ServerSettings | None = None, metrics: Metrics | None = None) -> FastAPI:
+    """The rerank app over ``scorer``.
+
+    >>> from bge_rerank_integrations.serving import DynamicBatcher, create_app
+    >>> app = create_app(DynamicBatcher(BGEReranker("BAAI/bge-reranker-v2-m3")))   # doctest: +SKIP
+    """
+    settings = settings or ServerSettings()
+    metrics = metrics or getattr(scorer, "metrics", None) or Metrics()
+    reranker = scorer.reranker
+    model_name = settings.model_name or reranker.model_name_or_path
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        if hasattr(scorer, "start"):
+            await scorer.start()
+        yield
+        if hasattr(scorer, "stop"):
+            await scorer.stop()
+
+    app = FastAPI(
+        title="bge-rerank",
+        version=__version__,
+        description="BGE rerankers with FlagEmbedding-exact scores behind TEI's and Cohere/Jina/vLLM's rerank APIs.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(Guard, api_key=settings.api_key, max_request_bytes=settings.max_request_bytes, metrics=metrics)
+    app.state.scorer, app.state.settings, app.state.metrics = scorer, settings, metrics
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, error: ApiError) -> JSONResponse:
+        return _error(error.status, error.kind, error.message, error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+        return _error(422, "validation", readable_validation_error(error.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        return _error(error.status_code, "http", str(error.detail), getattr(error, "headers", None))
+
+    async def score(request: Request, query: Any, texts: Sequence[str], options: dict[str, Any]) -> ScoredPairs:
+        if len(texts) > settings.max_documents:
+            raise ApiError(
+                413, "too_many_documents",
+                f"{len(texts)} documents are more than the server's limit of {settings.max_documents} per request "
+                "(--max-documents): split them over several requests.",
+            )
+        try:
+            check_text(query, "query")
+            for index, text in enumerate(texts):
+                check_text(text, f"document at index {index}")
+            check_single_score(options.get("cutoff_layers"))
+            reranker.check_options(**options)
+        except (ValueError, TypeError) as error:
+            raise ApiError(422, "invalid_request", str(error)) from None
+        if not texts:
+            return ScoredPairs([], [])
+        try:
+            return await _until_disconnected(request, scorer.score([(query, text) for text in texts], options))
+        except Overloaded as error:
+            raise ApiError(503, "overloaded", str(error), {"Retry-After": str(error.retry_after)}) from None
+        except _ClientGone:
+            raise ApiError(CLIENT_CLOSED, "client_closed", "The client closed the connection.") from None
+        except Exception as error:  # noqa: BLE001 - the scorer's failure: this request fails, the server goes on
+            raise ApiError(500, "scoring_failed", f"Scoring failed: {type(error).__name__}: {error}") from None
+
+    @app.post("/rerank", response_model=list[TEIRank], response_model_exclude_none=True, responses=_ERRORS)
+    async def rerank_tei(body: TEIRerankRequest, request: Request) -> list[TEIRank]:
+        """TEI's rerank: ``[{index, score, text?}]`` best first; sigmoid scores unless ``raw_scores``."""
+        options = _options(body)
+        scored = await score(request, body.query, body.texts, options)
+        return [
+            TEIRank(index=i, score=scored.scores[i], text=body.texts[i] if body.return_text else None)
+            for i in _best_first(scored.scores)
+        ]
+
+    async def rerank_cohere(body: RerankRequest, request: Request) -> RerankResponse:
+        """Cohere/Jina/vLLM's rerank: ``{id, model, results, usage}``, results best first, at most ``top_n``."""
+        options = _options(body, body.use_activation)
+        texts = body.texts()
+        scored = await score(request, body.query, texts, options)
+        order = _best_first(scored.scores)[: body.top_n or None]
+        results = [
+            RerankResult(index=i, relevance_score=scored.scores[i], document={"text": texts[i]} if body.return_documents else None)
+            for i in order
+        ]
+        tokens = sum(scored.tokens)
+        return RerankResponse(
+            id=f"rerank-{uuid.uuid4().hex}", model=model_name, results=results, usage=Usage(prompt_tokens=tokens, total_tokens=tokens)
+        )
+
+    for path in ("/v1/rerank", "/v2/rerank"):
+        app.post(path, response_model=RerankResponse, response_model_exclude_none=True, responses=_ERRORS)(rerank_cohere)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        """200 once the model is loaded and the server takes requests, else 503."""
+        if getattr(scorer, "ready", True):
+            return JSONResponse({"status": "ok"})
+        return _error(503, "not_ready", "The model is loading or the server is shutting down.", {"Retry-After": "1"})
+
+    @app.get("/info")
+    async def info() -> dict[str, Any]:
+        """Model, family, device, dtype, max positions, scoring defaults, limits and version."""
+        family = reranker.family
+        defaults = {name: list(value) if isinstance(value, tuple) else value for name, value in dataclasses.asdict(reranker.options).items()}
+        limits = {"max_documents": settings.max_documents, "max_request_bytes": settings.max_request_bytes}
+        limits.update(getattr(scorer, "describe", dict)())
+        return {
+            "model": model_name,
+            "model_path": reranker.model_name_or_path,
+            "family": family.name,
+            "device": str(reranker.device),
+            "dtype": str(reranker.dtype).removeprefix("torch."),
+            "max_positions": family.max_positions,
+            "defaults": defaults,
+            "limits": limits,
+            "auth": bool(settings.api_key),
+            "version": __version__,
+        }
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        """Prometheus metrics: requests, pairs, latency and batch-size histograms, queue depth."""
+        content, content_type = metrics.render()
+        return Response(content, media_type=content_type)
+
+    return app
+
+
+def readable_validation_error(errors: Sequence[dict[str, Any]]) -> str:
+    """One line per problem, e.g. ``texts.1: Input should be a valid string``; malformed JSON says where."""
+    lines = []
+    for error in errors:
+        location = [str(part) for part in error.get("loc", ()) if part != "body"]
+        if error.get("type") == "json_invalid":
+            detail = (error.get("ctx") or {}).get("error", "")
+            lines.append(f"Malformed JSON body: {detail} (at character {location[0] if location else '?'}).")
+            continue
+        lines.append(f"{'.'.join(location) or 'body'}: {error.get('msg', 'invalid value')}")
+    return "; ".join(lines) or "Invalid request."
+
+
+def _options(body: TEIRerankRequest | RerankRequest, use_activation: bool | None = None) -> dict[str, Any]:
+    try:
+        return body.score_options(use_activation)
+    except ValueError as error:
+        raise ApiError(422, "invalid_request", str(error)) from None
+
+
+def _best_first(scores: Sequence[float]) -> list[int]:
+    """Indices by score, best first; ties keep input order."""
+    return sorted(range(len(scores)), key=lambda i: -scores[i])
+
+
+def _error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "error_type": kind}, status_code=status, headers=headers)
+
+
+async def _until_disconnected(request: Request, work: Awaitable[ScoredPairs]) -> ScoredPairs:
+    """Await ``work``, cancelling it (dropping queued pairs) if the client disconnects first."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnect(request.receive))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        watcher.cancel()
+        raise
+    if task.done():
+        watcher.cancel()
+        return task.result()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    raise _ClientGone()
+
+
+async def _disconnect(receive: Callable[[], Awaitable[dict]]) -> None:
+    """Return when the client disconnects (never, if the server cannot tell)."""
+    while True:
+        try:
+            message = await receive()
+        except Exception:  # noqa: BLE001 - a receive that cannot be watched: wait for the work instead
+            await asyncio.Event().wait()
+        if message.get("type") == "http.disconnect":
+            return

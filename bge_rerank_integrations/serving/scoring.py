@@ -1,0 +1,97 @@
+"""What the app asks of a scorer, and scoring a list of jobs with one model (shared by every scorer).
+
+A *job* is one request's pairs and scoring options. ``score_jobs`` merges jobs with identical
+options into one ``compute_score`` call each and hands every job its own scores back; a failing
+call fails only the jobs it held. The dynamic batcher (``batcher.DynamicBatcher``) runs it in
+one worker thread; a Ray Serve deployment can run it under ``@serve.batch``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+
+from ..reranker import BGEReranker
+
+logger = logging.getLogger(__name__)
+
+Pair = tuple[str, str]
+
+
+class Overloaded(Exception):
+    """The scorer's queue is full: the app answers 503 with ``Retry-After``."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class ScoredPairs:
+    """One job's result: a score per pair (raw or normalized, as its options asked) and the tokens each pair used."""
+
+    scores: list[float]
+    tokens: list[int]
+
+
+@dataclass
+class Job:
+    """One request's pairs and scoring options (``BGEReranker`` keyword arguments, already checked)."""
+
+    pairs: Sequence[Pair]
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def key(self) -> tuple:
+        """Jobs with the same key can share a ``compute_score`` call."""
+        return tuple(sorted((name, _hashable(value)) for name, value in self.options.items()))
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """What ``create_app`` needs: the model (for option checks and ``/info``) and an async ``score``.
+
+    Optional: ``ready`` (bool, ``/health`` answers 503 while false), ``async start()`` and
+    ``async stop()`` (called by the app's lifespan), ``queued_pairs`` (int, for metrics).
+    """
+
+    reranker: BGEReranker
+
+    async def score(self, pairs: Sequence[Pair], options: Mapping[str, Any]) -> ScoredPairs:
+        """Score ``pairs`` with ``options``; raise ``Overloaded`` when the queue is full."""
+        ...
+
+
+def score_jobs(reranker: BGEReranker, jobs: Sequence[Job]) -> list[ScoredPairs | BaseException]:
+    """Score ``jobs``, merging those with identical options into one call; one result or error per job, in order.
+
+    Blocking: run it off the event loop.
+
+    >>> score_jobs(reranker, [Job([("q", "a")]), Job([("q", "b"), ("q", "c")])])  # doctest: +SKIP
+    [ScoredPairs(scores=[0.2], tokens=[7]), ScoredPairs(scores=[0.9, 0.1], tokens=[7, 7])]
+    """
+    groups: dict[tuple, list[int]] = {}
+    for position, job in enumerate(jobs):
+        groups.setdefault(job.key(), []).append(position)
+    results: list[ScoredPairs | BaseException] = [RuntimeError("not scored")] * len(jobs)
+    for positions in groups.values():
+        options = dict(jobs[positions[0]].options)
+        pairs = [pair for position in positions for pair in jobs[position].pairs]
+        try:
+            scores = reranker.compute_score(pairs, **options)
+            tokens = reranker.count_tokens(pairs, **options)
+        except Exception as error:  # noqa: BLE001 - handed to the jobs of this call only
+            logger.exception("Scoring %d pairs of %d request(s) failed.", len(pairs), len(positions))
+            for position in positions:
+                results[position] = error
+            continue
+        start = 0
+        for position in positions:
+            end = start + len(jobs[position].pairs)
+            results[position] = ScoredPairs(scores[start:end], tokens[start:end])
+            start = end
+    return results
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value

@@ -1,0 +1,149 @@
+"""``bge-rerank serve``: one BGE reranker behind the rerank HTTP APIs, on uvicorn.
+
+    $ bge-rerank serve --model BAAI/bge-reranker-v2-m3 --device cuda --fp16 --port 8080
+    $ curl -s localhost:8080/rerank -H 'content-type: application/json' \\
+        -d '{"query": "what is panda?", "texts": ["hi", "The giant panda ..."]}'
+    [{"index":1,"score":0.9948},{"index":0,"score":0.0003}]
+
+Load and scoring options are the server's defaults; requests may override scoring options.
+SIGTERM (or Ctrl-C) stops accepting connections, finishes the requests in flight, and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+from typing import Sequence
+
+from ..cli import _int_list
+
+logger = logging.getLogger(__name__)
+
+API_KEY_VARIABLE = "BGE_RERANK_API_KEY"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bge-rerank serve",
+        description="Serve a BGE reranker over HTTP: TEI's POST /rerank and Cohere/Jina/vLLM's POST /v1/rerank, /v2/rerank.",
+    )
+    parser.add_argument("--model", "-m", required=True, help="Hub id (e.g. BAAI/bge-reranker-v2-m3) or local checkpoint directory")
+    parser.add_argument("--served-model-name", help="the name responses and /info give (default: --model)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    parser.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one, logged at start)")
+
+    model = parser.add_argument_group("model (load options)")
+    model.add_argument("--model-class", help="family override: encoder, llm, layerwise, lightweight")
+    model.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: best available)")
+    model.add_argument("--fp16", action="store_true", help="half precision on CUDA/MPS")
+    model.add_argument("--bf16", action="store_true", help="bfloat16 on CUDA/MPS")
+    model.add_argument("--cache-dir", help="where Hub downloads go")
+    model.add_argument("--local-files-only", action="store_true", help="never reach the Hub")
+    model.add_argument("--torch-threads", type=int, help="torch intra-op threads (default: torch's)")
+
+    scoring = parser.add_argument_group("scoring defaults (requests may override them)")
+    scoring.add_argument(
+        "--normalize", action=argparse.BooleanOptionalAction, default=True,
+        help="sigmoid scores unless a request asks raw_scores (default, as TEI/Cohere); --no-normalize: raw by default",
+    )
+    scoring.add_argument("--batch-size", type=int, default=128, help="pairs per forward pass (default 128)")
+    scoring.add_argument("--max-length", type=int, default=512, help="longest pair in tokens (default 512)")
+    scoring.add_argument("--query-max-length", type=int, help="longest query in tokens (default max_length * 3 // 4)")
+    scoring.add_argument("--prompt", help="decoder families: the instruction prompt")
+    scoring.add_argument("--cutoff-layers", type=_int_list, help="layerwise/lightweight: the layer to score at, e.g. 28")
+    scoring.add_argument("--compress-ratio", type=int, help="lightweight: passage compression ratio (1, 2, 4, 8)")
+    scoring.add_argument("--compress-layers", type=_int_list, help="lightweight: layers that compress, e.g. 24,40")
+    scoring.add_argument("--query-instruction", help="text put before each query (decoders default to 'A: ')")
+    scoring.add_argument("--query-instruction-format", default="{}{}", help="how instruction and query join (default {}{})")
+    scoring.add_argument("--passage-instruction", help="text put before each passage (decoders default to 'B: ')")
+    scoring.add_argument("--passage-instruction-format", default="{}{}", help="how instruction and passage join (default {}{})")
+
+    limits = parser.add_argument_group("batching and limits")
+    limits.add_argument("--max-batch-pairs", type=int, default=256, help="most pairs merged into one model call (default 256; 1 = no merging)")
+    limits.add_argument("--max-wait-ms", type=float, default=5.0, help="longest a request waits for others to share its call (default 5)")
+    limits.add_argument("--max-request-bytes", type=int, default=2_000_000, help="largest request body, else 413 (default 2000000)")
+    limits.add_argument("--max-documents", type=int, default=1024, help="most documents per request, else 413 (default 1024)")
+    limits.add_argument("--max-queue", type=int, default=8192, help="most pairs waiting, else 503 with Retry-After (default 8192)")
+    limits.add_argument("--api-key", help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_VARIABLE}; unset = open)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level (default info)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the server until SIGTERM/SIGINT; returns the exit status (0 after a clean shutdown, 2 bad options)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        import uvicorn
+
+        from .app import ServerSettings, create_app
+        from .batcher import DynamicBatcher
+        from .metrics import Metrics
+    except ImportError as error:
+        print(f"bge-rerank serve: {error}; install the server with: pip install 'bge-rerank-integrations[serve]'", file=sys.stderr)
+        return 2
+    from ..adapter_support import check_single_score
+    from ..reranker import BGEReranker
+
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+    try:
+        check_single_score(args.cutoff_layers)
+        reranker = BGEReranker(
+            args.model,
+            model_class=args.model_class,
+            device=args.device,
+            use_fp16=args.fp16,
+            use_bf16=args.bf16,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            query_max_length=args.query_max_length,
+            normalize=args.normalize,
+            query_instruction_for_rerank=args.query_instruction,
+            query_instruction_format=args.query_instruction_format,
+            passage_instruction_for_rerank=args.passage_instruction,
+            passage_instruction_format=args.passage_instruction_format,
+            prompt=args.prompt,
+            cutoff_layers=args.cutoff_layers,
+            compress_ratio=args.compress_ratio,
+            compress_layers=args.compress_layers,
+            cache_dir=args.cache_dir,
+            local_files_only=args.local_files_only,
+        )
+        metrics = Metrics()
+        batcher = DynamicBatcher(
+            reranker, max_batch_pairs=args.max_batch_pairs, max_wait_ms=args.max_wait_ms, max_queue_pairs=args.max_queue, metrics=metrics
+        )
+        settings = ServerSettings(
+            model_name=args.served_model_name,
+            max_documents=args.max_documents,
+            max_request_bytes=args.max_request_bytes,
+            api_key=args.api_key or os.environ.get(API_KEY_VARIABLE) or None,
+        )
+    except (ValueError, TypeError) as error:
+        print(f"bge-rerank serve: {error}", file=sys.stderr)
+        return 2
+    app = create_app(batcher, settings=settings, metrics=metrics)
+    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((args.host, args.port))
+    except OSError as error:
+        print(f"bge-rerank serve: cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
+        return 2
+    host, port = sock.getsockname()[:2]
+    logger.info("bge-rerank serve: %s on http://%s:%d (loading the model; /health answers 200 once ready)", args.model, host, port)
+    config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=None, access_log=args.log_level == "debug")
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock])
+    return 0 if server.started else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
