@@ -1,4 +1,5 @@
-"""Ray scale-out: rerank a Ray Dataset on a pool of actors, or serve replicas behind one endpoint.
+"""Ray scale-out: rerank a Ray Dataset on a pool of actors (``rerank_dataset``), or serve replicas
+behind one endpoint (``build_app``, the ``bge-rerank serve`` HTTP API on Ray Serve).
 
 Needs the ``ray`` extra (``pip install "bge-rerank-integrations[ray]"``).
 
@@ -18,4 +19,12 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 
 from .data import rerank_dataset
 
-__all__ = ["rerank_dataset"]
+__all__ = ["rerank_dataset", "build_app"]
+
+
+def __getattr__(name: str):
+    if name == "build_app":   # Serve and the HTTP app load only when asked for
+        from .serve import build_app
+
+        return build_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

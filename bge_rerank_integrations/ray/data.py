@@ -10,6 +10,7 @@ import ray.data
 
 from ..inputs import check_positive_int, check_text
 from ..reranker import BGEReranker
+from .options import actor_reranker_options
 
 logger = logging.getLogger(__name__)
 
@@ -56,16 +57,11 @@ def rerank_dataset(
     if score_column in (query_column, text_column):
         raise ValueError(f"score_column={score_column!r} would overwrite the input column of the same name; pick another.")
     check_positive_int(batch_size, "batch_size")
-    if num_gpus_per_actor < 0 or num_cpus_per_actor < 0:
-        raise ValueError("num_gpus_per_actor and num_cpus_per_actor must be >= 0.")
-    if num_gpus_per_actor == 0:
-        options.setdefault("device", "cpu")
+    if num_cpus_per_actor < 0:
+        raise ValueError(f"num_cpus_per_actor must be >= 0, got {num_cpus_per_actor!r}.")
     if forward_batch_size is not None:
         options["batch_size"] = forward_batch_size
-    # Check every option here, before any actor starts (this loads nothing).
-    checked = BGEReranker(model, **options).check_options()
-    if checked.cutoff_layers is not None and len(checked.cutoff_layers) > 1:
-        raise ValueError("rerank_dataset writes one score per row, but several cutoff_layers were asked for: pass one layer.")
+    options = actor_reranker_options(model, options, num_gpus_per_actor)
     return dataset.map_batches(
         _PairScorer,
         fn_constructor_kwargs=dict(

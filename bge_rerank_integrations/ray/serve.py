@@ -1,0 +1,91 @@
+"""``build_app``: the ``bge-rerank serve`` HTTP API on Ray Serve replicas, requests batched with ``serve.batch``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Mapping, Sequence
+
+from ray import serve
+
+from ..reranker import BGEReranker
+from ..serving import Job, ScoredPairs, ServerSettings, create_app, score_jobs
+from .options import actor_reranker_options
+
+logger = logging.getLogger(__name__)
+
+#: The deployment's name in Serve (``serve status``, logs, replica actor names).
+DEPLOYMENT_NAME = "BGEReranker"
+
+
+@serve.ingress()
+class RerankDeployment:
+    """One replica: one ``BGEReranker`` behind ``create_app``; concurrent requests share model calls.
+
+    The replica is the app's scorer: ``score`` queues a request's pairs as a ``Job`` and
+    ``serve.batch`` hands up to ``max_batch_size`` waiting jobs to one ``score_jobs`` call.
+    """
+
+    def __init__(
+        self, model: str, options: dict[str, Any], settings: ServerSettings, max_batch_size: int, batch_wait_timeout_s: float
+    ) -> None:
+        self.reranker = BGEReranker(model, **options)
+        self.reranker.load()   # the replica is ready only once its model is
+        self.settings = settings
+        self._score_batch.set_max_batch_size(max_batch_size)
+        self._score_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        logger.info("Replica loaded %r.", self.reranker)
+
+    def __serve_build_asgi_app__(self):
+        return create_app(self, settings=self.settings)
+
+    async def score(self, pairs: Sequence[tuple[str, str]], options: Mapping[str, Any]) -> ScoredPairs:
+        result = await self._score_batch(Job(list(pairs), dict(options)))
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def _score_batch(self, jobs: list[Job]) -> list[ScoredPairs | BaseException]:
+        return await asyncio.to_thread(score_jobs, self.reranker, jobs)
+
+
+def build_app(
+    model: str,
+    *,
+    num_replicas: int | str | None = None,
+    autoscaling_config: Mapping[str, Any] | None = None,
+    ray_actor_options: Mapping[str, Any] | None = None,
+    max_ongoing_requests: int = 64,
+    max_batch_size: int = 16,
+    batch_wait_timeout_s: float = 0.005,
+    settings: ServerSettings | None = None,
+    **options: Any,
+) -> serve.Application:
+    """A Ray Serve application with the HTTP API of ``bge-rerank serve`` on each replica.
+
+    Each replica loads ``BGEReranker(model, **options)`` (load and scoring options, as for
+    ``bge-rerank serve``; scores are sigmoid-normalized unless ``normalize=False`` or a request
+    asks raw ones). ``num_replicas`` is a count (default 1) or ``"auto"``; ``autoscaling_config``
+    (``min_replicas``, ``max_replicas``, ``target_ongoing_requests``) makes Serve scale them.
+    ``ray_actor_options={"num_gpus": 1}`` gives each replica a GPU (then the model goes on it;
+    without a GPU replicas run on CPU). Up to ``max_batch_size`` requests waiting at most
+    ``batch_wait_timeout_s`` share one model call. ``settings`` are the app's limits (documents
+    per request, body size, API key, served model name).
+
+    >>> from ray import serve
+    >>> serve.run(build_app("BAAI/bge-reranker-v2-m3", num_replicas=4, ray_actor_options={"num_gpus": 1}),
+    ...           route_prefix="/")                                              # doctest: +SKIP
+    """
+    ray_actor_options = dict(ray_actor_options or {})
+    options.setdefault("normalize", True)
+    options = actor_reranker_options(model, options, ray_actor_options.get("num_gpus", 0))
+    config: dict[str, Any] = dict(
+        name=DEPLOYMENT_NAME, ray_actor_options=ray_actor_options, max_ongoing_requests=max_ongoing_requests
+    )
+    if autoscaling_config is not None:
+        config["autoscaling_config"] = dict(autoscaling_config)
+    if num_replicas is not None or autoscaling_config is None:
+        config["num_replicas"] = 1 if num_replicas is None else num_replicas
+    deployment = serve.deployment(**config)(RerankDeployment)
+    return deployment.bind(model, options, settings or ServerSettings(), max_batch_size, batch_wait_timeout_s)
