@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,21 +16,16 @@ httpx = pytest.importorskip("httpx")
 from ray import serve  # noqa: E402
 
 from bge_rerank_integrations.ray import build_app  # noqa: E402
+from bge_rerank_integrations.ray.serve import free_port  # noqa: E402
 
 ENCODER = checkpoint("encoder")
 APP = "bge-rerank"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def endpoint(local_ray):
     """Two replicas (half a CPU each) behind Serve's proxy on 127.0.0.1 and a free port; shut down after."""
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         serve.run(build_app(ENCODER, num_replicas=2, ray_actor_options={"num_cpus": 0.5}), name=APP, route_prefix="/")

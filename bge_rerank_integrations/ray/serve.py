@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import socket
+import threading
 from typing import Any, Mapping, Sequence
 
 from ray import serve
@@ -16,6 +19,8 @@ logger = logging.getLogger(__name__)
 
 #: The deployment's name in Serve (``serve status``, logs, replica actor names).
 DEPLOYMENT_NAME = "BGEReranker"
+#: The application's name when ``bge-rerank serve --ray`` runs it.
+APP_NAME = "bge-rerank"
 
 
 @serve.ingress()
@@ -89,3 +94,53 @@ def build_app(
         config["num_replicas"] = 1 if num_replicas is None else num_replicas
     deployment = serve.deployment(**config)(RerankDeployment)
     return deployment.bind(model, options, settings or ServerSettings(), max_batch_size, batch_wait_timeout_s)
+
+
+def serve_on_ray(
+    model: str,
+    options: dict[str, Any],
+    settings: ServerSettings,
+    *,
+    address: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    num_replicas: int | str = 1,
+    num_gpus: float = 0,
+    num_cpus: float = 1,
+    max_batch_size: int = 16,
+    batch_wait_timeout_s: float = 0.005,
+) -> int:
+    """``bge-rerank serve --ray``: run ``build_app`` on the Ray cluster at ``address`` until SIGTERM/SIGINT.
+
+    ``address=None`` joins ``$RAY_ADDRESS`` when set, else starts a local Ray. Serve's HTTP proxy
+    listens on ``host:port`` (port 0: a free one, logged) on every node. On exit the application
+    is deleted; a Ray started here stops with it.
+    """
+    import ray
+
+    app = build_app(
+        model, num_replicas=num_replicas, ray_actor_options={"num_gpus": num_gpus, "num_cpus": num_cpus},
+        max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s, settings=settings, **options,
+    )
+    ray.init(address=address, include_dashboard=False)
+    try:
+        port = port or free_port(host)
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(app, name=APP_NAME, route_prefix="/")
+        logger.info("bge-rerank serve --ray: %s, %s replica(s) on http://%s:%d", model, num_replicas, host, port)
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        stop.wait()
+        logger.info("Stopping: deleting the application %r.", APP_NAME)
+        serve.delete(APP_NAME)
+    finally:
+        ray.shutdown()
+    return 0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now (Serve's proxy takes a port number, not 0)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
