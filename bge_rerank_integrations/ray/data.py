@@ -37,13 +37,14 @@ def rerank_dataset(
     scores as in-process ``compute_score``. ``batch_size`` rows go to an actor per call, scored
     ``forward_batch_size`` (the reranker's ``batch_size``, default 128) per forward pass. With
     ``num_gpus_per_actor=0`` the actors run on CPU with ``num_cpus_per_actor`` torch threads
-    each (Ray sets ``OMP_NUM_THREADS``); else ``device`` defaults to CUDA.
+    each (Ray sets ``OMP_NUM_THREADS``); else each reranker takes the GPU Ray gave its actor.
 
     Every other column is kept. Ray returns rows in any order: keep an id column in the input to
     match them back (or set ``ray.data.DataContext.get_current().execution_options.preserve_order
     = True`` before executing). An actor that dies is restarted and its batches are scored again
-    (Ray Data's actor-pool defaults), so every row is scored exactly once. A row whose query or text is not a non-blank string fails
-    the job with an error that shows the row. The result is lazy, like every Ray Dataset.
+    (Ray Data's actor-pool defaults), so every row is scored exactly once. A row whose query or
+    text is not a non-blank string fails the job with an error that shows the row. The result is
+    lazy, like every Ray Dataset.
 
     >>> rerank_dataset(ray.data.from_items([{"id": 7, "query": "what is panda?", "text": "hi"}]),
     ...                "BAAI/bge-reranker-v2-m3").take_all()                    # doctest: +SKIP
