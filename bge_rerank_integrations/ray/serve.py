@@ -123,14 +123,14 @@ def serve_on_ray(
         max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s, settings=settings, **options,
     )
     ray.init(address=address, include_dashboard=False)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):   # after ray.init, whose handlers these replace
+        signal.signal(signum, lambda *_: stop.set())
     try:
         port = port or free_port(host)
         serve.start(http_options={"host": host, "port": port})
         serve.run(app, name=APP_NAME, route_prefix="/")
         logger.info("bge-rerank serve --ray: %s, %s replica(s) on http://%s:%d", model, num_replicas, host, port)
-        stop = threading.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stop.set())
         stop.wait()
         logger.info("Stopping: deleting the application %r.", APP_NAME)
         serve.delete(APP_NAME)
