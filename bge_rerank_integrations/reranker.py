@@ -164,13 +164,9 @@ class BGEReranker:
         >>> reranker.compute_score([["what is panda?", "hi"], ["what is panda?", "The giant panda ..."]])  # doctest: +SKIP
         [-8.1875, 5.26171875]
         """
-        pairs, single = as_pairs(sentence_pairs)
-        merged = _merge(self._defaults, options, constructor_query_max_length=self._query_max_length)
-        if not pairs:
+        pairs, single, merged, model = self._prepare(sentence_pairs, options)
+        if model is None:
             return []
-        model = self.load()
-        if options:
-            _check_against_model(model.family, merged)
         scores = self._score(model, pairs, merged)
         if len(scores) == 1:
             return scores[0][0] if single else scores[0]
@@ -213,15 +209,24 @@ class BGEReranker:
         >>> reranker.count_tokens([["what is panda?", "hi"]])  # doctest: +SKIP
         [9]
         """
-        pairs, _ = as_pairs(sentence_pairs)
+        pairs, _, merged, model = self._prepare(sentence_pairs, options)
+        if model is None:
+            return []
+        with model.lock:
+            return [len(item) for item in self._encode(model.family, pairs, merged)]
+
+    def _prepare(
+        self, sentence_pairs: Any, options: dict[str, Any]
+    ) -> tuple[list[tuple[str, str]], bool, ScoreOptions, CachedModel | None]:
+        """Checked pairs, whether one bare pair was given, the merged options, and the model (``None``: no pairs)."""
+        pairs, single = as_pairs(sentence_pairs)
         merged = _merge(self._defaults, options, constructor_query_max_length=self._query_max_length)
         if not pairs:
-            return []
+            return pairs, single, merged, None
         model = self.load()
         if options:
             _check_against_model(model.family, merged)
-        with model.lock:
-            return [len(item) for item in self._encode(model.family, pairs, merged)]
+        return pairs, single, merged, model
 
     def _encode(self, family: RerankerFamily, pairs: list[tuple[str, str]], options: ScoreOptions) -> list:
         texts = [_apply_instructions(family, query, passage, options) for query, passage in pairs]

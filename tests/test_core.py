@@ -360,3 +360,16 @@ def test_written_newline_in_instruction_format_is_a_newline(reranker):
     real = reranker.compute_score(PAIRS, query_instruction_for_rerank="Q:", query_instruction_format="{}\n{}")
     plain = reranker.compute_score(PAIRS)
     assert written == real and written != plain
+
+
+# --- token counts (the servers' usage figures) ---------------------------------------------
+
+
+def test_count_tokens_counts_what_the_encoder_reads(reranker):
+    tokenizer = reranker.family.tokenizer
+    query, passage = PAIRS[1]
+    alone = len(tokenizer(query, add_special_tokens=False)["input_ids"]) + len(tokenizer(passage, add_special_tokens=False)["input_ids"])
+    assert reranker.count_tokens([PAIRS[1]]) == [alone + 4]  # <s> q </s></s> p </s>
+    assert reranker.count_tokens(PAIRS, max_length=16) == [min(16, n) for n in reranker.count_tokens(PAIRS)]
+    assert reranker.count_tokens(PAIRS[3], max_length=16) == [16]
+    assert reranker.count_tokens([]) == []

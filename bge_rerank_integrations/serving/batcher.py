@@ -72,7 +72,7 @@ class DynamicBatcher:
     async def stop(self) -> None:
         """Finish what is queued, then stop the dispatcher and the worker thread."""
         self.ready = False
-        while self._queue:
+        while self._queue and self._dispatcher is not None and not self._dispatcher.done():
             await asyncio.sleep(0.01)
         if self._dispatcher is not None:
             self._dispatcher.cancel()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import socket
 import sys
 from typing import Sequence
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     scoring = parser.add_argument_group("scoring defaults (requests may override them)")
     scoring.add_argument(
-        "--normalize", action=argparse.BooleanOptionalAction, default=True,
+        "--normalize", dest="normalize", action=argparse.BooleanOptionalAction, default=True,
         help="sigmoid scores unless a request asks raw_scores (default, as TEI/Cohere); --no-normalize: raw by default",
     )
     scoring.add_argument("--batch-size", type=int, default=128, help="pairs per forward pass (default 128)")
@@ -56,9 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     scoring.add_argument("--cutoff-layers", type=_int_list, help="layerwise/lightweight: the layer to score at, e.g. 28")
     scoring.add_argument("--compress-ratio", type=int, help="lightweight: passage compression ratio (1, 2, 4, 8)")
     scoring.add_argument("--compress-layers", type=_int_list, help="lightweight: layers that compress, e.g. 24,40")
-    scoring.add_argument("--query-instruction", help="text put before each query (decoders default to 'A: ')")
+    scoring.add_argument("--query-instruction", dest="query_instruction_for_rerank", help="text put before each query (decoders default to 'A: ')")
     scoring.add_argument("--query-instruction-format", default="{}{}", help="how instruction and query join (default {}{})")
-    scoring.add_argument("--passage-instruction", help="text put before each passage (decoders default to 'B: ')")
+    scoring.add_argument("--passage-instruction", dest="passage_instruction_for_rerank", help="text put before each passage (decoders default to 'B: ')")
     scoring.add_argument("--passage-instruction-format", default="{}{}", help="how instruction and passage join (default {}{})")
 
     limits = parser.add_argument_group("batching and limits")
@@ -102,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError as error:
         print(f"bge-rerank serve: {error}; install the server with: pip install 'bge-rerank-integrations[serve]'", file=sys.stderr)
         return 2
-    from ..adapter_support import check_single_score
+    from ..adapter_support import SCORE_SETTINGS, check_single_score
     from ..reranker import BGEReranker
 
     if args.torch_threads:
@@ -111,26 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.torch_threads)
     try:
         check_single_score(args.cutoff_layers)
-        options = dict(
-            model_class=args.model_class,
-            device=args.device,
-            use_fp16=args.fp16,
-            use_bf16=args.bf16,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            query_max_length=args.query_max_length,
-            normalize=args.normalize,
-            query_instruction_for_rerank=args.query_instruction,
-            query_instruction_format=args.query_instruction_format,
-            passage_instruction_for_rerank=args.passage_instruction,
-            passage_instruction_format=args.passage_instruction_format,
-            prompt=args.prompt,
-            cutoff_layers=args.cutoff_layers,
-            compress_ratio=args.compress_ratio,
-            compress_layers=args.compress_layers,
-            cache_dir=args.cache_dir,
-            local_files_only=args.local_files_only,
-        )
+        load = {"model_class": args.model_class, "device": args.device, "use_fp16": args.fp16, "use_bf16": args.bf16}
+        scoring = {name: getattr(args, name) for name in SCORE_SETTINGS}
+        options = dict(load, **scoring, cache_dir=args.cache_dir, local_files_only=args.local_files_only)
         reranker = BGEReranker(args.model, **options)
         metrics = Metrics()
         batcher = DynamicBatcher(
@@ -165,8 +149,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.info("bge-rerank serve: %s on http://%s:%d (loading the model; /health answers 200 once ready)", args.model, host, port)
     config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=None, access_log=args.log_level == "debug")
     server = uvicorn.Server(config)
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the handler it found:
+    # let that handler end the process with status 0.
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, _exit_after_shutdown)
     server.run(sockets=[sock])
     return 0 if server.started else 1
+
+
+def _exit_after_shutdown(signum: int, frame: object) -> None:
+    logger.info("bge-rerank serve: stopped by %s.", signal.Signals(signum).name)
+    raise SystemExit(0)
 
 
 if __name__ == "__main__":
