@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-
 import pytest
 
 from bge_rerank_integrations import BGEReranker
 from bge_rerank_integrations.serving.serve import main
 
+from . import serve_support
 from .conftest import checkpoint
 
 pytest.importorskip("ray")
@@ -41,31 +36,14 @@ def test_replicas_must_be_a_number_or_auto(capsys):
     assert "'auto'" in capsys.readouterr().err
 
 
-def test_serve_ray_command_answers_and_stops_on_sigterm(tmp_path):
-    port = ray_serve.free_port()
-    env = {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"}   # a local Ray of its own
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))
-    command = [sys.executable, "-m", "bge_rerank_integrations.cli", "serve", "--ray", "--model", ENCODER, "--port", str(port),
-               "--cpus-per-replica", "0.5", "--no-normalize"]
-    log = open(tmp_path / "serve.log", "w+")
-    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+def test_serve_ray_command_answers_and_stops_on_sigterm(monkeypatch):
+    monkeypatch.setattr(serve_support, "START_TIMEOUT", 240)   # a local Ray and Serve start first
+    server = serve_support.ServerProcess(ENCODER, "--ray", "--cpus-per-replica", "0.5", "--no-normalize")
     try:
-        deadline, answer = time.monotonic() + 180, None
-        while answer is None and time.monotonic() < deadline and server.poll() is None:
-            try:
-                response = httpx.post(f"http://127.0.0.1:{port}/rerank", json={"query": "q?", "texts": ["a", "b b"]}, timeout=30)
-                if response.status_code == 200:
-                    answer = response.json()
-            except httpx.TransportError:
-                time.sleep(1)
-        log.seek(0)
-        assert answer is not None, log.read()[-3000:]
+        response = httpx.post(f"{server.url}/rerank", json={"query": "q?", "texts": ["a", "b b"]}, timeout=60)
+        assert response.status_code == 200, response.text
         expected = BGEReranker(ENCODER, device="cpu").compute_score([("q?", "a"), ("q?", "b b")])
-        assert [item["score"] for item in sorted(answer, key=lambda item: item["index"])] == pytest.approx(expected, abs=1e-4)
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=60) == 0
+        assert [item["score"] for item in sorted(response.json(), key=lambda item: item["index"])] == pytest.approx(expected, abs=1e-4)
+        assert server.terminate() == 0, server.output()[-3000:]
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
+        server.close()
