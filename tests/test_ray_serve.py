@@ -10,6 +10,7 @@ import pytest
 from bge_rerank_integrations import BGEReranker
 
 from .conftest import checkpoint
+from .serve_support import metric
 
 pytest.importorskip("ray")
 httpx = pytest.importorskip("httpx")
@@ -71,6 +72,11 @@ def test_two_replicas_answer_concurrent_requests_with_in_process_scores(endpoint
     for number, scores in enumerate(answers):
         assert scores == pytest.approx(_expected(number), abs=1e-4)
     assert httpx.get(f"{endpoint}/health", timeout=10).status_code == 200
+    merged = []   # each /metrics answer is one replica's: some model call there served several requests
+    for _ in range(6):
+        text = httpx.get(f"{endpoint}/metrics", timeout=10).text
+        merged.append(metric(text, "bge_rerank_batch_requests_sum") > metric(text, "bge_rerank_batch_requests_count"))
+    assert any(merged)
 
 
 def _replicas() -> list[str]:

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 from ray import serve
 
 from ..reranker import BGEReranker
-from ..serving import Job, ScoredPairs, ServerSettings, create_app, score_jobs
+from ..serving import Job, Metrics, ScoredPairs, ServerSettings, create_app, score_jobs
 from .options import actor_reranker_options
 
 logger = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ class RerankDeployment:
 
     The replica is the app's scorer: ``score`` queues a request's pairs as a ``Job`` and
     ``serve.batch`` hands up to ``max_batch_size`` waiting jobs to one ``score_jobs`` call.
+    ``/metrics`` answers with the figures of the replica the request reached.
     """
 
     def __init__(
@@ -37,6 +38,7 @@ class RerankDeployment:
         self.reranker = BGEReranker(model, **options)
         self.reranker.load()   # the replica is ready only once its model is
         self.settings = settings
+        self.metrics = Metrics()
         self._score_batch.set_max_batch_size(max_batch_size)
         self._score_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
         logger.info("Replica loaded %r.", self.reranker)
@@ -52,7 +54,11 @@ class RerankDeployment:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def _score_batch(self, jobs: list[Job]) -> list[ScoredPairs | BaseException]:
-        return await asyncio.to_thread(score_jobs, self.reranker, jobs)
+        self.metrics.batch_requests.observe(len(jobs))
+        self.metrics.batch_pairs.observe(sum(len(job.pairs) for job in jobs))
+        results = await asyncio.to_thread(score_jobs, self.reranker, jobs)
+        self.metrics.pairs.inc(sum(len(result.scores) for result in results if isinstance(result, ScoredPairs)))
+        return results
 
 
 def build_app(
