@@ -63,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     scoring.add_argument("--passage-instruction-format", default="{}{}", help="how instruction and passage join (default {}{})")
 
     limits = parser.add_argument_group("batching and limits")
-    limits.add_argument("--max-batch-pairs", type=int, default=256, help="most pairs merged into one model call (default 256; 1 = no merging)")
+    limits.add_argument(
+        "--max-batch-pairs", type=int, help="most pairs merged into one model call (default 256 on CUDA/MPS, 32 on CPU; 1 = no merging)"
+    )
     limits.add_argument("--max-wait-ms", type=float, default=5.0, help="longest a request waits for others to share its call (default 5)")
     limits.add_argument("--max-request-bytes", type=int, default=2_000_000, help="largest request body, else 413 (default 2000000)")
     limits.add_argument("--max-documents", type=int, default=1024, help="most documents per request, else 413 (default 1024)")
