@@ -51,3 +51,28 @@ def reference_score(name: str, case_id: str, query: str, passage: str) -> float:
     """The reference's score for ``[query, passage]`` in golden case ``case_id`` of checkpoint ``name``."""
     (case,) = [case for case in load_goldens(name)["cases"] if case["id"] == case_id]
     return case["scores"][case["pairs"].index([query, passage])]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray instance (2 CPUs, no dashboard) for a test module, shut down after it, also on failure."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def kill_actor_process(class_name_part: str) -> int:
+    """SIGKILL the process of one live Ray actor whose class name contains ``class_name_part``; its pid."""
+    import os
+    import signal
+
+    from ray._private import state  # the GCS actor table: the public state API needs the dashboard
+
+    for actor in state.actors().values():
+        if class_name_part in actor["ActorClassName"] and actor["State"] == "ALIVE" and actor["Pid"]:
+            os.kill(actor["Pid"], signal.SIGKILL)
+            return actor["Pid"]
+    raise AssertionError(f"no live actor whose class name contains {class_name_part!r}")

@@ -248,6 +248,6 @@ async def _disconnect(receive: Callable[[], Awaitable[dict]]) -> None:
         try:
             message = await receive()
         except Exception:  # noqa: BLE001 - a receive that cannot be watched: wait for the work instead
-            await asyncio.Event().wait()
-        if message.get("type") == "http.disconnect":
+            message = await asyncio.Event().wait()
+        if isinstance(message, dict) and message.get("type") == "http.disconnect":
             return

@@ -63,14 +63,32 @@ def build_parser() -> argparse.ArgumentParser:
     scoring.add_argument("--passage-instruction-format", default="{}{}", help="how instruction and passage join (default {}{})")
 
     limits = parser.add_argument_group("batching and limits")
-    limits.add_argument("--max-batch-pairs", type=int, default=256, help="most pairs merged into one model call (default 256; 1 = no merging)")
+    limits.add_argument(
+        "--max-batch-pairs", type=int, help="most pairs merged into one model call (default 256 on CUDA/MPS, 32 on CPU; 1 = no merging)"
+    )
     limits.add_argument("--max-wait-ms", type=float, default=5.0, help="longest a request waits for others to share its call (default 5)")
     limits.add_argument("--max-request-bytes", type=int, default=2_000_000, help="largest request body, else 413 (default 2000000)")
     limits.add_argument("--max-documents", type=int, default=1024, help="most documents per request, else 413 (default 1024)")
     limits.add_argument("--max-queue", type=int, default=8192, help="most pairs waiting, else 503 with Retry-After (default 8192)")
     limits.add_argument("--api-key", help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_VARIABLE}; unset = open)")
+    ray = parser.add_argument_group("Ray Serve (replicas behind one endpoint; needs the ray extra)")
+    ray.add_argument("--ray", action="store_true", help="serve with Ray Serve replicas instead of one uvicorn process")
+    ray.add_argument("--replicas", type=_replicas, default=1, help="replicas, or 'auto' to autoscale (default 1)")
+    ray.add_argument("--ray-address", help="Ray cluster to join, e.g. ray://head:10001 or auto (default: $RAY_ADDRESS, else a local one)")
+    ray.add_argument("--gpus-per-replica", type=float, default=0, help="GPUs each replica gets (default 0: CPU)")
+    ray.add_argument("--cpus-per-replica", type=float, default=1, help="CPUs each replica gets (default 1)")
+    ray.add_argument("--max-batch-requests", type=int, default=16, help="most requests merged into one model call per replica (default 16)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level (default info)")
     return parser
+
+
+def _replicas(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of replicas or 'auto', got {value!r}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -98,7 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_single_score(args.cutoff_layers)
         load = {"model_class": args.model_class, "device": args.device, "use_fp16": args.fp16, "use_bf16": args.bf16}
         scoring = {name: getattr(args, name) for name in SCORE_SETTINGS}
-        reranker = BGEReranker(args.model, **load, **scoring, cache_dir=args.cache_dir, local_files_only=args.local_files_only)
+        options = dict(load, **scoring, cache_dir=args.cache_dir, local_files_only=args.local_files_only)
+        reranker = BGEReranker(args.model, **options)
         metrics = Metrics()
         batcher = DynamicBatcher(
             reranker, max_batch_pairs=args.max_batch_pairs, max_wait_ms=args.max_wait_ms, max_queue_pairs=args.max_queue, metrics=metrics
@@ -112,6 +131,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError) as error:
         print(f"bge-rerank serve: {error}", file=sys.stderr)
         return 2
+    if args.ray:
+        from ..ray.serve import serve_on_ray
+
+        return serve_on_ray(
+            args.model, options, settings, address=args.ray_address, host=args.host, port=args.port,
+            num_replicas=args.replicas, num_gpus=args.gpus_per_replica, num_cpus=args.cpus_per_replica,
+            max_batch_size=args.max_batch_requests, batch_wait_timeout_s=args.max_wait_ms / 1000,
+        )
     app = create_app(batcher, settings=settings, metrics=metrics)
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
