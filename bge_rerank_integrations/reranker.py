@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence, Union
 
@@ -183,46 +184,46 @@ class BGEReranker(Ranking):
         >>> reranker.compute_score([["what is panda?", "hi"], ["what is panda?", "The giant panda ..."]])  # doctest: +SKIP
         [-8.1875, 5.26171875]
         """
-        pairs, single, merged, model = self._prepare(sentence_pairs, options)
-        if model is None:
-            return []
-        scores = self._score(model, pairs, merged)
-        if len(scores) == 1:
-            return scores[0][0] if single else scores[0]
+        pairs, single = as_pairs(sentence_pairs)
+        (scored,) = self.score_groups([pairs], **options)
+        scores = scored.scores
+        if not isinstance(scores[0] if scores else None, list):
+            return scores[0] if single else scores
         return [layer[0] for layer in scores] if single else scores
 
-    def count_tokens(self, sentence_pairs: Any, **options: Any) -> list[int]:
-        """The number of tokens the model reads for each pair (instructions, prompt and truncation applied).
+    def score_groups(self, groups: Sequence[Any], **options: Any) -> list[GroupScores]:
+        """Score several lists of pairs in shared forward batches, each exactly as its own ``compute_score`` call.
 
-        >>> reranker.count_tokens([["what is panda?", "hi"]])  # doctest: +SKIP
-        [9]
+        Each list keeps what a call of its own would give it (truncation and, for the decoders,
+        the positions of the reference's batches), so merging the pairs of concurrent requests
+        never moves their scores. Returns, per list, its scores (one list per cutoff layer when
+        several are asked for) and the number of tokens the model read for each pair.
+
+        >>> reranker.score_groups([[("what is panda?", "hi")], [("q", "a"), ("q", "b")]])  # doctest: +SKIP
+        [GroupScores(scores=[-8.1875], tokens=[9]), GroupScores(scores=[0.5, -1.2], tokens=[5, 5])]
         """
-        pairs, _, merged, model = self._prepare(sentence_pairs, options)
-        if model is None:
-            return []
-        with model.lock:
-            return [len(item) for item in self._encode(model.family, pairs, merged)]
-
-    def _prepare(
-        self, sentence_pairs: Any, options: dict[str, Any]
-    ) -> tuple[list[tuple[str, str]], bool, ScoreOptions, CachedModel | None]:
-        """Checked pairs, whether one bare pair was given, the merged options, and the model (``None``: no pairs)."""
-        pairs, single = as_pairs(sentence_pairs)
+        checked = [as_pairs(group)[0] for group in groups]
         merged = _merge(self._defaults, options, constructor_query_max_length=self._query_max_length)
-        if not pairs:
-            return pairs, single, merged, None
+        if not any(checked):
+            return [GroupScores([], []) for _ in checked]
         model = self.load()
         if options:
             _check_against_model(model.family, merged)
-        return pairs, single, merged, model
+        scores, tokens = self._score(model, checked, merged)
+        results, start = [], 0
+        for pairs in checked:
+            end = start + len(pairs)
+            layers = [layer[start:end] for layer in scores]
+            results.append(GroupScores(layers[0] if len(layers) == 1 else layers, tokens[start:end]))
+            start = end
+        return results
 
-    def _encode(self, family: RerankerFamily, pairs: list[tuple[str, str]], options: ScoreOptions) -> list:
-        texts = [_apply_instructions(family, query, passage, options) for query, passage in pairs]
-        return family.encode(texts, options)
-
-    def _score(self, model: CachedModel, pairs: list[tuple[str, str]], options: ScoreOptions) -> list[list[float]]:
+    def _score(
+        self, model: CachedModel, groups: list[list[tuple[str, str]]], options: ScoreOptions
+    ) -> tuple[list[list[float]], list[int]]:
+        """Raw or normalized scores (one list per output, all groups' pairs in order) and each pair's token count."""
         try:
-            scores = self._run(model, pairs, options)
+            scores, tokens = self._run(model, groups, options)
         except RuntimeError as error:
             if not is_mps_dtype_error(error, model.family.device) or model.family.dtype == torch.float32:
                 raise
@@ -230,7 +231,7 @@ class BGEReranker(Ranking):
             logger.warning("MPS refused %s for this model (%s): falling back to float32.", model.family.dtype, error)
             self.dtype = torch.float32
             self._model = get_model(self._path, model.family.name, self.device, torch.float32)
-            scores = self._run(self._model, pairs, options)
+            scores, tokens = self._run(self._model, groups, options)
         nan = int(torch.isnan(scores).sum())
         if nan:
             logger.warning(
@@ -238,25 +239,42 @@ class BGEReranker(Ranking):
             )
         if options.normalize:
             scores = torch.sigmoid(scores.double())
-        return scores.tolist()
+        return scores.tolist(), tokens
 
-    def _run(self, model: CachedModel, pairs: list[tuple[str, str]], options: ScoreOptions) -> torch.Tensor:
+    def _run(
+        self, model: CachedModel, groups: list[list[tuple[str, str]]], options: ScoreOptions
+    ) -> tuple[torch.Tensor, list[int]]:
         family = model.family
-        progress = _progress_bar(len(pairs)) if self.show_progress else None
+        total = sum(len(pairs) for pairs in groups)
+        progress = _progress_bar(total) if self.show_progress else None
         try:
             with model.lock, torch.inference_mode():
-                encoded = self._encode(family, pairs, options)
-                return run_batches(
+                encoded = [item for pairs in groups if pairs for item in self._encode(family, pairs, options)]
+                lengths = [len(item) for item in encoded]
+                scores = run_batches(
                     encoded,
-                    [len(item) for item in encoded],
+                    lengths,
                     options.batch_size,
                     lambda batch: family.forward(batch, options),
                     progress.update if progress is not None else None,
                     max_padding=CPU_MAX_PADDING if family.device.type == "cpu" else None,
                 )
+                return scores, lengths
         finally:
             if progress is not None:
                 progress.close()
+
+    def _encode(self, family: RerankerFamily, pairs: list[tuple[str, str]], options: ScoreOptions) -> list:
+        texts = [_apply_instructions(family, query, passage, options) for query, passage in pairs]
+        return family.encode(texts, options)
+
+
+@dataclass(frozen=True)
+class GroupScores:
+    """One list of pairs scored by ``score_groups``: its scores and the tokens the model read for each pair."""
+
+    scores: list[float] | list[list[float]]
+    tokens: list[int]
 
 
 def _merge(base: ScoreOptions, overrides: dict[str, Any], constructor_query_max_length: int | None) -> ScoreOptions:

@@ -398,11 +398,26 @@ def test_reference_position_offsets_follow_the_reference_batches():
 # --- token counts (the servers' usage figures) ---------------------------------------------
 
 
-def test_count_tokens_counts_what_the_encoder_reads(reranker):
+def test_score_groups_counts_what_the_encoder_reads(reranker):
     tokenizer = reranker.family.tokenizer
     query, passage = PAIRS[1]
     alone = len(tokenizer(query, add_special_tokens=False)["input_ids"]) + len(tokenizer(passage, add_special_tokens=False)["input_ids"])
-    assert reranker.count_tokens([PAIRS[1]]) == [alone + 4]  # <s> q </s></s> p </s>
-    assert reranker.count_tokens(PAIRS, max_length=16) == [min(16, n) for n in reranker.count_tokens(PAIRS)]
-    assert reranker.count_tokens(PAIRS[3], max_length=16) == [16]
-    assert reranker.count_tokens([]) == []
+
+    def tokens(pairs, **options):
+        return [group.tokens for group in reranker.score_groups(pairs, **options)]
+
+    assert tokens([[PAIRS[1]]]) == [[alone + 4]]  # <s> q </s></s> p </s>
+    assert tokens([PAIRS], max_length=16) == [[min(16, n) for n in tokens([PAIRS])[0]]]
+    assert tokens([[PAIRS[3]], []], max_length=16) == [[16], []]
+    assert reranker.score_groups([]) == [] and tokens([[]]) == [[]]
+
+
+@pytest.mark.parametrize("family", ["encoder", "llm", "layerwise", "lightweight"])
+def test_score_groups_scores_each_group_as_its_own_call(family, one_torch_thread):
+    """Merged requests (the server's dynamic batching) keep exactly the scores of separate calls."""
+    reranker = BGEReranker(checkpoint(family), device="cpu")
+    groups = [PAIRS[:1], PAIRS[1:], [PAIRS[2], PAIRS[0]]]
+    merged = reranker.score_groups(groups)
+    for group, scored in zip(groups, merged):
+        assert scored.scores == pytest.approx(reranker.compute_score(group), abs=1e-5)  # float rounding only
+        assert len(scored.tokens) == len(group)

@@ -101,7 +101,8 @@ def test_both_schemas_give_the_in_process_scores(served, raw):
                 results = response.json()["results"]
                 check_ranking([r["index"] for r in results], [r["relevance_score"] for r in results], expected)
                 assert [r["document"]["text"] for r in results] == [texts[r["index"]] for r in results]
-            tokens = reranker.count_tokens([(QUERIES[0], text) for text in texts], **options)
+            (scored,) = reranker.score_groups([[(QUERIES[0], text) for text in texts]], **options)
+            tokens = scored.tokens
             assert v1.json()["usage"] == {"prompt_tokens": sum(tokens), "total_tokens": sum(tokens)}
             if not raw:
                 assert all(0 < r["relevance_score"] < 1 for r in v1.json()["results"])

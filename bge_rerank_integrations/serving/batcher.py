@@ -3,7 +3,7 @@
 Requests wait in one FIFO queue. When the model is free, the dispatcher takes the oldest
 request and, until ``max_batch_pairs`` pairs are gathered or the oldest has waited
 ``max_wait_ms``, the requests behind it; ``score_jobs`` then merges those with identical
-options into one ``compute_score`` call each. A request larger than ``max_batch_pairs`` goes
+options into one ``score_groups`` call each. A request larger than ``max_batch_pairs`` goes
 alone (the core splits it into batches of ``batch_size``). ``max_batch_pairs=1`` turns merging off.
 
 On a GPU, larger merged calls raise throughput; on a CPU they hardly do (a padded position costs

@@ -1,8 +1,9 @@
 """What the app asks of a scorer, and scoring a list of jobs with one model (shared by every scorer).
 
 A *job* is one request's pairs and scoring options. ``score_jobs`` merges jobs with identical
-options into one ``compute_score`` call each and hands every job its own scores back; a failing
-call fails only the jobs it held. The dynamic batcher (``batcher.DynamicBatcher``) runs it in
+options into one ``BGEReranker.score_groups`` call each (shared forward batches, every job scored
+exactly as its own call would be) and hands every job its own scores back; a failing call fails
+only the jobs it held. The dynamic batcher (``batcher.DynamicBatcher``) runs it in
 one worker thread; a Ray Serve deployment can run it under ``@serve.batch``.
 """
 
@@ -43,7 +44,7 @@ class Job:
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def key(self) -> tuple:
-        """Jobs with the same key can share a ``compute_score`` call."""
+        """Jobs with the same key can share a ``score_groups`` call."""
         return tuple(sorted((name, _hashable(value)) for name, value in self.options.items()))
 
 
@@ -76,20 +77,16 @@ def score_jobs(reranker: BGEReranker, jobs: Sequence[Job]) -> list[ScoredPairs |
     results: list[ScoredPairs | BaseException] = [RuntimeError("not scored")] * len(jobs)
     for positions in groups.values():
         options = dict(jobs[positions[0]].options)
-        pairs = [pair for position in positions for pair in jobs[position].pairs]
-        try:
-            scores = reranker.compute_score(pairs, **options)
-            tokens = reranker.count_tokens(pairs, **options)
+        try:  # each job scored as its own call would score it, in shared forward batches
+            scored = reranker.score_groups([jobs[position].pairs for position in positions], **options)
         except Exception as error:  # noqa: BLE001 - handed to the jobs of this call only
-            logger.exception("Scoring %d pairs of %d request(s) failed.", len(pairs), len(positions))
+            pairs = sum(len(jobs[position].pairs) for position in positions)
+            logger.exception("Scoring %d pairs of %d request(s) failed.", pairs, len(positions))
             for position in positions:
                 results[position] = error
             continue
-        start = 0
-        for position in positions:
-            end = start + len(jobs[position].pairs)
-            results[position] = ScoredPairs(scores[start:end], tokens[start:end])
-            start = end
+        for position, group in zip(positions, scored):
+            results[position] = ScoredPairs(group.scores, group.tokens)
     return results
 
 
