@@ -129,7 +129,8 @@ def in_process(args, requests) -> tuple[list[dict], list[list[float]]]:
 
     torch.set_num_threads(args.threads)
     reranker = BGEReranker(args.checkpoint, device=args.device, use_fp16=args.fp16)
-    reranker.compute_score([(requests[0][0], text) for text in requests[0][1]])  # warm-up
+    for query, texts in requests[: args.warmup]:  # warm-up, unmeasured, as for the servers
+        reranker.compute_score([(query, text) for text in texts])
     latencies, scores = [], []
     started = time.perf_counter()
     for query, texts in requests:
@@ -149,7 +150,8 @@ def in_process(args, requests) -> tuple[list[dict], list[list[float]]]:
 def run_server(name: str, server: Server, path: str, body, args, plan, expected) -> list[dict]:
     rows = []
     try:
-        asyncio.run(load(server.url, path, body, plan[0][1][:2], 2))  # warm-up
+        # Warm-up, unmeasured: a GPU loads kernels and grows its memory pool on the first shapes it sees.
+        asyncio.run(load(server.url, path, body, plan[-1][1][: args.warmup], 4))
         for concurrency, requests in plan:
             wall, latencies, got = asyncio.run(load(server.url, path, body, requests, concurrency))
             diff = max(abs(got[r][i] - expected[r][i]) for r in range(len(requests)) for i in range(len(requests[r][1])))
@@ -188,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--infinity", help="the infinity_emb executable (its own venv); left out: Infinity is skipped")
     parser.add_argument("--skip", default="", help="comma-separated: batching, batching-256, no-batching")
     parser.add_argument("--one-call", action="store_true", help="also time all pairs in one in-process call")
+    parser.add_argument("--warmup", type=int, default=16, help="unmeasured requests sent to each server first (default 16)")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args(argv)
     if not (Path(args.checkpoint) / "config.json").is_file():
