@@ -6,11 +6,12 @@ import asyncio
 
 import pytest
 
+from bge_rerank_integrations.reranker import GroupScores
 from bge_rerank_integrations.serving import DynamicBatcher, Job, Overloaded, ScoredPairs, score_jobs
 
 
 class CountingReranker:
-    """Scores a pair as len(query) + len(passage) (+ 1000 when normalize), records each call; fails on prompt="fail"."""
+    """Scores a pair as len(query) + len(passage) (+ 1000 when normalize), records each call (pairs, options); fails on prompt="fail"."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[int, dict]] = []
@@ -18,14 +19,12 @@ class CountingReranker:
     def load(self) -> None:
         pass
 
-    def compute_score(self, pairs, **options):
-        self.calls.append((len(pairs), options))
+    def score_groups(self, groups, **options):
+        self.calls.append((sum(len(pairs) for pairs in groups), options))
         if options.get("prompt") == "fail":
             raise RuntimeError("this call failed")
-        return [len(q) + len(p) + (1000 if options.get("normalize") else 0) for q, p in pairs]
-
-    def count_tokens(self, pairs, **options):
-        return [len(p) for _, p in pairs]
+        bonus = 1000 if options.get("normalize") else 0
+        return [GroupScores([len(q) + len(p) + bonus for q, p in pairs], [len(p) for _, p in pairs]) for pairs in groups]
 
 
 def test_jobs_with_identical_options_share_one_call_and_get_their_own_scores():
