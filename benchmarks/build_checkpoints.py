@@ -61,11 +61,11 @@ def _save(model, out: Path) -> None:
     (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
-def build_encoder(out: Path, layers: int, hidden: int = 768, heads: int = 12, intermediate: int = 3072,
+def build_encoder(out: Path, layers: int, pieces, merges, hidden: int = 768, heads: int = 12, intermediate: int = 3072,
                   positions: int = 514) -> None:
     from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
 
-    fx.save_encoder_tokenizer(out)
+    fx.save_encoder_tokenizer(out, pieces, merges)
     cfg = XLMRobertaConfig(
         vocab_size=250002, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
         intermediate_size=intermediate, hidden_act="gelu", max_position_embeddings=positions, type_vocab_size=1,
@@ -143,10 +143,10 @@ def build(workdir: Path, names: list[str], force: bool = False) -> None:
             continue
         out.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        if spec["kind"] != "encoder" and pieces is None:
+        if pieces is None:
             pieces, merges = fx.train_bpe_pieces()
         if spec["kind"] == "encoder":
-            build_encoder(out, **{k: v for k, v in spec.items() if k != "kind"})
+            build_encoder(out, pieces=pieces, merges=merges, **{k: v for k, v in spec.items() if k != "kind"})
         elif spec["kind"] == "llm":
             build_llm(out, spec["layers"], pieces, merges)
         elif spec["kind"] == "layerwise":

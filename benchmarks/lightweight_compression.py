@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -34,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bge_rerank_integrations.families.base import Encoded, ScoreOptions  # noqa: E402
 from bge_rerank_integrations.families.lightweight import LightweightFamily  # noqa: E402
+from bge_rerank_integrations.loading import read_config  # noqa: E402
 from bge_rerank_integrations.models.gemma2_lightweight import (  # noqa: E402
     Gemma2LightweightReranker,
     LightweightConfig,
@@ -43,21 +45,46 @@ from bge_rerank_integrations.models.gemma2_lightweight import (  # noqa: E402
 logger = logging.getLogger("lightweight_compression")
 
 
-def build_checkpoint(directory: Path, args: argparse.Namespace) -> Path:
-    """Random weights in the official format: ``config.json`` + ``model.safetensors``."""
+#: Tokenizer files copied next to the weights when ``build_checkpoint`` is given a tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
+
+
+def build_checkpoint(
+    directory: Path,
+    *,
+    hidden: int,
+    layers: int,
+    start_layer: int,
+    vocab: int = 4096,
+    intermediate: int | None = None,
+    tokenizer: Path | None = None,
+) -> Path:
+    """Random weights in the official format (``config.json`` + ``model.safetensors``), made by our model code.
+
+    Gemma-2 blocks of width ``hidden`` (8 query and 4 key/value heads of ``hidden // 8``; MLP
+    ``intermediate``, default ``3 * hidden``). With ``tokenizer`` (a checkpoint directory), its
+    tokenizer files are copied and ``vocab`` is its size, so the package loads the result like
+    any lightweight checkpoint and scores text with it.
+    """
     from safetensors.torch import save_file
 
+    directory = Path(directory)
+    if tokenizer is not None:
+        for name in TOKENIZER_FILES:
+            if (Path(tokenizer) / name).exists():
+                shutil.copy(Path(tokenizer) / name, directory / name)
+        vocab = read_config(tokenizer)["vocab_size"]
     config = {
         "architectures": ["CostWiseGemmaForCausalLM"],
         "model_type": "cost_wise_gemma",
-        "vocab_size": args.vocab,
-        "hidden_size": args.hidden,
-        "intermediate_size": args.hidden * 3,
-        "num_hidden_layers": args.layers,
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": intermediate or hidden * 3,
+        "num_hidden_layers": layers,
         "num_attention_heads": 8,
         "num_key_value_heads": 4,
-        "head_dim": args.hidden // 8,
-        "query_pre_attn_scalar": args.hidden // 8,
+        "head_dim": hidden // 8,
+        "query_pre_attn_scalar": hidden // 8,
         "sliding_window": 4096,
         "max_position_embeddings": 8192,
         "rms_norm_eps": 1e-6,
@@ -65,7 +92,7 @@ def build_checkpoint(directory: Path, args: argparse.Namespace) -> Path:
         "hidden_activation": "gelu_pytorch_tanh",
         "final_logit_softcapping": 30.0,
         "attn_logit_softcapping": 50.0,
-        "start_layer": args.start_layer,
+        "start_layer": start_layer,
         "layer_sep": 1,
         "layer_wise": True,
         "pad_token_id": 0,
@@ -191,7 +218,9 @@ def main(argv: list[str] | None = None) -> None:
     cutoffs = args.cutoffs or sorted({args.start_layer, (args.start_layer + args.layers) // 2, args.layers})
 
     with tempfile.TemporaryDirectory(prefix="bge-lightweight-bench-") as tmp:
-        path = build_checkpoint(Path(tmp), args)
+        path = build_checkpoint(
+            Path(tmp), hidden=args.hidden, layers=args.layers, start_layer=args.start_layer, vocab=args.vocab
+        )
         model = load_lightweight(path, torch.device("cpu"), torch.float32)
     family = LightweightFamily(model, None, torch.device("cpu"), torch.float32)
     batch = make_pairs(args)

@@ -79,6 +79,19 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     return state
 
 
+def reference_gemma_activation(config: dict[str, Any]) -> str:
+    """The MLP activation the reference's Gemma and Gemma-2 models use for this ``config.json``.
+
+    Under transformers 4.46 (the reference) Gemma's MLP reads ``hidden_activation`` and falls back to
+    tanh-approximated GELU, ignoring ``hidden_act``; the Gemma checkpoints still carry the legacy
+    ``hidden_act: "gelu"``, which transformers 5.0 to 5.2x apply as exact GELU (scores move by ~1e-3).
+
+    >>> reference_gemma_activation({"hidden_act": "gelu"}), reference_gemma_activation({"hidden_activation": "gelu"})
+    ('gelu_pytorch_tanh', 'gelu')
+    """
+    return config.get("hidden_activation") or "gelu_pytorch_tanh"
+
+
 def dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
     """``from_pretrained``'s dtype keyword: ``dtype`` from transformers 4.56 on, ``torch_dtype`` before."""
     import transformers

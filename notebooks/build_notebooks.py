@@ -1,25 +1,82 @@
-"""Write the example notebooks of this folder from the cell sources below (without outputs).
+"""Write the example notebooks of this folder from the cell sources below, executed, with their outputs.
 
-The ``.ipynb`` files are committed as this script writes them: no outputs, no execution
-counts, stable cell ids. Edit the cells here and run ``python notebooks/build_notebooks.py``;
-``tests/test_notebooks.py`` checks that the committed files match this script and executes them.
+The ``.ipynb`` files are committed executed, so a reader sees the rankings and plots without
+running anything. Edit the cells here, then run::
+
+    python notebooks/build_notebooks.py --execute [NAME ...]   # what is committed (a few minutes)
+    python notebooks/build_notebooks.py                         # cells only, no outputs (quick drafts)
+
+``--execute`` runs each notebook top to bottom offline, in this interpreter's kernel, on the
+random test checkpoints (``tests/fixtures/checkpoints``), with the model tour's compression timing
+on its realistic shape. ``tests/test_notebooks.py`` checks that the committed cells are the ones
+generated here and carry outputs, and executes the notebooks again.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import copy
+import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = Path(__file__).resolve().parent
+CELL_TIMEOUT = 600
+#: The environment of the committed run: offline; the RAG notebooks on their default model (which
+#: falls back to the test checkpoint offline), the tour on the test checkpoints (paths relative to
+#: this folder, so no machine's paths end up in the outputs).
+COMMITTED_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "BGE_RERANK_CHECKPOINTS": "../tests/fixtures/checkpoints",
+    "TOKENIZERS_PARALLELISM": "false",
+    "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+    "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+    "PYTHONWARNINGS": "ignore:IProgress not found",  # tqdm without ipywidgets: noise in the outputs
+}
+#: Variables of the notebooks that the committed run must not inherit from the caller's shell.
+NOTEBOOK_VARIABLES = ("BGE_RERANK_MODEL", "BGE_RERANK_CHECKPOINTS", "BGE_RERANK_TOUR_SHAPE")
 
 RANDOM_NOTE = (
-    "> **Scores in the test run.** CI executes these notebooks against the tiny *random* checkpoints in "
-    "`tests/fixtures/checkpoints/`: their scores carry no meaning (a bamboo passage may well rank last). "
-    "Point the environment variable at a real model to see real rankings."
+    "> **Scores in the outputs below.** The committed outputs (and CI's runs) use the tiny *random* "
+    "checkpoints in `tests/fixtures/checkpoints/`, as no real weights are available offline: their scores "
+    "carry no meaning (a bamboo passage may well rank last). Point the environment variable at a real "
+    "model to see real rankings."
 )
+
+#: The RAG notebooks' reranker: BGE_RERANK_MODEL, else the default model, else (offline) the test checkpoint.
+MODEL_SETUP = '''DEFAULT_MODEL = "BAAI/bge-reranker-v2-m3"
+TEST_CHECKPOINT = "../tests/fixtures/checkpoints/encoder"  # relative to notebooks/, where this notebook runs
+
+
+def pick_model():
+    """BGE_RERANK_MODEL if set, else DEFAULT_MODEL, else (offline, not cached) the random test checkpoint."""
+    if os.environ.get("BGE_RERANK_MODEL"):
+        return os.environ["BGE_RERANK_MODEL"]
+    try:
+        BGEReranker(DEFAULT_MODEL).load()  # downloaded once, then read from the Hugging Face cache
+        return DEFAULT_MODEL
+    except ModelNotFoundError:
+        print(
+            f"{DEFAULT_MODEL} could not be loaded (the Hub is unreachable and it is not in the Hugging Face "
+            f"cache): using the random test checkpoint {TEST_CHECKPOINT} instead. Its scores mean nothing; "
+            "set BGE_RERANK_MODEL to a downloaded model's directory to see real rankings."
+        )
+        return TEST_CHECKPOINT
+
+
+MODEL = pick_model()
+print("reranker:", MODEL)'''
+
+MODEL_NOTE = """Everything runs offline. The reranker is read from the environment variable `BGE_RERANK_MODEL`
+(a Hub id or a local checkpoint directory). Unset, it is `BAAI/bge-reranker-v2-m3`, downloaded once
+or taken from the Hugging Face cache; where neither is possible (offline, not cached), the notebook
+says so and falls back to the random test checkpoint of this repository, so it still runs through."""
 
 CORPUS = '''CORPUS = {
     "panda-diet": "Giant pandas eat almost nothing but bamboo: an adult spends up to 14 hours a day eating 12 to 38 kg of it.",
@@ -53,8 +110,7 @@ scores how well the passage answers the query. This notebook builds the usual tw
 
 and shows the ranking before and after the reranker.
 
-Everything runs offline. The reranker is read from the environment variable `BGE_RERANK_MODEL`
-(a Hub id or a local checkpoint directory; default `BAAI/bge-reranker-v2-m3`). The embeddings are
+{MODEL_NOTE} The embeddings are
 LangChain's `DeterministicFakeEmbedding`: random vectors derived from a hash of the text, so the
 vector store's order is arbitrary here. Swap in a real embedding model (for example
 `HuggingFaceEmbeddings` from `langchain-huggingface`) in a real application.
@@ -66,10 +122,10 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_core.vectorstores import InMemoryVectorStore
 
+from bge_rerank_integrations import BGEReranker, ModelNotFoundError
 from bge_rerank_integrations.langchain import BGERerank
 
-MODEL = os.environ.get("BGE_RERANK_MODEL", "BAAI/bge-reranker-v2-m3")
-print("reranker:", MODEL)
+''' + MODEL_SETUP + '''
 
 
 def show_ranking(title, documents, scores=None):
@@ -195,32 +251,36 @@ show_ranking("Built from the YAML config:", same.compress_documents(retrieved, Q
 LLAMA_INDEX = [
     ("md", f"""# Reranking a LlamaIndex RAG pipeline with BGE
 
-The same two-stage retrieval as the LangChain notebook, in LlamaIndex: a `VectorStoreIndex`
+The same two-stage retrieval as the LangChain notebook, in LlamaIndex: a BM25 retriever
 retrieves 8 nodes, and `bge_rerank_integrations.llama_index.BGERerank`, a node postprocessor,
 reorders them and keeps the best 3 for the LLM. The notebook then uses it in a query engine and
 saves and loads the postprocessor's configuration (dict, JSON file, YAML).
 
-Everything runs offline. The reranker is read from the environment variable `BGE_RERANK_MODEL`
-(a Hub id or a local checkpoint directory; default `BAAI/bge-reranker-v2-m3`). The embedding
-model and the LLM are LlamaIndex's `MockEmbedding` and `MockLLM`, set explicitly so nothing
-falls back to OpenAI. `MockEmbedding` gives every text the same vector, so every node is equally
-similar to the query and the retrieval order is arbitrary: the reranker does all the ranking.
-`MockLLM` answers with its prompt, which shows the context the LLM would see.
+{MODEL_NOTE}
+
+The first stage is `BM25Retriever` (`pip install llama-index-retrievers-bm25`): keyword search,
+no model, so its scores are real ones offline. BM25 scores a passage by the query's words it
+contains (stemmed, common words dropped), weighted by how rare they are in the corpus: it finds the
+passages that share words with the query, but it cannot tell the giant panda's diet from the
+`pandas` library or the red panda. Reading each (query, passage) pair is the reranker's job. The
+LLM is LlamaIndex's `MockLLM`, set explicitly so nothing falls back to OpenAI: it answers with its
+prompt, which shows the context the LLM would see.
 
 {RANDOM_NOTE}"""),
     ("code", '''import os
 
-from llama_index.core import Document, Settings, VectorStoreIndex
-from llama_index.core.embeddings import MockEmbedding
+from llama_index.core import Document, Settings
 from llama_index.core.llms import MockLLM
+from llama_index.core.node_parser import SentenceSplitter
+from llama_index.core.query_engine import RetrieverQueryEngine
+from llama_index.retrievers.bm25 import BM25Retriever
 
+from bge_rerank_integrations import BGEReranker, ModelNotFoundError
 from bge_rerank_integrations.llama_index import BGERerank
 
-MODEL = os.environ.get("BGE_RERANK_MODEL", "BAAI/bge-reranker-v2-m3")
-print("reranker:", MODEL)
+''' + MODEL_SETUP + '''
 
-Settings.embed_model = MockEmbedding(embed_dim=64)  # offline stand-ins, never OpenAI
-Settings.llm = MockLLM()
+Settings.llm = MockLLM()  # an offline stand-in, never OpenAI
 
 
 def show_nodes(title, nodes):
@@ -230,11 +290,11 @@ def show_nodes(title, nodes):
         print("  (no nodes)")
     for rank, item in enumerate(nodes, 1):
         print(f"{rank:3d}. {item.node.ref_doc_id:<20} {item.score:9.4f}  {item.node.get_content()[:60]}")'''),
-    ("md", """## 1. A small corpus in a `VectorStoreIndex`
+    ("md", """## 1. A small corpus, one node per passage
 
-Ten short passages, one node each. The reranker scores the text LlamaIndex embeds
+Ten short passages, one node each. BM25 and the reranker both read the text LlamaIndex embeds
 (`MetadataMode.EMBED`); the `source` metadata is excluded from it here so that only the passage
-is scored."""),
+is matched and scored."""),
     ("code", CORPUS + '''
 
 documents = [
@@ -247,39 +307,42 @@ documents = [
     )
     for doc_id, text in CORPUS.items()
 ]
-index = VectorStoreIndex.from_documents(documents, embed_model=Settings.embed_model)
-print(len(index.docstore.docs), "nodes; query:", QUERY)'''),
-    ("md", """## 2. Retrieve, then rerank
+nodes = SentenceSplitter(chunk_size=512).get_nodes_from_documents(documents)
+print(len(nodes), "nodes; query:", QUERY)'''),
+    ("md", """## 2. Retrieve with BM25, then rerank
 
-`postprocess_nodes` returns new `NodeWithScore` objects, best first, whose `score` is the raw
+`BM25Retriever` returns the 8 best-matching nodes with their BM25 scores. `postprocess_nodes` returns new `NodeWithScore` objects, best first, whose `score` is the raw
 reranker score (exactly `BGEReranker.compute_score`'s); the retrieved nodes are left unchanged."""),
-    ("code", '''retriever = index.as_retriever(similarity_top_k=8)
+    ("code", '''retriever = BM25Retriever.from_defaults(nodes=nodes, similarity_top_k=8)
 retrieved = retriever.retrieve(QUERY)
-show_nodes("Before reranking (vector store order, similarity):", retrieved)'''),
+show_nodes("Before reranking (BM25 order, BM25 score):", retrieved)'''),
     ("code", '''rerank = BGERerank(model=MODEL, top_n=3)
 reranked = rerank.postprocess_nodes(retrieved, query_str=QUERY)
 show_nodes("After reranking (top 3, rerank score):", reranked)'''),
     ("md", """## 3. Before and after, side by side
 
-With `top_n=None` every retrieved node is ranked, so every move is visible."""),
+With `top_n=None` every retrieved node is ranked, so every move is visible: BM25's order and
+score next to the reranker's. With a real model, the passages about the panda's diet lead and the
+`pandas` library sinks, whatever words it shares with the query."""),
     ("code", '''full_ranking = BGERerank(model=MODEL, top_n=None).postprocess_nodes(retrieved, query_str=QUERY)
 new_rank = {item.node.ref_doc_id: rank for rank, item in enumerate(full_ranking, 1)}
 rerank_score = {item.node.ref_doc_id: item.score for item in full_ranking}
 
-print(f"{'document':<20} {'retrieval rank':>14} {'rerank rank':>11} {'move':>5} {'rerank score':>12}")
+print(f"{'document':<20} {'BM25 rank':>9} {'BM25 score':>10} {'rerank rank':>11} {'move':>5} {'rerank score':>12}")
 for old_rank, item in enumerate(retrieved, 1):
     doc_id = item.node.ref_doc_id
     move = old_rank - new_rank[doc_id]
-    print(f"{doc_id:<20} {old_rank:>14} {new_rank[doc_id]:>11} {move:>+5} {rerank_score[doc_id]:>12.4f}")'''),
+    print(f"{doc_id:<20} {old_rank:>9} {item.score:>10.4f} {new_rank[doc_id]:>11} {move:>+5} {rerank_score[doc_id]:>12.4f}")'''),
     ("md", """## 4. In a query engine
 
-`node_postprocessors=[rerank]` puts the reranker between retrieval and synthesis: the engine
-retrieves 8 nodes, the reranker keeps 3, and only those reach the LLM. `response.source_nodes` are
+`RetrieverQueryEngine.from_args(retriever, node_postprocessors=[rerank])` puts the reranker between
+retrieval and synthesis: BM25 retrieves 8 nodes, the reranker keeps 3, and only those reach the LLM.
+(`index.as_query_engine(node_postprocessors=[rerank])` does the same for a `VectorStoreIndex`.) `response.source_nodes` are
 the reranked nodes; with `MockLLM` the answer is the prompt itself, context in reranked order.
-`keep_retrieval_score=True` keeps the retriever's score in each node's metadata under
+`keep_retrieval_score=True` keeps the retriever's score (here BM25's) in each node's metadata under
 `retrieval_score` (excluded from what the LLM and the embedder see)."""),
     ("code", '''rerank_keep = BGERerank(model=MODEL, top_n=3, keep_retrieval_score=True)
-query_engine = index.as_query_engine(similarity_top_k=8, node_postprocessors=[rerank_keep], llm=Settings.llm)
+query_engine = RetrieverQueryEngine.from_args(retriever, node_postprocessors=[rerank_keep], llm=Settings.llm)
 response = query_engine.query(QUERY)
 
 show_nodes("Query engine source nodes:", response.source_nodes)
@@ -319,7 +382,9 @@ for rebuilt in (loaded, from_yaml):
     assert [(item.node.ref_doc_id, item.score) for item in rebuilt.postprocess_nodes(retrieved, query_str=QUERY)] == original
 show_nodes("Rebuilt from YAML (normalize=True):", from_yaml.postprocess_nodes(retrieved, query_str=QUERY))'''),
     ("code", '''# A saved configuration plugs straight into a new query engine.
-engine = index.as_query_engine(similarity_top_k=8, node_postprocessors=[BGERerank.from_json(config_file.read_text())])
+engine = RetrieverQueryEngine.from_args(
+    retriever, node_postprocessors=[BGERerank.from_json(config_file.read_text())], llm=Settings.llm
+)
 show_nodes("Query engine with the loaded postprocessor:", engine.query(QUERY).source_nodes)'''),
 ]
 
@@ -351,7 +416,8 @@ some of them: the decoder models are several GB each.
 
 {RANDOM_NOTE} The tiny checkpoints' latencies are not representative either: real models are
 larger by three to four orders of magnitude, and the knobs that skip work (an early
-`cutoff_layers`, compression) pay off accordingly."""),
+`cutoff_layers`, compression) pay off accordingly. So section 5 times compression on a checkpoint
+of realistic shape, built here with random weights."""),
     ("code", '''%matplotlib inline
 import os
 import time
@@ -361,6 +427,8 @@ import matplotlib.pyplot as plt
 import torch
 
 from bge_rerank_integrations import BGEReranker, ModelNotFoundError
+
+plt.rcParams["figure.dpi"] = 72  # small images
 
 OFFICIAL = {
     "encoder": "BAAI/bge-reranker-v2-m3",
@@ -420,14 +488,14 @@ LABELS = ["diet", "jaws", "habitat", "red panda", "pandas lib", "Paris"]
 PAIRS = [[QUERY, passage] for passage in PASSAGES]
 
 
-def timed(reranker, repeats=3, **options):
-    """Milliseconds to score PAIRS with ``options`` (best of ``repeats``, after a warm-up), and the scores."""
-    reranker.compute_score(PAIRS[:1], **options)  # warm-up
+def timed(reranker, pairs=PAIRS, repeats=3, clock=time.perf_counter, **options):
+    """Milliseconds by ``clock`` to score ``pairs`` with ``options`` (best of ``repeats``, after a warm-up), and the scores."""
+    reranker.compute_score(pairs[:1], **options)  # warm-up
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
-        scores = reranker.compute_score(PAIRS, **options)
-        times.append((time.perf_counter() - start) * 1000)
+        start = clock()
+        scores = reranker.compute_score(pairs, **options)
+        times.append((clock() - start) * 1000)
     return min(times), scores'''),
     ("md", """## 1. Every family, raw and normalized
 
@@ -522,7 +590,8 @@ The lightweight Gemma-2 reranker adds token compression: at each layer in `compr
 passage's tokens are pooled in groups of `compress_ratio` (1, 2, 4 or 8), so the layers after it
 run on a shorter sequence. Combined with an early `cutoff_layers` this cuts the cost of long
 passages (the model card's example: `cutoff_layers=[28]`, `compress_ratio=2`,
-`compress_layers=[24, 40]`). The settings below are expressed relative to the loaded model's depth."""),
+`compress_layers=[24, 40]`). The settings below are expressed relative to the loaded model's depth.
+This section shows how each setting moves the scores; section 5 times compression."""),
     ("code", '''lightweight = rerankers["lightweight"]
 if lightweight is None:
     print("SKIPPED lightweight: no checkpoint.")
@@ -539,29 +608,111 @@ else:
         f"cutoff [{mid}]": dict(cutoff_layers=[mid]),
         f"cutoff [{mid}], ratio 2 at [{quarter}]": dict(cutoff_layers=[mid], compress_ratio=2, compress_layers=[quarter]),
     }
-    setting_latency, setting_scores = {}, {}
-    for name, options in settings.items():
-        setting_latency[name], setting_scores[name] = timed(lightweight, **options)
-        print(f"{name:<28} {setting_latency[name]:8.1f} ms   scores: {[round(s, 3) for s in setting_scores[name]]}")
+    setting_scores = {name: lightweight.compute_score(PAIRS, **options) for name, options in settings.items()}
+    for name, scores in setting_scores.items():
+        print(f"{name:<28} scores: {[round(s, 3) for s in scores]}")
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 4.5))
-    left.barh(list(settings)[::-1], [setting_latency[name] for name in list(settings)[::-1]], color="gray")
-    left.set(title="lightweight: latency per setting", xlabel="ms")
+    fig, axis = plt.subplots(figsize=(9, 4.5))
     for i, label in enumerate(LABELS):
-        right.plot(range(len(settings)), [setting_scores[name][i] for name in settings], marker="o", label=label)
-    right.set_xticks(range(len(settings)), list(settings), rotation=35, ha="right")
-    right.set(title="lightweight: score per setting", ylabel="raw score")
-    right.legend(fontsize="small")
+        axis.plot(range(len(settings)), [setting_scores[name][i] for name in settings], marker="o", label=label)
+    axis.set_xticks(range(len(settings)), list(settings), rotation=35, ha="right")
+    axis.set(title="lightweight: score per setting", ylabel="raw score")
+    axis.legend(fontsize="small")
     fig.tight_layout()
     plt.show()'''),
+    ("md", """## 5. What compression buys: timing on a realistic shape
+
+Compression pays off when the layers after the compression point dominate the cost and the
+passage dominates the sequence. On the tiny test checkpoint neither holds: pooling costs more than
+the few narrow layers it shortens, and compressed runs time *slower* there. So this section builds
+a checkpoint of realistic shape with random weights, using the package's own model code (the
+builder of `benchmarks/lightweight_compression.py`), and times it:
+
+- **Shape**: Gemma-2 blocks of width 1024 (MLP 4096; 8 query and 4 key/value heads of 128),
+  12 layers, score heads from layer 4: the lightweight shape of `benchmarks/build_checkpoints.py`.
+  The real `bge-reranker-v2.5-gemma2-lightweight` is Gemma-2 9B, 42 layers of width 3584: each
+  layer costs about 12 times more, with the same proportions between the settings.
+- **Compression** at layer 4 (`compress_layers=[4]`): two thirds of the layers run after it;
+  scores from the last layer (the default `cutoff_layers`).
+- **Input**: one query and 2 passages of about 330 tokens each (the test tokenizer, a few hundred
+  pieces, splits text finely).
+
+The figure is the process's CPU time for one `compute_score` call on one thread, on CPU in
+float32, best of 2 after a warm-up: on a shared machine it is steadier than wall time. Building the
+checkpoint (about 750 MB, in a temporary directory) and timing take about a minute on 2 CPU cores.
+CI sets `BGE_RERANK_TOUR_SHAPE=small` to run this section quickly on a narrow model; the outputs
+shown here are from the realistic shape."""),
+    ("code", '''import sys
+import tempfile
+
+sys.path.insert(0, str(Path.cwd().parent))  # the repository root: this notebook runs from notebooks/
+from benchmarks.lightweight_compression import build_checkpoint
+
+SHAPES = {
+    "realistic": dict(hidden=1024, intermediate=4096, layers=12, start_layer=4),
+    "small": dict(hidden=128, intermediate=512, layers=12, start_layer=4),  # CI only
+}
+SHAPE = os.environ.get("BGE_RERANK_TOUR_SHAPE", "realistic")
+COMPRESS_LAYER = 4
+TEST_TOKENIZER = Path("../tests/fixtures/checkpoints/lightweight")
+
+start = time.perf_counter()
+shaped_dir = tempfile.TemporaryDirectory(prefix="bge-tour-")
+build_checkpoint(Path(shaped_dir.name), tokenizer=TEST_TOKENIZER, **SHAPES[SHAPE])
+shaped = BGEReranker(shaped_dir.name, model_class="lightweight", device="cpu")
+shaped.load()
+config = shaped.family.model.config
+parameters = sum(p.numel() for p in shaped.family.model.parameters())
+print(
+    f"{SHAPE} shape: Gemma-2 blocks, hidden {config.hidden_size}, MLP {config.intermediate_size}, "
+    f"{config.num_attention_heads} heads ({config.num_key_value_heads} key/value) of {config.head_dim}, "
+    f"{config.num_hidden_layers} layers, score heads from layer {config.start_layer}; "
+    f"{parameters / 1e6:.0f}M parameters; built and loaded in {time.perf_counter() - start:.1f} s"
+)'''),
+    ("code", '''LONG_PAIRS = [[QUERY, ((passage + " ") * 20)[:600]] for passage in PASSAGES[:2]]
+tokenizer = shaped.family.tokenizer
+print("passage tokens:", [len(tokenizer(passage, add_special_tokens=False)["input_ids"]) for _, passage in LONG_PAIRS])
+
+RATIOS = [1, 2, 4, 8]
+threads = torch.get_num_threads()
+torch.set_num_threads(1)
+try:
+    compression_ms, compression_scores = {}, {}
+    for ratio in RATIOS:
+        compression_ms[ratio], compression_scores[ratio] = timed(
+            shaped, LONG_PAIRS, repeats=2, clock=time.process_time, compress_ratio=ratio, compress_layers=[COMPRESS_LAYER]
+        )
+finally:
+    torch.set_num_threads(threads)
+shaped_dir.cleanup()
+
+print(f"compression at layer {COMPRESS_LAYER}, {SHAPE} shape, one thread:")
+for ratio in RATIOS:
+    speedup = compression_ms[1] / compression_ms[ratio]
+    change = max(abs(a - b) for a, b in zip(compression_scores[ratio], compression_scores[1]))
+    print(
+        f"compress_ratio={ratio}  {compression_ms[ratio]:8.0f} ms CPU  {speedup:5.2f}x  "
+        f"scores {[round(s, 3) for s in compression_scores[ratio]]}  (max change {change:.3f})"
+    )
+
+fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
+left.bar([str(ratio) for ratio in RATIOS], [compression_ms[ratio] for ratio in RATIOS], color="gray")
+left.set(title=f"lightweight, {SHAPE} shape: CPU time per call", xlabel="compress_ratio", ylabel="ms (one thread)")
+for i, label in enumerate(LABELS[:2]):
+    right.plot([str(ratio) for ratio in RATIOS], [compression_scores[ratio][i] for ratio in RATIOS], marker="o", label=label)
+right.set(title="score per compress_ratio (random weights)", xlabel="compress_ratio", ylabel="raw score")
+right.legend()
+fig.tight_layout()
+plt.show()'''),
     ("md", """## What to take away
 
 - Use the same family and settings for indexing experiments and production: raw scores are only
   comparable within one model and one setting.
 - `normalize=True` changes the scale, never the order.
 - `cutoff_layers` (layerwise, lightweight) and `compress_ratio` / `compress_layers` (lightweight)
-  trade a little accuracy for speed. Measure both on your own data; the plots above, made with
-  random test checkpoints in CI, only show how to do it.
+  trade a little accuracy for speed: compression saves the more, the longer the passages and the
+  more layers run after the compression point (section 5). Measure both on your own data with the
+  real model; the scores above come from random weights and only show how to do it.
 - The same options are fields of the LangChain and LlamaIndex `BGERerank` adapters (see the other
   two notebooks), except that an adapter takes a single cutoff layer: it needs one score per
   document."""),
@@ -590,15 +741,74 @@ def build(cells: list[tuple[str, str]], stem: str) -> nbformat.NotebookNode:
     return notebook
 
 
-def render(name: str) -> str:
-    """The exact text of notebook ``name`` as committed."""
-    return nbformat.writes(build(NOTEBOOKS[name], name.split("_", 1)[0])) + "\n"
+def generate(name: str) -> nbformat.NotebookNode:
+    """Notebook ``name`` as this script generates it, not executed."""
+    return build(NOTEBOOKS[name], name.split("_", 1)[0])
 
 
-def main() -> int:
-    for name in NOTEBOOKS:
-        (HERE / name).write_text(render(name), encoding="utf-8")
-        print("wrote", HERE / name)
+def render(notebook: nbformat.NotebookNode) -> str:
+    """The exact text of ``notebook`` as committed."""
+    return nbformat.writes(notebook) + "\n"
+
+
+def kernel_manager(kernel_dir: Path):
+    """A kernel manager whose only ``python3`` kernel is this interpreter (no user kernelspec can interfere)."""
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import AsyncKernelManager
+
+    spec_dir = kernel_dir / "python3"
+    spec_dir.mkdir(parents=True, exist_ok=True)
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    (spec_dir / "kernel.json").write_text(json.dumps(spec), encoding="utf-8")
+    specs = KernelSpecManager(kernel_dirs=[str(kernel_dir)], ensure_native_kernel=False)
+    return AsyncKernelManager(kernel_name="python3", kernel_spec_manager=specs)
+
+
+async def execute(notebook: nbformat.NotebookNode, env: dict[str, str], kernel_dir: Path) -> None:
+    """Run ``notebook`` top to bottom in place, from this folder, in a fresh kernel with environment ``env``.
+
+    Raises nbclient's ``CellExecutionError`` at the first failing cell. The notebook's metadata stays
+    as generated (no interpreter version or cell timings), so only outputs differ from ``generate``.
+    """
+    import nbclient
+
+    metadata = copy.deepcopy(notebook.metadata)
+    client = nbclient.NotebookClient(
+        notebook,
+        km=kernel_manager(kernel_dir),
+        timeout=CELL_TIMEOUT,
+        record_timing=False,
+        resources={"metadata": {"path": str(HERE)}},
+    )
+    await client.async_execute(env=env)
+    notebook.metadata = metadata
+
+
+def committed_env() -> dict[str, str]:
+    """This process's environment with the committed run's settings (see ``COMMITTED_ENV``)."""
+    env = {key: value for key, value in os.environ.items() if key not in NOTEBOOK_VARIABLES}
+    return {**env, **COMMITTED_ENV}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--execute", action="store_true", help="run the notebooks and save them with their outputs")
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"default: all of {', '.join(NOTEBOOKS)}")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.names) - set(NOTEBOOKS))
+    if unknown:
+        parser.error(f"no notebook named {', '.join(unknown)}; choose from {', '.join(NOTEBOOKS)}")
+    for name in args.names or NOTEBOOKS:
+        notebook = generate(name)
+        if args.execute:
+            with tempfile.TemporaryDirectory(prefix="bge-notebook-kernel-") as kernel_dir:
+                asyncio.run(execute(notebook, committed_env(), Path(kernel_dir)))
+        (HERE / name).write_text(render(notebook), encoding="utf-8")
+        print("wrote", HERE / name, "(executed)" if args.execute else "(not executed)")
     return 0
 
 

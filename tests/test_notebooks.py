@@ -1,9 +1,15 @@
-"""The example notebooks: committed clean, and executed top to bottom against the small checkpoints.
+"""The example notebooks: committed executed (as their generator writes them), and executed again here.
 
-Each notebook runs in a fresh python3 kernel of this interpreter, with ``BGE_RERANK_MODEL`` set
-to the encoder fixture and ``BGE_RERANK_CHECKPOINTS`` to the fixture directory (the model tour
-runs a second time with a directory that holds only the encoder, to exercise its skip notes).
-All runs happen once per session, concurrently. Any cell error fails that notebook's test.
+The committed files must hold exactly the cells ``notebooks/build_notebooks.py`` generates, run
+top to bottom with outputs, and show what their text promises (the offline fallback, BM25 scores,
+compression paying off on the tour's realistic shape).
+
+Here each notebook runs again in a fresh python3 kernel of this interpreter, offline, on the small
+checkpoints: the LangChain one with ``BGE_RERANK_MODEL`` unset (its offline fallback), the others
+with it set to the encoder fixture; the model tour with ``BGE_RERANK_CHECKPOINTS`` at the fixture
+directory, its compression timing on the small shape (``BGE_RERANK_TOUR_SHAPE=small``), and a
+second time with a directory that holds only the encoder, to exercise its skip notes. All runs
+happen once per session, concurrently. Any cell error fails that notebook's test.
 
 Key results are checked against ``BGEReranker`` computed here: the test appends a probe cell
 that prints the notebook's own variables as JSON, and also parses the rankings the notebook
@@ -18,7 +24,6 @@ import json
 import math
 import os
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -34,13 +39,16 @@ from .conftest import CHECKPOINTS, FAMILIES, checkpoint  # noqa: E402
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 ENCODER = str(Path(checkpoint("encoder")).resolve())
 PROBE_MARKER = "__NOTEBOOK_PROBE__"
-CELL_TIMEOUT = 300
 # Scores computed in the kernel (one torch thread) and here may differ in the last float bits.
 TOLERANCE = 1e-4
+#: The most the three committed notebooks may weigh together, outputs and plots included.
+COMMITTED_BYTES = 400_000
 
 LANGCHAIN = "01_langchain_rag.ipynb"
 LLAMA_INDEX = "02_llama_index_rag.ipynb"
 MODEL_TOUR = "03_model_tour.ipynb"
+ALL = [LANGCHAIN, LLAMA_INDEX, MODEL_TOUR]
+FALLBACK_NOTE = "using the random test checkpoint ../tests/fixtures/checkpoints/encoder instead"
 
 # Appended to a copy of each notebook: prints what the notebook computed, for the checks below.
 PROBES = {
@@ -60,9 +68,11 @@ print("{marker}" + json.dumps({{
     "model": MODEL,
     "query": QUERY,
     "retrieved": [[n.node.ref_doc_id, n.node.get_content(metadata_mode="embed")] for n in retrieved],
+    "retrieval_scores": [n.score for n in retrieved],
     "reranked": [[n.node.ref_doc_id, n.score] for n in reranked],
     "full": [[n.node.ref_doc_id, n.score] for n in full_ranking],
     "source_nodes": [[n.node.ref_doc_id, n.score] for n in response.source_nodes],
+    "kept_retrieval_scores": [n.node.metadata["retrieval_score"] for n in response.source_nodes],
     "config": config,
     "loaded": loaded.to_dict(),
     "from_yaml_scores": [[n.node.ref_doc_id, n.score] for n in from_yaml.postprocess_nodes(retrieved, query_str=QUERY)],
@@ -76,6 +86,9 @@ print("{marker}" + json.dumps({{
     "normalized": normalized_scores,
     "layerwise": {{str(k): v for k, v in layer_scores.items()}} if rerankers["layerwise"] is not None else None,
     "lightweight": [[settings[name], setting_scores[name]] for name in settings] if rerankers["lightweight"] is not None else None,
+    "shape": SHAPE,
+    "compression_ms": {{str(r): ms for r, ms in compression_ms.items()}},
+    "compression_scores": {{str(r): s for r, s in compression_scores.items()}},
 }}))
 """,
 }
@@ -84,53 +97,30 @@ print("{marker}" + json.dumps({{
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+def _generator():
+    spec = importlib.util.spec_from_file_location("build_notebooks", NOTEBOOKS / "build_notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _committed(name: str):
+    return nbformat.read(NOTEBOOKS / name, as_version=4)
+
+
 # ------------------------------------------------------------------------------------------
 # Running the notebooks (once per session, concurrently)
 # ------------------------------------------------------------------------------------------
-def _kernel_manager(kernel_dir: Path):
-    """A kernel manager whose only ``python3`` kernel is this interpreter (no user kernelspec can interfere)."""
-    from jupyter_client.kernelspec import KernelSpecManager
-    from jupyter_client.manager import AsyncKernelManager
-
-    spec_dir = kernel_dir / "python3"
-    spec_dir.mkdir(parents=True, exist_ok=True)
-    spec = {
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "Python 3 (tests)",
-        "language": "python",
-    }
-    (spec_dir / "kernel.json").write_text(json.dumps(spec), encoding="utf-8")
-    specs = KernelSpecManager(kernel_dirs=[str(kernel_dir)], ensure_native_kernel=False)
-    return AsyncKernelManager(kernel_name="python3", kernel_spec_manager=specs)
-
-
-async def _execute(name: str, checkpoints_dir: str, kernel_dir: Path, limit: asyncio.Semaphore) -> dict:
-    """Run notebook ``name`` (plus its probe) and return its cells, probe data, or the error."""
-    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+async def _execute(name: str, env: dict, kernel_dir: Path, limit: asyncio.Semaphore) -> dict:
+    """Run notebook ``name`` as generated (plus its probe) and return its cells, probe data, or the error."""
+    generator = _generator()
+    notebook = generator.generate(name)
     notebook.cells.append(
         nbformat.v4.new_code_cell("import json\n" + PROBES[name].format(marker=PROBE_MARKER))
     )
-    env = {
-        **os.environ,
-        "BGE_RERANK_MODEL": ENCODER,
-        "BGE_RERANK_CHECKPOINTS": checkpoints_dir,
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",  # tiny models: one thread is faster, and the runs share the cores
-        "MKL_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "MPLBACKEND": "module://matplotlib_inline.backend_inline",
-        "PYDEVD_DISABLE_FILE_VALIDATION": "1",
-    }
-    client = nbclient.NotebookClient(
-        notebook,
-        km=_kernel_manager(kernel_dir),
-        timeout=CELL_TIMEOUT,
-        resources={"metadata": {"path": str(NOTEBOOKS)}},
-    )
     async with limit:
         try:
-            await client.async_execute(env=env)
+            await generator.execute(notebook, env, kernel_dir)
         except Exception as error:  # noqa: BLE001 - reported by the notebook's own test
             message = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # no terminal colours in the report
             return {"cells": notebook.cells, "error": f"{type(error).__name__}: {message}"}
@@ -153,20 +143,28 @@ def executed(tmp_path_factory) -> dict:
         import shutil
 
         shutil.copytree(ENCODER, encoder_only / "encoder")
+    base = {key: value for key, value in os.environ.items() if key not in _generator().NOTEBOOK_VARIABLES}
+    base.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        OMP_NUM_THREADS="1",  # tiny models: one thread is faster, and the runs share the cores
+        MKL_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        MPLBACKEND="module://matplotlib_inline.backend_inline",
+        PYDEVD_DISABLE_FILE_VALIDATION="1",
+    )
     full = str(CHECKPOINTS.resolve())
+    tour = {"BGE_RERANK_TOUR_SHAPE": "small"}
     runs = {
-        LANGCHAIN: (LANGCHAIN, full),
-        LLAMA_INDEX: (LLAMA_INDEX, full),
-        MODEL_TOUR: (MODEL_TOUR, full),
-        "tour_encoder_only": (MODEL_TOUR, str(encoder_only)),
+        LANGCHAIN: (LANGCHAIN, base),  # BGE_RERANK_MODEL unset: the offline fallback
+        LLAMA_INDEX: (LLAMA_INDEX, {**base, "BGE_RERANK_MODEL": ENCODER}),
+        MODEL_TOUR: (MODEL_TOUR, {**base, **tour, "BGE_RERANK_CHECKPOINTS": full}),
+        "tour_encoder_only": (MODEL_TOUR, {**base, **tour, "BGE_RERANK_CHECKPOINTS": str(encoder_only)}),
     }
 
     async def run_all() -> dict:
         limit = asyncio.Semaphore(max(2, os.cpu_count() or 2))
-        jobs = [
-            _execute(name, checkpoints_dir, tmp_path_factory.mktemp("kernels"), limit)
-            for name, checkpoints_dir in runs.values()
-        ]
+        jobs = [_execute(name, env, tmp_path_factory.mktemp("kernels"), limit) for name, env in runs.values()]
         return dict(zip(runs, await asyncio.gather(*jobs)))
 
     return asyncio.run(run_all())
@@ -231,11 +229,13 @@ def _expected_ranking(model: str, query: str, retrieved: list, top_n=None) -> li
 # ------------------------------------------------------------------------------------------
 # The committed files
 # ------------------------------------------------------------------------------------------
-def _generator():
-    spec = importlib.util.spec_from_file_location("build_notebooks", NOTEBOOKS / "build_notebooks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _without_outputs(notebook):
+    """A copy of ``notebook`` as generated: code cells without outputs or execution counts."""
+    notebook = nbformat.from_dict(json.loads(json.dumps(notebook)))
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    return notebook
 
 
 def test_every_notebook_is_executed_here():
@@ -243,27 +243,66 @@ def test_every_notebook_is_executed_here():
     assert names == sorted(PROBES), "a notebook was added or removed: give it a probe and a test here"
 
 
-@pytest.mark.parametrize("name", [LANGCHAIN, LLAMA_INDEX, MODEL_TOUR])
-def test_notebook_is_committed_without_outputs(name):
-    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
-    nbformat.validate(notebook)
-    assert notebook.metadata.kernelspec.name == "python3"
-    for cell in notebook.cells:
-        if cell.cell_type == "code":
-            assert cell.outputs == [] and cell.execution_count is None, cell.source[:80]
-    code = "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "code")
-    if name == MODEL_TOUR:
-        assert 'os.environ.get("BGE_RERANK_CHECKPOINTS")' in code
-    else:
-        assert 'os.environ.get("BGE_RERANK_MODEL", "BAAI/bge-reranker-v2-m3")' in code
-
-
-@pytest.mark.parametrize("name", [LANGCHAIN, LLAMA_INDEX, MODEL_TOUR])
-def test_notebook_matches_its_generator(name):
-    assert (NOTEBOOKS / name).read_text(encoding="utf-8") == _generator().render(name), (
+@pytest.mark.parametrize("name", ALL)
+def test_committed_notebook_has_the_generated_cells(name):
+    generator = _generator()
+    assert generator.render(_without_outputs(_committed(name))) == generator.render(generator.generate(name)), (
         f"{name} differs from notebooks/build_notebooks.py: edit the cells there and run "
-        "`python notebooks/build_notebooks.py`."
+        f"`python notebooks/build_notebooks.py --execute {name}`."
     )
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_committed_notebook_is_executed_with_outputs(name):
+    notebook = _committed(name)
+    nbformat.validate(notebook)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1)), (
+        f"{name} is not committed executed top to bottom: run `python notebooks/build_notebooks.py --execute {name}`."
+    )
+    outputs = [output for cell in code for output in cell.outputs]
+    assert outputs and not [output for output in outputs if output.output_type == "error"]
+    printed = _stdout(notebook.cells)
+    assert "/work/" not in printed and str(Path.home()) + "/" not in printed, "a machine's paths in the outputs"
+    if name == MODEL_TOUR:
+        assert _images(notebook.cells) == 4  # families, layerwise, lightweight scores, compression timing
+        assert "SKIPPED" not in printed
+    else:
+        assert _printed_ranking(notebook.cells, "Before reranking") and _printed_ranking(notebook.cells, "After reranking")
+
+
+def test_committed_notebooks_are_small():
+    size = sum((NOTEBOOKS / name).stat().st_size for name in ALL)
+    assert size < COMMITTED_BYTES, f"the committed notebooks weigh {size} bytes: make their outputs smaller"
+
+
+def test_committed_rag_notebooks_run_offline_on_their_defaults():
+    for name in (LANGCHAIN, LLAMA_INDEX):
+        printed = _stdout(_committed(name).cells)
+        assert FALLBACK_NOTE in printed and "reranker: ../tests/fixtures/checkpoints/encoder" in printed, name
+
+
+def test_committed_llama_index_notebook_shows_bm25_scores():
+    before = _printed_ranking(_committed(LLAMA_INDEX).cells, "Before reranking (BM25")
+    scores = [score for _, score in before]
+    assert len(before) == 8 and scores == sorted(scores, reverse=True) and len(set(scores)) > 4, before
+
+
+def _compression_table(cells) -> dict[int, float]:
+    """compress_ratio -> CPU milliseconds, as the tour printed them."""
+    rows = re.findall(r"^compress_ratio=(\d+)\s+(\d+) ms CPU", _stdout(cells), flags=re.MULTILINE)
+    return {int(ratio): float(ms) for ratio, ms in rows}
+
+
+def test_committed_tour_times_compression_on_the_realistic_shape():
+    printed = _stdout(_committed(MODEL_TOUR).cells)
+    assert re.search(r"^realistic shape: Gemma-2 blocks, hidden 1024, MLP 4096, .*12 layers, score heads from layer 4;",
+                     printed, flags=re.MULTILINE), "the committed tour must be run on the realistic shape"
+    assert "compression at layer 4, realistic shape" in printed
+    table = _compression_table(_committed(MODEL_TOUR).cells)
+    assert sorted(table) == [1, 2, 4, 8]
+    # What the text says: compression saves time on a realistic shape, the more the higher the ratio.
+    assert table[2] < table[1] and table[4] < table[1] and table[8] < table[2], table
 
 
 # ------------------------------------------------------------------------------------------
@@ -272,7 +311,9 @@ def test_notebook_matches_its_generator(name):
 def test_langchain_notebook(executed):
     result = _result(executed, LANGCHAIN)
     probe, cells = result["probe"], result["cells"]
-    assert probe["model"] == ENCODER
+    # BGE_RERANK_MODEL unset and the Hub unreachable: the notebook says so and uses the test checkpoint.
+    assert str((NOTEBOOKS / probe["model"]).resolve()) == ENCODER
+    assert FALLBACK_NOTE in _stdout(cells)
     assert len(probe["retrieved"]) == 8
 
     everything = _expected_ranking(ENCODER, probe["query"], probe["retrieved"])
@@ -295,13 +336,22 @@ def test_langchain_notebook(executed):
 def test_llama_index_notebook(executed):
     result = _result(executed, LLAMA_INDEX)
     probe, cells = result["probe"], result["cells"]
-    assert probe["model"] == ENCODER
+    assert probe["model"] == ENCODER and FALLBACK_NOTE not in _stdout(cells)
     assert len(probe["retrieved"]) == 8
+
+    # BM25's scores mean something: best first, not all equal, and the printed ones are them.
+    scores = probe["retrieval_scores"]
+    assert scores == sorted(scores, reverse=True) and len(set(scores)) > 4, scores
+    before = _printed_ranking(cells, "Before reranking (BM25")
+    _assert_ranking(before, list(zip([doc_id for doc_id, _ in probe["retrieved"]], scores)))
+    assert probe["retrieved"][0][0] == "panda-diet"  # the passage with the most query words
 
     everything = _expected_ranking(ENCODER, probe["query"], probe["retrieved"])
     _assert_ranking(probe["reranked"], everything[:3])
     _assert_ranking(probe["full"], everything)
     _assert_ranking(probe["source_nodes"], everything[:3])
+    bm25 = dict(zip([doc_id for doc_id, _ in probe["retrieved"]], scores))
+    assert all(_close(kept, bm25[doc_id]) for kept, (doc_id, _) in zip(probe["kept_retrieval_scores"], everything[:3]))
     _assert_ranking(_printed_ranking(cells, "After reranking"), everything[:3])
     _assert_ranking(_printed_ranking(cells, "Query engine source nodes"), everything[:3])
 
@@ -319,7 +369,8 @@ def test_model_tour_notebook(executed):
     probe, cells, printed = result["probe"], result["cells"], _stdout(result["cells"])
     assert probe["available"] == list(FAMILIES)
     assert "SKIPPED" not in printed
-    assert _images(cells) == 3  # families, layerwise sweep, lightweight settings
+    assert _images(cells) == 4  # families, layerwise sweep, lightweight settings, compression timing
+    _assert_compression_section(probe, cells)
 
     pairs = probe["pairs"]
     for family in FAMILIES:
@@ -350,4 +401,16 @@ def test_model_tour_skips_missing_families_with_a_note(executed):
         assert f"SKIPPED {family}" in printed
     assert probe["layerwise"] is None and probe["lightweight"] is None
     assert list(probe["raw"]) == ["encoder"]
-    assert _images(result["cells"]) == 1  # only the families plot, with the encoder alone
+    assert _images(result["cells"]) == 2  # the families plot, with the encoder alone, and compression timing
+    _assert_compression_section(probe, result["cells"])
+
+
+def _assert_compression_section(probe: dict, cells) -> None:
+    """The tour's timing section ran on the shape CI asks for and times every ratio, whose scores move."""
+    assert probe["shape"] == "small"
+    assert re.search(r"^small shape: Gemma-2 blocks, hidden 128, .*12 layers", _stdout(cells), flags=re.MULTILINE)
+    assert sorted(probe["compression_ms"]) == ["1", "2", "4", "8"] and all(ms > 0 for ms in probe["compression_ms"].values())
+    assert sorted(_compression_table(cells)) == [1, 2, 4, 8]
+    uncompressed = probe["compression_scores"]["1"]
+    for ratio in ("2", "4", "8"):
+        assert not all(_close(a, b) for a, b in zip(probe["compression_scores"][ratio], uncompressed)), ratio

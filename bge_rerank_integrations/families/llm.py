@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..loading import dtype_kwargs
+from ..loading import dtype_kwargs, read_config, reference_gemma_activation
 from .base import Encoded, ScoreOptions
 from .decoder import DecoderFamily, load_tokenizer
 from .decoder_text import pad_batch, pad_token_id, padding_side
@@ -23,10 +23,13 @@ logger = logging.getLogger(__name__)
 
 def load_causal_lm(path: str, dtype: torch.dtype) -> tuple[Any, Any]:
     """Tokenizer and causal LM from a local checkpoint directory, never running checkpoint code."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     tokenizer = load_tokenizer(path)
-    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, **dtype_kwargs(dtype))
+    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    if config.model_type == "gemma":  # the reference's activation on every transformers version
+        config.hidden_act = config.hidden_activation = reference_gemma_activation(read_config(path))
+    model = AutoModelForCausalLM.from_pretrained(path, config=config, trust_remote_code=False, **dtype_kwargs(dtype))
     return tokenizer, model.eval()
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..loading import load_state_dict, read_config
+from ..loading import load_state_dict, read_config, reference_gemma_activation
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +56,8 @@ class LightweightConfig:
     def from_dict(cls, config: dict[str, Any]) -> "LightweightConfig":
         """Build from a ``config.json`` dict, accepting both the transformers 4.x and 5.x spellings."""
         fields = {name: config[name] for name in cls.__dataclass_fields__ if name in config}
-        activation = config.get("hidden_activation") or config.get("hidden_act")
-        fields.pop("hidden_activation", None)
-        if activation:
-            fields["hidden_activation"] = activation
+        # As the reference's Gemma-2 MLP: ``hidden_activation`` (tanh GELU when unset); ``hidden_act`` is ignored.
+        fields["hidden_activation"] = reference_gemma_activation(config)
         rope = config.get("rope_parameters") or {}
         if "rope_theta" not in fields and isinstance(rope, dict) and "rope_theta" in rope:
             fields["rope_theta"] = rope["rope_theta"]
