@@ -90,7 +90,7 @@ def test_an_unset_device_serializes_as_unset(adapter):
     assert dump(adapter(model=ENCODER, device="cpu"))["device"] == "cpu"
     # A shared reranker whose device was picked for it: the config must not pin that device either.
     picked = BGEReranker(ENCODER)
-    assert str(picked.device) == "cpu"  # (this machine) ... but the saved config leaves it open
+    assert picked.device is not None  # it runs somewhere, but the saved config leaves the choice open
     saved = dump(adapter(model=picked))
     assert saved["device"] is None
     assert rebuild(adapter(model=picked)).device is None
