@@ -74,7 +74,9 @@ class BGEReranker(Ranking):
         self._requested_device = None if device is None else str(device)
         self._requested_dtype = (use_fp16, use_bf16)
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(self.device, check_bool(use_fp16, "use_fp16"), check_bool(use_bf16, "use_bf16"))
+        self.dtype = resolve_dtype(
+            self.device, check_bool(use_fp16, "use_fp16"), check_bool(use_bf16, "use_bf16"), model=_model_key(self.model_name_or_path)
+        )
         self.cache_dir = check_cache_dir(cache_dir)
         self.local_files_only = check_bool(local_files_only, "local_files_only")
         self.show_progress = check_bool(show_progress, "show_progress")
@@ -267,6 +269,12 @@ class BGEReranker(Ranking):
     def _encode(self, family: RerankerFamily, pairs: list[tuple[str, str]], options: ScoreOptions) -> list:
         texts = [_apply_instructions(family, query, passage, options) for query, passage in pairs]
         return family.encode(texts, options)
+
+
+def _model_key(model_name_or_path: str) -> str:
+    """One name per model: a local directory's resolved path, else the Hub id in lower case."""
+    local = Path(model_name_or_path).expanduser()
+    return str(local.resolve()) if local.is_dir() else model_name_or_path.strip().lower()
 
 
 @dataclass(frozen=True)
