@@ -34,7 +34,7 @@ from pydantic import (
 )
 
 from .families import ScoreOptions
-from .inputs import check_score_threshold
+from .inputs import check_score_threshold, describe_layers
 from .ranking import RerankResult
 from .remote import RemoteReranker
 from .reranker import BGEReranker
@@ -42,7 +42,9 @@ from .reranker import BGEReranker
 logger = logging.getLogger(__name__)
 
 #: Settings given to the ``BGEReranker`` constructor only: which model is loaded, from where, where and how.
-LOAD_SETTINGS = ("model_class", "device", "use_fp16", "use_bf16", "cache_dir", "local_files_only", "show_progress")
+LOAD_SETTINGS = (
+    "model_class", "device", "use_fp16", "use_bf16", "cache_dir", "local_files_only", "show_progress", "load_on_init"
+)
 #: Settings forwarded to every ``rerank`` call unchanged (``None`` = the model's default): every scoring option.
 SCORE_SETTINGS = tuple(option.name for option in dataclasses.fields(ScoreOptions))
 #: An adapter's ``score_threshold`` field: any real number (numpy scalars, ints, Decimal), never NaN; as the core checks it.
@@ -96,6 +98,9 @@ class RerankerSettings(BaseModel):
         default=False, frozen=True, description="Never reach the Hub: use the local cache or a directory only."
     )
     show_progress: StrictBool = Field(default=False, frozen=True, description="A progress bar over the pairs.")
+    load_on_init: StrictBool = Field(
+        default=False, frozen=True, description="Load the model when the adapter is built, so every error comes up front."
+    )
 
     # Remote settings (REMOTE_SETTINGS): only with a server URL; fixed once built. None: RemoteReranker's default.
     api: Optional[str] = Field(
@@ -148,20 +153,56 @@ class RerankerSettings(BaseModel):
     def _path_to_str(cls, value: Any) -> Any:
         return os.fspath(value) if isinstance(value, os.PathLike) else value
 
-    @field_validator("cutoff_layers")
-    @classmethod
-    def _one_layer(cls, value: Layers) -> Layers:
-        check_single_score(value)
-        return value
-
     @model_validator(mode="after")
     def _build_reranker(self) -> "RerankerSettings":
-        """Build the reranker at construction (the model loads on first use); re-check the options on assignment."""
+        """Build the reranker at construction (the model loads on first use, or now with ``load_on_init``);
+        re-check the options on assignment."""
         if self._reranker is None:
-            self._reranker = build_reranker(self.model, self.reranker_settings())
+            settings = {**self.reranker_settings(), "load_on_init": False}
+            if several_layers(self.cutoff_layers):  # built without them, only to name the checkpoint's layers
+                settings["cutoff_layers"] = None
+            reranker = build_reranker(self.model, settings)
+            check_single_score(self.cutoff_layers, reranker)
+            if self.load_on_init:
+                if isinstance(reranker, RemoteReranker):
+                    raise ValueError("load_on_init loads a model in this process, but model is a rerank server: drop it.")
+                reranker.load()
+            self._reranker = reranker
         else:
+            check_single_score(self.cutoff_layers, self._reranker)
             self._reranker.check_options(**score_options(self.reranker_settings()))
         return self
+
+    def load(self) -> "RerankerSettings":
+        """Load the model now (otherwise it loads on the first call), so that a missing or broken checkpoint fails here."""
+        if isinstance(self._reranker, BGEReranker):
+            self._reranker.load()
+        return self
+
+    @property
+    def resolved(self) -> dict[str, Any]:
+        """What scores, as resolved: the model, its family (``None`` until known), device and dtype; or the server's URL and API.
+
+        The family is known at construction for an official id, a local checkpoint, a cached Hub id
+        or ``model_class``; else once the model is loaded.
+        """
+        if isinstance(self._reranker, RemoteReranker):
+            return {"url": self._reranker.url, "api": self._reranker.api}
+        reranker = self._reranker
+        return {
+            "model": reranker.model_name_or_path,
+            "family": reranker.family_name,
+            "device": str(reranker.device),
+            "dtype": str(reranker.dtype).replace("torch.", ""),
+        }
+
+    def __repr__(self) -> str:
+        """The resolved model, family, device and dtype, then the settings that were set."""
+        resolved = self.resolved
+        given = [name for name in type(self).model_fields if name in self.model_fields_set and name not in {*resolved, "api_key"}]
+        shown = [f"{name}={value!r}" for name, value in resolved.items()]
+        shown += [f"{name}={getattr(self, name)!r}" for name in given]
+        return f"{type(self).__name__}({', '.join(shown)})"
 
     def __setattr__(self, name: str, value: Any) -> None:
         """Assignments are checked like construction; a rejected value leaves the previous one in place."""
@@ -305,12 +346,22 @@ def score_options(settings: Mapping[str, Any]) -> dict[str, Any]:
     return {name: settings[name] for name in SCORE_SETTINGS if settings.get(name) is not None}
 
 
-def check_single_score(cutoff_layers: int | Sequence[int] | None) -> None:
-    """Adapters rank by one score per text: several cutoff layers are an error at construction."""
-    if cutoff_layers is not None and not isinstance(cutoff_layers, int) and len(cutoff_layers) > 1:
+def several_layers(cutoff_layers: int | Sequence[int] | None) -> bool:
+    """Whether ``cutoff_layers`` asks for more than one layer (one score list per layer)."""
+    return cutoff_layers is not None and not isinstance(cutoff_layers, int) and len(cutoff_layers) > 1
+
+
+def check_single_score(cutoff_layers: int | Sequence[int] | None, reranker: Reranker | None = None) -> None:
+    """Adapters rank by one score per text: several cutoff layers are an error at construction.
+
+    The hint names the checkpoint's own score layers where they are known without loading.
+    """
+    if several_layers(cutoff_layers):
+        valid = reranker.score_layers() if isinstance(reranker, BGEReranker) else None
+        hint = f"one of {describe_layers(valid)} for this checkpoint" if valid else f"e.g. cutoff_layers=[{cutoff_layers[0]}]"
         raise ValueError(
             f"cutoff_layers={list(cutoff_layers)} gives one score per layer, but a reranker needs one score per "
-            "document: pass a single layer, e.g. cutoff_layers=[28]."
+            f"document: pass a single layer, {hint}."
         )
 
 

@@ -39,6 +39,33 @@ WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_mo
 TOKENIZER_FILES = ("tokenizer.json", "sentencepiece.bpe.model", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
 
 
+def cached_config(model: str, cache_dir: str | os.PathLike | None = None) -> dict[str, Any] | None:
+    """``model``'s ``config.json`` if it is a Hub id whose config is in the Hugging Face cache, else ``None``.
+
+    Never reaches the network: what the constructors check before anything is downloaded.
+    """
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(model.strip(), "config.json", cache_dir=cache_dir)
+    except Exception:  # noqa: BLE001 - not a valid Hub id, or no cache: nothing to check yet
+        return None
+    return read_config(Path(found).parent) if isinstance(found, str) else None
+
+
+def check_not_a_bare_official_name(model: str) -> None:
+    """Raise ``ModelNotFoundError`` for an official name without its organisation that is no local path.
+
+    >>> check_not_a_bare_official_name("bge-reranker-v2-m3")
+    Traceback (most recent call last):
+    ...
+    bge_rerank_integrations.loading.ModelNotFoundError: 'bge-reranker-v2-m3' is neither a local directory nor a Hub id: did you mean BAAI/bge-reranker-v2-m3?
+    """
+    official = official_id(model)
+    if official is not None and not Path(model).expanduser().exists():
+        raise ModelNotFoundError(f"{model!r} is neither a local directory nor a Hub id: did you mean {official}?")
+
+
 def official_id(model: str) -> str | None:
     """The official Hub id that a bare official name (no organisation) stands for, else ``None``.
 
@@ -70,9 +97,7 @@ def resolve_checkpoint(model: str, cache_dir: str | None = None, local_files_onl
         return local
     if os.path.exists(model) or model.startswith((".", "/", "~")) or model.count("/") > 1:
         raise ModelNotFoundError(f"Local checkpoint {model!r} does not exist: pass an existing directory or a Hub id such as 'BAAI/bge-reranker-v2-m3'.")
-    official = official_id(model)
-    if official is not None:
-        raise ModelNotFoundError(f"{model!r} is neither a local directory nor a Hub id: did you mean {official}?")
+    check_not_a_bare_official_name(model)
     try:
         from huggingface_hub import snapshot_download
 

@@ -16,7 +16,7 @@ from .device import is_mps_dtype_error, resolve_device, resolve_dtype
 from .families.base import FAMILY_SPECIFIC_OPTIONS
 from .families import KNOWN_MODELS, RerankerFamily, ScoreOptions, canonical_family, detect_family, family_class
 from .inputs import as_pairs, check_bool, check_cache_dir, check_instruction_format, check_layers, check_positive_int
-from .loading import read_config, resolve_checkpoint
+from .loading import cached_config, check_not_a_bare_official_name, read_config, resolve_checkpoint
 from .model_cache import CachedModel, get_model
 from .ranking import Ranking, RerankResult  # noqa: F401 - RerankResult: also importable from here, as before
 
@@ -66,7 +66,16 @@ class BGEReranker(Ranking):
         cache_dir: str | None = None,
         local_files_only: bool = False,
         show_progress: bool = False,
+        load_on_init: bool = False,
     ) -> None:
+        """Check every option now; with ``load_on_init=True`` also load the model now.
+
+        Options are checked against the checkpoint's ``config.json`` whenever it can be read without
+        downloading anything (a local directory, or a Hub id already in the cache): an option the
+        family lacks or a layer the model does not have fails here, not in the first call.
+        ``load_on_init=True`` loads the model here as well, so that every error (a missing or broken
+        checkpoint, a length the model cannot take) comes up front.
+        """
         if not isinstance(model_name_or_path, (str, Path)) or not str(model_name_or_path).strip():
             raise ValueError(f"model_name_or_path must be a Hub id or a local directory, got {model_name_or_path!r}.")
         self.model_name_or_path = str(model_name_or_path)
@@ -99,13 +108,17 @@ class BGEReranker(Ranking):
             ),
             constructor_query_max_length=query_max_length,
         )
+        self._load_on_init = check_bool(load_on_init, "load_on_init")
         self._model: CachedModel | None = None
         self._path: Path | None = None
+        self._config = self._config_without_loading()
         self._family_name = self._family_without_loading()
         self.check_options()
+        if self._load_on_init:
+            self.load()
 
     def __repr__(self) -> str:
-        return f"BGEReranker({self.model_name_or_path!r}, device={str(self.device)!r}, dtype={self.dtype})"
+        return f"BGEReranker({self.model_name_or_path!r}, family={self.family_name!r}, device={str(self.device)!r}, dtype={self.dtype})"
 
     @property
     def load_settings(self) -> dict[str, Any]:
@@ -125,7 +138,13 @@ class BGEReranker(Ranking):
             "cache_dir": None if self.cache_dir is None else os.fspath(self.cache_dir),
             "local_files_only": self.local_files_only,
             "show_progress": self.show_progress,
+            "load_on_init": self._load_on_init,
         }
+
+    @property
+    def family_name(self) -> str | None:
+        """The family in use: ``model_class``, the official id's, the checkpoint config's, or the loaded model's; ``None`` until known."""
+        return self._model.family.name if self._model is not None else self._family_name
 
     @property
     def options(self) -> ScoreOptions:
@@ -148,17 +167,44 @@ class BGEReranker(Ranking):
         if self._model is not None:
             _check_against_model(self._model.family, merged)
         elif self._family_name is not None:
-            _check_family_options(family_class(self._family_name), merged)
+            family = family_class(self._family_name)
+            _check_family_options(family, merged)
+            if self._config is not None and self._config_family() == self._family_name:
+                family.check_config(self._config, merged)
         return merged
 
+    def _config_without_loading(self) -> dict[str, Any] | None:
+        return config_without_loading(self.model_name_or_path, self.cache_dir)
+
+    def _config_family(self) -> str | None:
+        """The family the config says (``None`` when it does not tell): config checks apply only when it is the one in use."""
+        try:
+            return detect_family(self.model_name_or_path, self._config)
+        except ValueError:
+            return None
+
+    def score_layers(self) -> list[int] | None:
+        """The layers with a score head (the valid ``cutoff_layers``) of a layerwise or lightweight model.
+
+        Known from the loaded model, or before loading from a local checkpoint's (or a cached Hub
+        id's) ``config.json``; ``None`` for the other families or when the checkpoint is not at hand.
+        """
+        family = family_class(self._family_name) if self._family_name is not None else None
+        if family is None or not hasattr(family, "score_layers"):
+            return None
+        config = self._config if self._config is not None or self._path is None else read_config(self._path)
+        if config is None or (self._config is not None and self._config_family() != self._family_name):
+            return None
+        return family.score_layers(config)
+
     def _family_without_loading(self) -> str | None:
-        """The family when it is known without fetching anything (override, official id, local config)."""
+        """The family when it is known without fetching anything (override, official id, local or cached config)."""
         if self.model_class is not None:
             return self.model_class
         if self.model_name_or_path.strip().lower() in KNOWN_MODELS:
             return detect_family(self.model_name_or_path, None)
-        if (Path(self.model_name_or_path).expanduser() / "config.json").is_file():
-            return detect_family(self.model_name_or_path, read_config(Path(self.model_name_or_path).expanduser()))
+        if self._config is not None:
+            return detect_family(self.model_name_or_path, self._config)
         return None
 
     def load(self) -> CachedModel:
@@ -271,6 +317,20 @@ class BGEReranker(Ranking):
         return family.encode(texts, options)
 
 
+def config_without_loading(model_name_or_path: str, cache_dir: str | os.PathLike | None = None) -> dict[str, Any] | None:
+    """The checkpoint's ``config.json`` when it is there without fetching anything (a local directory, a cached Hub id).
+
+    A bare official name (``bge-reranker-v2-m3``) that is no local directory is an error here.
+    """
+    local = Path(model_name_or_path).expanduser()
+    if (local / "config.json").is_file():
+        return read_config(local)
+    check_not_a_bare_official_name(model_name_or_path)
+    if local.exists():
+        return None
+    return cached_config(model_name_or_path, cache_dir)
+
+
 def _model_key(model_name_or_path: str) -> str:
     """One name per model: a local directory's resolved path, else the Hub id in lower case."""
     local = Path(model_name_or_path).expanduser()
@@ -326,8 +386,9 @@ def _check_family_options(family: type[RerankerFamily] | RerankerFamily, options
         name for name in FAMILY_SPECIFIC_OPTIONS - family.extra_options if getattr(options, name) is not None
     )
     if unsupported:
+        names = unsupported[0] if len(unsupported) == 1 else f"{', '.join(unsupported[:-1])} and {unsupported[-1]}"
         raise ValueError(
-            f"{', '.join(unsupported)} do(es) not apply to the {family.name} family; "
+            f"{names} {'does' if len(unsupported) == 1 else 'do'} not apply to the {family.name} family; "
             f"it takes {sorted(family.extra_options) or 'no family-specific options'}."
         )
 

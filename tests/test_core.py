@@ -183,9 +183,9 @@ def test_empty_list_loads_nothing():
         ({"batch_size": "8"}, ValueError, "batch_size must be a positive integer"),
         ({"normalize": "yes"}, ValueError, "normalize must be True or False"),
         ({"temperature": 1.0}, TypeError, "Unknown scoring option"),
-        ({"cutoff_layers": [4]}, ValueError, "cutoff_layers do\\(es\\) not apply to the encoder family"),
-        ({"compress_ratio": 2}, ValueError, "compress_ratio do\\(es\\) not apply"),
-        ({"prompt": "Is B an answer to A?"}, ValueError, "prompt do\\(es\\) not apply"),
+        ({"cutoff_layers": [4]}, ValueError, "cutoff_layers does not apply to the encoder family"),
+        ({"compress_ratio": 2}, ValueError, "compress_ratio does not apply"),
+        ({"prompt": "Is B an answer to A?"}, ValueError, "prompt does not apply"),
         ({"max_length": 513}, ValueError, "max_length=513 is beyond what this model can take \\(512"),
         ({"query_instruction_format": "{}"}, ValueError, "two '\\{\\}'"),
     ],
@@ -196,9 +196,9 @@ def test_bad_options_are_clear_errors(reranker, options, error, message):
 
 
 def test_family_options_that_do_not_apply_fail_at_construction(encoder_path):
-    with pytest.raises(ValueError, match="cutoff_layers do\\(es\\) not apply to the encoder family"):
+    with pytest.raises(ValueError, match="cutoff_layers does not apply to the encoder family"):
         BGEReranker(encoder_path, device="cpu", cutoff_layers=[2])
-    with pytest.raises(ValueError, match="compress_ratio do\\(es\\) not apply to the llm family"):
+    with pytest.raises(ValueError, match="compress_ratio does not apply to the llm family"):
         BGEReranker("BAAI/bge-reranker-v2-gemma", device="cpu", compress_ratio=2)
 
 

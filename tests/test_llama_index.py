@@ -402,5 +402,5 @@ def test_decoder_families_with_their_settings(family):
 
 
 def test_option_the_family_lacks_fails_at_construction():
-    with pytest.raises(ValueError, match="cutoff_layers do\\(es\\) not apply to the encoder family"):
+    with pytest.raises(ValueError, match="cutoff_layers does not apply to the encoder family"):
         BGERerank(model=checkpoint("encoder"), device="cpu", cutoff_layers=[3])

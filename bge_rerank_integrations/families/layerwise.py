@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 
 from ..loading import load_state_dict, read_config
-from ..models.minicpm_layerwise import LayerwiseConfig, LayerwiseMiniCPM
+from ..models.minicpm_layerwise import LayerwiseConfig, LayerwiseMiniCPM, check_cutoff_layers
 from .base import Encoded, ScoreOptions
 from ..tokenization import load_tokenizer
 from .decoder import LayeredDecoderFamily
@@ -29,6 +29,7 @@ class LayerwiseFamily(LayeredDecoderFamily):
 
     name = "layerwise"
     extra_options = frozenset({"prompt", "cutoff_layers"})
+    config_class = LayerwiseConfig
 
     model: LayerwiseMiniCPM
 
@@ -40,9 +41,10 @@ class LayerwiseFamily(LayeredDecoderFamily):
         model = LayerwiseMiniCPM.from_state_dict(config, load_state_dict(path), source=path)
         return cls(model.to(device=device, dtype=dtype), tokenizer, device, dtype)
 
-    def check_options(self, options: ScoreOptions) -> None:
+    @classmethod
+    def check_model_config(cls, config: LayerwiseConfig, options: ScoreOptions) -> None:
         """Raise ValueError for cutoff layers outside ``[start_layer, num_hidden_layers]``."""
-        self.model.check_layers(self.cutoff_layers(options))
+        check_cutoff_layers(config, cls.layers_to_score(config, options))
 
     def forward(self, batch: Sequence[Encoded], options: ScoreOptions) -> torch.Tensor:
         """Raw scores, shape ``(len(cutoff_layers), len(batch))`` in ascending layer order, float32 on CPU."""
