@@ -49,7 +49,8 @@ SCORE_SETTINGS = tuple(option.name for option in dataclasses.fields(ScoreOptions
 ScoreThreshold = Annotated[Optional[float], BeforeValidator(check_score_threshold)]
 #: Settings of a ``RemoteReranker`` built from a server URL (``model="http://..."``); ``remote_model`` is its ``model``.
 REMOTE_SETTINGS = (
-    "api", "api_key", "remote_model", "timeout", "max_documents_per_request", "retries", "max_concurrent_requests"
+    "api", "api_key", "remote_model", "timeout", "max_documents_per_request", "retries", "max_concurrent_requests",
+    "max_response_bytes",
 )
 
 SharedReranker = Annotated[BGEReranker, WithJsonSchema({"type": "object", "title": "BGEReranker"})]
@@ -121,6 +122,12 @@ class RerankerSettings(BaseModel):
     )
     max_concurrent_requests: Optional[StrictInt] = Field(
         default=None, ge=1, frozen=True, description="Requests of one call in flight at once (4)."
+    )
+    max_response_bytes: Optional[StrictInt] = Field(
+        default=None,
+        ge=1,
+        frozen=True,
+        description="Most decompressed bytes of one answer (default: 1 MiB + 1 KiB per document + 8x their UTF-8 size).",
     )
 
     # Scoring settings (SCORE_SETTINGS): forwarded to every call; None keeps the reranker's own default.
