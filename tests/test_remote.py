@@ -5,7 +5,7 @@ order; retries on 503/429 (``Retry-After`` honoured) and connection errors; one 
 4xx; timeouts that fail the whole call; 50 concurrent async calls through one client, no thread
 per call. Hostile servers (issue 19): answers that are not exactly one finite score per document,
 a trickle of one byte at a time, Retry-After beyond the deadline, a gzip bomb, 413 halves beyond
-max_concurrent_requests.
+max_concurrent_requests, an API key in a validation error.
 """
 
 from __future__ import annotations
@@ -621,6 +621,26 @@ def test_the_adapters_api_key_setting_is_used_and_never_dumped(server, name):
     assert server.requests[-1]["headers"]["authorization"] == f"Bearer {COHERE_KEY}"
     saved = adapter.to_json() if hasattr(adapter, "to_json") else adapter.model_dump_json()
     assert COHERE_KEY not in saved + repr(adapter) and "api_key" not in saved
+
+
+@pytest.mark.parametrize("name", [*ADAPTERS, "cross_encoder"])
+def test_an_api_key_never_shows_in_a_validation_error(server, name):
+    secret = "sk-live-0123456789abcdef"
+    if name == "cross_encoder":
+        from bge_rerank_integrations.langchain import BGECrossEncoder as build
+    else:
+        build = ADAPTERS[name]
+    url = f"{server.url}/cohere"
+    attempts = [
+        lambda: build(model=url, api="cohere", remote_model="rerank-v3.5", normalize=True, apikey=secret),  # misspelled
+        lambda: build(model=url, api="cohere", remote_model="rerank-v3.5", normalize=True, api_key=[secret]),  # wrong type
+        lambda: setattr(build(model=url, api="tei"), "api_key", secret),  # frozen once built
+    ]
+    for attempt in attempts:
+        with pytest.raises(ValueError) as caught:
+            attempt()
+        assert secret not in str(caught.value) + repr(caught.value)
+        assert re.search("apikey|api_key", str(caught.value))  # the field is still named
 
 
 @pytest.mark.parametrize("name", ADAPTERS)
