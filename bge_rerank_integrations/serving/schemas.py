@@ -20,6 +20,10 @@ MAX_LAYERS_LISTED = 128
 #: ``true``, ``"6"`` and ``6.5`` are 422s (types are strict: nothing else is coerced).
 INTEGER_FIELDS = ("max_length", "query_max_length", "compress_ratio", "top_n", "cutoff_layers", "compress_layers")
 
+#: The bounds the core checks (``inputs.check_positive_int``), stated in the OpenAPI document; the core's
+#: check gives the message, so in-process and server errors read the same.
+_POSITIVE: dict[str, Any] = {"minimum": 1, "maximum": MAX_INT}
+
 Layers = Union[StrictInt, Annotated[list[StrictInt], Field(min_length=1, max_length=MAX_LAYERS_LISTED)], None]
 
 
@@ -56,14 +60,16 @@ class BGEOptions(BaseModel):
 
     raw_scores: StrictBool | None = Field(None, description="true: raw logits, as BGEReranker.compute_score; false: sigmoid-normalized")
     max_length: StrictInt | None = Field(
-        None, ge=1, le=MAX_INT, description="longest pair in tokens (the model's default 512; at most the model's positions)"
+        None, json_schema_extra=_POSITIVE, description="longest pair in tokens (the model's default 512; at most the model's positions)"
     )
-    query_max_length: StrictInt | None = Field(None, ge=1, le=MAX_INT, description="longest query in tokens (default max_length * 3 // 4)")
+    query_max_length: StrictInt | None = Field(
+        None, json_schema_extra=_POSITIVE, description="longest query in tokens (default max_length * 3 // 4)"
+    )
     prompt: StrictStr | None = Field(
         None, description="decoder families (llm, layerwise, lightweight): the instruction prompt (it must leave room for a pair)"
     )
     cutoff_layers: Layers = Field(None, description="layerwise, lightweight: the one layer that scores")
-    compress_ratio: StrictInt | None = Field(None, ge=1, le=MAX_INT, description="lightweight: passage tokens pooled per group (1, 2, 4, 8)")
+    compress_ratio: StrictInt | None = Field(None, json_schema_extra=_POSITIVE, description="lightweight: passage tokens pooled per group (1, 2, 4, 8)")
     compress_layers: Layers = Field(
         None, description=f"lightweight: layers that compress passage tokens (at most {MAX_LAYERS_LISTED} listed)"
     )
