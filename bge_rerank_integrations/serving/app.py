@@ -290,9 +290,9 @@ def _declare_model_bounds(schema: dict[str, Any], family: Any, max_documents: in
             for branch in properties.get(option, {}).get("anyOf", []):
                 if branch.get("type") == "integer":
                     branch["maximum"] = family.max_positions
-        field = "texts" if name == "TEIRerankRequest" else "documents"
-        if field in properties:
-            properties[field]["maxItems"] = max_documents
+        texts = "texts" if name == "TEIRerankRequest" else "documents"
+        if texts in properties:
+            properties[texts]["maxItems"] = max_documents
 
 
 def readable_validation_error(errors: Sequence[dict[str, Any]]) -> str:
