@@ -146,7 +146,7 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     return state
 
 
-def _read_weights(file: Path, check_only: bool = False) -> dict[str, torch.Tensor]:
+def _read_weights(file: Path, check_only: bool = False) -> dict[str, Any]:
     """The tensors of one weight file; ``check_only`` reads just enough to know the file is sound (no data).
 
     Pickled objects are refused (``weights_only``): loading them could run code.

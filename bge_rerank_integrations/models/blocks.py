@@ -9,7 +9,8 @@ exact rounding.
 from __future__ import annotations
 
 import os
-from typing import Callable, Literal, Mapping, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +47,7 @@ def activation(name: str, field: str = "hidden_act") -> Activation:
     >>> activation("mish")
     Traceback (most recent call last):
     ...
-    ValueError: Unsupported hidden_act 'mish'; supported: gelu, gelu_fast, gelu_new, gelu_pytorch_tanh, gelu_tanh, relu, silu, swish.
+    ValueError: Unsupported hidden_act 'mish'; supported: gelu, gelu_fast, ..., silu, swish.
     """
     try:
         return ACTIVATIONS[name]
@@ -138,6 +139,18 @@ class GatedMLP(nn.Module):
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
+class ScoreHead(nn.Module):
+    """One hidden -> 1 score map without bias (the checkpoints' ``lm_head.<i>.linear_head``)."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.linear_head = nn.Linear(hidden_size, 1, bias=False)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Score each hidden vector: shape ``hidden.shape[:-1] + (1,)``."""
+        return self.linear_head(hidden)
+
+
 def load_onto_meta(
     build: Callable[[], ModelT],
     state: Mapping[str, torch.Tensor],
@@ -162,6 +175,7 @@ __all__ = [
     "ACTIVATIONS",
     "GatedMLP",
     "RMSNorm",
+    "ScoreHead",
     "activation",
     "apply_rotary",
     "load_onto_meta",

@@ -12,22 +12,23 @@ Behaviour follows FlagEmbedding 1.4.2 as it runs under transformers 4.46.3: see
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..loading import load_state_dict, read_config, reference_gemma_activation
-from .blocks import GatedMLP, RMSNorm, activation, apply_rotary, load_onto_meta, repeat_kv, rotary_tables
+from .blocks import GatedMLP, RMSNorm, ScoreHead, activation, apply_rotary, load_onto_meta, repeat_kv, rotary_tables
 
 logger = logging.getLogger(__name__)
 
 MODEL_TYPE = "cost_wise_gemma"
-DeviceLike = Union[torch.device, str, None]
+DeviceLike = torch.device | str | None
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class LightweightConfig:
     layer_wise: bool = False
 
     @classmethod
-    def from_dict(cls, config: dict[str, Any]) -> "LightweightConfig":
+    def from_dict(cls, config: dict[str, Any]) -> LightweightConfig:
         """Build from a ``config.json`` dict, accepting both the transformers 4.x and 5.x spellings."""
         fields = {name: config[name] for name in cls.__dataclass_fields__ if name in config}
         # As the reference's Gemma-2 MLP: ``hidden_activation`` (tanh GELU when unset); ``hidden_act`` is ignored.
@@ -119,14 +120,16 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.sliding = sliding
         self.self_attn = Attention(config)
-        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, activation(config.hidden_activation, "hidden_activation"))
+        self.mlp = GatedMLP(
+            config.hidden_size, config.intermediate_size, activation(config.hidden_activation, "hidden_activation")
+        )
         size, eps = config.hidden_size, config.rms_norm_eps
         self.input_layernorm = RMSNorm(size, eps, style="gemma")
         self.post_attention_layernorm = RMSNorm(size, eps, style="gemma")
         self.pre_feedforward_layernorm = RMSNorm(size, eps, style="gemma")
         self.post_feedforward_layernorm = RMSNorm(size, eps, style="gemma")
 
-    def forward(self, x: torch.Tensor, masks: "AttentionMasks", cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, masks: AttentionMasks, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         mask = masks.sliding if self.sliding else masks.full
         x = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), mask, cos, sin))
         return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
@@ -142,7 +145,7 @@ class AttentionMasks:
     @classmethod
     def build(
         cls, lengths: torch.Tensor, length: int, dtype: torch.dtype, sliding_window: int | None
-    ) -> "AttentionMasks":
+    ) -> AttentionMasks:
         """Causal + key-padding mask for right-padded rows of real ``lengths``, padded to ``length``.
 
         The sliding mask also hides keys ``sliding_window`` or more positions back. The blocked value is
@@ -217,14 +220,6 @@ class Decoder(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, style="gemma")
 
 
-class ScoreHead(nn.Module):
-    """One per-layer head, hidden -> 1 (``lm_head.I.linear_head``)."""
-
-    def __init__(self, hidden_size: int):
-        super().__init__()
-        self.linear_head = nn.Linear(hidden_size, 1, bias=False)
-
-
 class Gemma2LightweightReranker(nn.Module):
     """The cost-wise Gemma-2 reranker: decoder plus one score head per layer from ``start_layer`` on.
 
@@ -291,7 +286,7 @@ class Gemma2LightweightReranker(nn.Module):
         """Head ``head`` on the final-normed state of each row's last real token, soft-capped: (batch,)."""
         last = lengths - 1
         states = self.model.norm(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
-        logits = self.lm_head[head].linear_head(states)[:, 0]
+        logits = self.lm_head[head](states)[:, 0]
         cap = self.config.final_logit_softcapping
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap
@@ -314,9 +309,9 @@ def load_lightweight(path: str | Path, device: torch.device, dtype: torch.dtype)
 
 __all__ = [
     "MODEL_TYPE",
-    "LightweightConfig",
-    "Gemma2LightweightReranker",
     "AttentionMasks",
+    "Gemma2LightweightReranker",
+    "LightweightConfig",
     "compress_passages",
     "load_lightweight",
 ]

@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import GatedMLP, RMSNorm, activation, apply_rotary, load_onto_meta, repeat_kv, rotary_tables
+from .blocks import GatedMLP, RMSNorm, ScoreHead, activation, apply_rotary, load_onto_meta, repeat_kv, rotary_tables
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class LayerwiseConfig:
     head_type: str = "simple"
 
     @classmethod
-    def from_dict(cls, config: dict[str, Any]) -> "LayerwiseConfig":
+    def from_dict(cls, config: dict[str, Any]) -> LayerwiseConfig:
         """Keep the known fields of a ``config.json`` dict and check what this forward supports."""
         known = {f.name for f in fields(cls)}
         given = {k: v for k, v in config.items() if k in known and (v is not None or k == "rope_scaling")}
@@ -93,7 +94,11 @@ class LayerwiseConfig:
 
 
 def rope_tables(
-    config: LayerwiseConfig, length: int, dtype: torch.dtype, device: torch.device, positions: torch.Tensor | None = None
+    config: LayerwiseConfig,
+    length: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    positions: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """RoPE cos/sin for ``positions`` (default ``0..length-1``), shape ``positions.shape + (head_dim,)``, float32.
 
@@ -128,7 +133,9 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(hidden, config.kv_heads * head_dim, bias=bias)
         self.o_proj = nn.Linear(config.num_attention_heads * head_dim, hidden, bias=bias)
 
-    def forward(self, hidden: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, hidden: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None
+    ) -> torch.Tensor:
         """``mask`` is an additive (batch, 1, seq, seq) mask in the model's dtype, or None for plain causal."""
         batch, length, _ = hidden.shape
         cfg = self.config
@@ -154,7 +161,9 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, style="llama")
         self.scale = config.residual_scale
 
-    def forward(self, hidden: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, hidden: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None
+    ) -> torch.Tensor:
         """Run attention then MLP, each added back to the residual stream."""
         hidden = hidden + self.self_attn(self.input_layernorm(hidden), rope, mask) * self.scale
         return hidden + self.mlp(self.post_attention_layernorm(hidden)) * self.scale
@@ -168,18 +177,6 @@ class Decoder(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, style="llama")
-
-
-class ScoreHead(nn.Module):
-    """One hidden -> 1 linear map (the checkpoint's ``lm_head.<i>.linear_head``)."""
-
-    def __init__(self, hidden_size: int):
-        super().__init__()
-        self.linear_head = nn.Linear(hidden_size, 1, bias=False)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Score each hidden vector."""
-        return self.linear_head(hidden)
 
 
 def attention_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
@@ -210,18 +207,27 @@ class LayerwiseMiniCPM(nn.Module):
     @classmethod
     def from_state_dict(
         cls, config: LayerwiseConfig, state: dict[str, torch.Tensor], source: str | os.PathLike[str] = "checkpoint"
-    ) -> "LayerwiseMiniCPM":
-        """Build the model around the checkpoint's tensors (no random initialization); all its weights must be present."""
+    ) -> LayerwiseMiniCPM:
+        """The model around the checkpoint's tensors (no random initialization); each of its weights must be there."""
         if not config.head_multi and "lm_head.linear_head.weight" in state:
-            state = {("lm_head.0.linear_head.weight" if k == "lm_head.linear_head.weight" else k): v for k, v in state.items()}
+            state = {
+                ("lm_head.0.linear_head.weight" if k == "lm_head.linear_head.weight" else k): v
+                for k, v in state.items()
+            }
         return load_onto_meta(lambda: cls(config), state, source, "layerwise")
 
     def check_layers(self, layers: Sequence[int]) -> None:
         """Raise ValueError unless every layer lies in ``[start_layer, num_hidden_layers]``."""
         low, high = self.config.start_layer, self.config.num_hidden_layers
-        bad = [layer for layer in layers if not isinstance(layer, int) or isinstance(layer, bool) or not low <= layer <= high]
+        bad = [
+            layer
+            for layer in layers
+            if not isinstance(layer, int) or isinstance(layer, bool) or not low <= layer <= high
+        ]
         if bad or not layers:
-            raise ValueError(f"cutoff_layers must be integers in [{low}, {high}] for this checkpoint, got {list(layers)}.")
+            raise ValueError(
+                f"cutoff_layers must be integers in [{low}, {high}] for this checkpoint, got {list(layers)}."
+            )
 
     def score(
         self,
