@@ -13,7 +13,7 @@ from bge_rerank_integrations import BGEReranker
 from .conftest import FAMILIES, checkpoint
 from .serve_support import ServerProcess, metric
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.server, pytest.mark.usefixtures("one_torch_thread")]
 
 TOLERANCE = 1e-4
 QUERIES = ["what is panda?", "capital of France", "how do rerankers score passages in a retrieval pipeline?"]

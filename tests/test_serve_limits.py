@@ -14,6 +14,8 @@ KEY = "test-key-1234"
 MAX_DOCUMENTS = 8
 MAX_BYTES = 4096
 
+pytestmark = pytest.mark.server
+
 
 @pytest.fixture(scope="module")
 def url():
