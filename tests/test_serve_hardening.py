@@ -27,7 +27,7 @@ from bge_rerank_integrations.serving.serve import main as serve_main
 from .conftest import checkpoint
 from .serve_support import ServerProcess
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.server, pytest.mark.usefixtures("one_torch_thread")]
 
 #: A key with non-ASCII characters: it must authenticate (compared as UTF-8 bytes).
 KEY = "clé-ü-1234"
