@@ -184,6 +184,8 @@ def test_over_the_connection_cap_is_a_503_and_capacity_returns(server, client):
     try:
         over = httpx.post(f"{server.url}/rerank", json={"query": "q", "texts": ["a"]}, headers=AUTH, timeout=30)
         assert over.status_code == 503, over.text
+        assert over.json()["error_type"] == "overloaded"
+        assert "more than its limit of 4 (--max-connections)" in over.json()["detail"]
     finally:
         for sock in held:
             sock.close()

@@ -1,11 +1,16 @@
-"""Connection-level limits uvicorn lacks: a deadline for a request's headers.
+"""Connection-level limits uvicorn lacks or answers in its own way: a deadline for a request's
+headers, and a cap on open connections answered with the server's JSON error body.
 
 uvicorn closes a connection left idle after a response (``timeout_keep_alive``), but not one
 that never completes its headers (a client that connects and sends nothing, or a few bytes a
-minute): such sockets would be held forever. ``with_header_timeout`` wraps uvicorn's HTTP
-protocol so that each request's headers must arrive within ``seconds`` of the connection
+minute): such sockets would be held forever. ``http_protocol`` wraps uvicorn's HTTP protocol
+so that each request's headers must arrive within ``header_timeout`` seconds of the connection
 opening or the previous response ending; otherwise the connection is closed. The body's own
 deadline is the ``Guard``'s (``--body-timeout``).
+
+A request that arrives while more than ``max_connections`` connections are open is answered
+503 with ``{"error", "error_type", "detail"}`` and the connection is closed (uvicorn's own
+``limit_concurrency`` answers a plain-text 503 and counts the request's own connection).
 """
 
 from __future__ import annotations
@@ -14,21 +19,43 @@ import asyncio
 import logging
 from typing import Any
 
+from .guard import Receive, Scope, Send, send_error
+
 logger = logging.getLogger(__name__)
 
 #: Default seconds for a request's headers to arrive (``--header-timeout``).
 DEFAULT_HEADER_TIMEOUT = 10.0
 
 
-class _HeaderDeadline:
-    """Mixin for uvicorn's ``H11Protocol`` / ``HttpToolsProtocol``: close connections whose headers are late."""
+#: Default most open connections (``--max-connections``).
+DEFAULT_MAX_CONNECTIONS = 512
+
+
+class _ConnectionLimits:
+    """Mixin for uvicorn's ``H11Protocol`` / ``HttpToolsProtocol``: close connections whose headers
+    are late, and answer 503 to requests over the connection cap."""
 
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
     _header_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)  # type: ignore[misc]
+        self._app_within_cap = self.app  # type: ignore[has-type]
+        self.app = self._app_or_over_cap
         self._arm_header_timer()
+
+    async def _app_or_over_cap(self, scope: Scope, receive: Receive, send: Send) -> None:
+        open_connections = len(self.connections)  # type: ignore[attr-defined]  # this one included
+        if scope["type"] != "http" or open_connections <= self.max_connections:
+            await self._app_within_cap(scope, receive, send)
+            return
+        logger.warning("Answering 503: %d connections are open, over --max-connections %d.", open_connections, self.max_connections)
+        message = (
+            f"The server has {open_connections} open connections, more than its limit of {self.max_connections} "
+            "(--max-connections); retry later."
+        )
+        await send_error(send, 503, "overloaded", message, {"Retry-After": "1", "Connection": "close"})
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # type: ignore[misc]
@@ -57,8 +84,9 @@ class _HeaderDeadline:
             self.transport.close()  # type: ignore[attr-defined]
 
 
-def with_header_timeout(seconds: float) -> type:
-    """uvicorn's default HTTP protocol class (httptools if installed, else h11) with a header deadline."""
+def http_protocol(header_timeout: float, max_connections: int) -> type:
+    """uvicorn's default HTTP protocol class (httptools if installed, else h11) with these limits."""
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-    return type(f"HeaderDeadline{AutoHTTPProtocol.__name__}", (_HeaderDeadline, AutoHTTPProtocol), {"header_timeout": seconds})
+    limits = {"header_timeout": header_timeout, "max_connections": max_connections}
+    return type(f"Limited{AutoHTTPProtocol.__name__}", (_ConnectionLimits, AutoHTTPProtocol), limits)

@@ -21,7 +21,7 @@ import sys
 from typing import Sequence
 
 from ..cli import _int_list
-from .connections import DEFAULT_HEADER_TIMEOUT, with_header_timeout
+from .connections import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS, http_protocol
 from .guard import DEFAULT_BODY_TIMEOUT
 
 logger = logging.getLogger(__name__)
@@ -90,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep-alive-timeout", type=_seconds, default=5.0, help="seconds an idle connection is kept after a response (default 5)"
     )
     connections.add_argument(
-        "--max-connections", type=int, default=512,
-        help="most open connections (and requests in flight); a request beyond them is a 503 (default 512)",
+        "--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS,
+        help=f"most open connections; a request while more are open is a 503 (default {DEFAULT_MAX_CONNECTIONS})",
     )
     connections.add_argument(
         "--shutdown-timeout", type=_seconds, default=30.0,
@@ -223,9 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.info("bge-rerank serve: %s on http://%s:%d (loading the model; /health answers 200 once ready)", args.model, host, port)
     config = uvicorn.Config(
         app, log_level=args.log_level, access_log=args.log_level == "debug",
-        http=with_header_timeout(args.header_timeout),
+        http=http_protocol(args.header_timeout, args.max_connections),
         timeout_keep_alive=args.keep_alive_timeout,
-        limit_concurrency=args.max_connections,
         timeout_graceful_shutdown=args.shutdown_timeout,
     )
     server = uvicorn.Server(config)
