@@ -21,6 +21,8 @@ from bge_rerank_integrations import BGEReranker
 
 from .conftest import TOLERANCE, checkpoint
 
+pytestmark = pytest.mark.slow  # each example is a subprocess that loads two models
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 ROW = re.compile(r"^  (\S+) +(-?\d+\.\d{4})$")
 

@@ -65,6 +65,7 @@ def test_half_precision_on_cpu_is_warned_once_per_model(own_encoder, tmp_path, c
     assert len(warnings()) == 3 and "bfloat16" in warnings()[1]
 
 
+@pytest.mark.slow  # a subprocess, to see its stderr as a user would
 def test_a_refused_checkpoint_gives_our_error_without_transformers_load_report():
     """``model_class="llm"`` on an encoder: CheckpointError names the weights; nothing else reaches stderr."""
     script = textwrap.dedent(
