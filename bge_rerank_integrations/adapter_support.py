@@ -107,7 +107,9 @@ class RerankerSettings(BaseModel):
     )
     show_progress: StrictBool = Field(default=False, frozen=True, description="A progress bar over the pairs.")
     load_on_init: StrictBool = Field(
-        default=False, frozen=True, description="Load the model when the adapter is built, so every error comes up front."
+        default=False,
+        frozen=True,
+        description="Load the model when the adapter is built, so every error comes up front.",
     )
 
     # Remote settings (REMOTE_SETTINGS): only with a server URL; fixed once built. None: RemoteReranker's default.
@@ -179,7 +181,9 @@ class RerankerSettings(BaseModel):
             check_single_score(self.cutoff_layers, reranker)
             if self.load_on_init:
                 if isinstance(reranker, RemoteReranker):
-                    raise ValueError("load_on_init loads a model in this process, but model is a rerank server: drop it.")
+                    raise ValueError(
+                        "load_on_init loads a model in this process, but model is a rerank server: drop it."
+                    )
                 reranker.load()
             self._reranker = reranker
         else:
@@ -187,15 +191,15 @@ class RerankerSettings(BaseModel):
             self._reranker.check_options(**score_options(self.reranker_settings()))
         return self
 
-    def load(self) -> "RerankerSettings":
-        """Load the model now (otherwise it loads on the first call), so that a missing or broken checkpoint fails here."""
+    def load(self) -> RerankerSettings:
+        """Load the model now (otherwise on the first call), so that a missing or broken checkpoint fails here."""
         if isinstance(self._reranker, BGEReranker):
             self._reranker.load()
         return self
 
     @property
     def resolved(self) -> dict[str, Any]:
-        """What scores, as resolved: the model, its family (``None`` until known), device and dtype; or the server's URL and API.
+        """What scores: the model, its family (``None`` until known), device and dtype; or a server's URL and API.
 
         The family is known at construction for an official id, a local checkpoint, a cached Hub id
         or ``model_class``; else once the model is loaded.
@@ -213,7 +217,8 @@ class RerankerSettings(BaseModel):
     def __repr__(self) -> str:
         """The resolved model, family, device and dtype, then the settings that were set."""
         resolved = self.resolved
-        given = [name for name in type(self).model_fields if name in self.model_fields_set and name not in {*resolved, "api_key"}]
+        hidden = {*resolved, "api_key"}
+        given = [name for name in type(self).model_fields if name in self.model_fields_set and name not in hidden]
         shown = [f"{name}={value!r}" for name, value in resolved.items()]
         shown += [f"{name}={getattr(self, name)!r}" for name in given]
         return f"{type(self).__name__}({', '.join(shown)})"
@@ -377,7 +382,8 @@ def check_single_score(cutoff_layers: int | Sequence[int] | None, reranker: Rera
     """
     if several_layers(cutoff_layers):
         valid = reranker.score_layers() if isinstance(reranker, BGEReranker) else None
-        hint = f"one of {describe_layers(valid)} for this checkpoint" if valid else f"e.g. cutoff_layers=[{cutoff_layers[0]}]"
+        first = cutoff_layers[0]  # type: ignore[index]
+        hint = f"one of {describe_layers(valid)} for this checkpoint" if valid else f"e.g. cutoff_layers=[{first}]"
         raise ValueError(
             f"cutoff_layers={list(cutoff_layers)} gives one score per layer, but a reranker needs one score per "
             f"document: pass a single layer, {hint}."

@@ -81,7 +81,9 @@ def resolve_dtype(
     wanted = torch.float16 if use_fp16 else torch.bfloat16
     if device.type == "cpu":
         if model is None or (model, wanted) not in _warned_on_cpu:
-            logger.warning("%s was asked for on CPU, where half precision is slow or unsupported: using float32.", wanted)
+            logger.warning(
+                "%s was asked for on CPU, where half precision is slow or unsupported: using float32.", wanted
+            )
             if model is not None:
                 _warned_on_cpu.add((model, wanted))
         return torch.float32

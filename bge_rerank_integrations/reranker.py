@@ -84,7 +84,10 @@ class BGEReranker(Ranking):
         self._requested_dtype = (use_fp16, use_bf16)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(
-            self.device, check_bool(use_fp16, "use_fp16"), check_bool(use_bf16, "use_bf16"), model=_model_key(self.model_name_or_path)
+            self.device,
+            check_bool(use_fp16, "use_fp16"),
+            check_bool(use_bf16, "use_bf16"),
+            model=_model_key(self.model_name_or_path),
         )
         self.cache_dir = check_cache_dir(cache_dir)
         self.local_files_only = check_bool(local_files_only, "local_files_only")
@@ -118,7 +121,10 @@ class BGEReranker(Ranking):
             self.load()
 
     def __repr__(self) -> str:
-        return f"BGEReranker({self.model_name_or_path!r}, family={self.family_name!r}, device={str(self.device)!r}, dtype={self.dtype})"
+        return (
+            f"BGEReranker({self.model_name_or_path!r}, family={self.family_name!r}, "
+            f"device={str(self.device)!r}, dtype={self.dtype})"
+        )
 
     @property
     def load_settings(self) -> dict[str, Any]:
@@ -143,7 +149,7 @@ class BGEReranker(Ranking):
 
     @property
     def family_name(self) -> str | None:
-        """The family in use: ``model_class``, the official id's, the checkpoint config's, or the loaded model's; ``None`` until known."""
+        """The family in use: ``model_class``'s, the official id's, the config's or the loaded model's; ``None`` until known."""
         return self._model.family.name if self._model is not None else self._family_name
 
     @property
@@ -177,7 +183,7 @@ class BGEReranker(Ranking):
         return config_without_loading(self.model_name_or_path, self.cache_dir)
 
     def _config_family(self) -> str | None:
-        """The family the config says (``None`` when it does not tell): config checks apply only when it is the one in use."""
+        """The family the config says (``None`` if it does not tell): config checks apply only to the family in use."""
         try:
             return detect_family(self.model_name_or_path, self._config)
         except ValueError:
@@ -319,7 +325,9 @@ class BGEReranker(Ranking):
         return family.encode(texts, options)
 
 
-def config_without_loading(model_name_or_path: str, cache_dir: str | os.PathLike | None = None) -> dict[str, Any] | None:
+def config_without_loading(
+    model_name_or_path: str, cache_dir: str | os.PathLike | None = None
+) -> dict[str, Any] | None:
     """The checkpoint's ``config.json`` when it is there without fetching anything (a local directory, a cached Hub id).
 
     A bare official name (``bge-reranker-v2-m3``) that is no local directory is an error here.

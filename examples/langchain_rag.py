@@ -56,7 +56,10 @@ for document in documents:
 prompt = PromptTemplate.from_template("Answer from the context only.\n\nContext:\n{context}\n\nQuestion: {question}")
 llm = FakeListLLM(responses=["Giant pandas eat almost only bamboo."])  # your LLM here
 chain = (
-    {"context": retriever | (lambda docs: "\n".join(f"- {d.page_content}" for d in docs)), "question": RunnablePassthrough()}
+    {
+        "context": retriever | (lambda docs: "\n".join(f"- {d.page_content}" for d in docs)),
+        "question": RunnablePassthrough(),
+    }
     | prompt
     | llm
     | StrOutputParser()

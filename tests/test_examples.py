@@ -79,7 +79,7 @@ def test_example_runs_offline_with_a_real_first_stage_and_reranks(name, tmp_path
     expected = BGEReranker(checkpoint("encoder"), device="cpu").compute_score([[QUERY, CORPUS[c]] for c in candidates])
     best = sorted(zip(candidates, expected), key=lambda item: -item[1])[:3]
     assert [doc_id for doc_id, _ in reranked] == [doc_id for doc_id, _ in best]
-    assert all(abs(shown - score) < TOLERANCE + 5e-5 for (_, shown), (_, score) in zip(reranked, best))
+    assert all(abs(shown - score) < TOLERANCE + 5e-5 for (_, shown), (_, score) in zip(reranked, best, strict=True))
     # What the LLM is given (echoed by MockLLM; the LangChain chain's fake answer is fixed).
     answer = output.split("answer", 1)[1]
     if name.startswith("llama"):

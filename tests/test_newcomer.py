@@ -57,7 +57,9 @@ def test_half_precision_on_cpu_is_warned_once_per_model(own_encoder, tmp_path, c
     BGEReranker(own_encoder, device="cpu", use_fp16=True)
     LangChainRerank(model=own_encoder, device="cpu", use_fp16=True)
     LlamaIndexRerank(model=own_encoder, device="cpu", use_fp16=True)
-    assert warnings() == ["torch.float16 was asked for on CPU, where half precision is slow or unsupported: using float32."]
+    assert warnings() == [
+        "torch.float16 was asked for on CPU, where half precision is slow or unsupported: using float32."
+    ]
     BGEReranker(own_encoder, device="cpu", use_bf16=True)  # another dtype asked for: its own warning
     other = tmp_path / "other"
     shutil.copytree(own_encoder, other)
@@ -78,7 +80,9 @@ def test_a_refused_checkpoint_gives_our_error_without_transformers_load_report()
         """
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    completed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT
+    )
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.startswith("refused: Checkpoint ") and "does not fit a llm reranker" in completed.stdout
     assert "LOAD REPORT" not in completed.stderr and "MISSING" not in completed.stderr, completed.stderr
@@ -115,8 +119,16 @@ def test_a_bare_official_name_is_answered_with_its_hub_id_when_built(name, tmp_p
 # Mistakes caught when the reranker or adapter is built
 # --------------------------------------------------------------------------------------------------
 BUILD_TIME_ERRORS = [
-    ("layerwise", {"cutoff_layers": [28]}, r"cutoff_layers must be integers in \[2, 6\] for this checkpoint, got \[28\]"),
-    ("lightweight", {"cutoff_layers": [28]}, r"cutoff_layers \[28\] have no score head in this model; choose from 2\.\.10"),
+    (
+        "layerwise",
+        {"cutoff_layers": [28]},
+        r"cutoff_layers must be integers in \[2, 6\] for this checkpoint, got \[28\]",
+    ),
+    (
+        "lightweight",
+        {"cutoff_layers": [28]},
+        r"cutoff_layers \[28\] have no score head in this model; choose from 2\.\.10",
+    ),
     ("lightweight", {"compress_ratio": 3}, r"compress_ratio must be one of 1, 2, 4, 8"),
     ("lightweight", {"compress_layers": [40]}, r"compress_layers \[40\] are outside the model; choose from 0\.\.9"),
     ("encoder", {"compress_ratio": 2}, r"^compress_ratio does not apply to the encoder family"),
@@ -210,7 +222,12 @@ def test_adapters_show_the_resolved_family_device_and_dtype(own_encoder):
 
     for adapter in (LangChainRerank, LlamaIndexRerank):
         built = adapter(model=checkpoint("layerwise"), device="cpu", use_fp16=True, cutoff_layers=[4], top_n=2)
-        assert built.resolved == {"model": checkpoint("layerwise"), "family": "layerwise", "device": "cpu", "dtype": "float32"}
+        assert built.resolved == {
+            "model": checkpoint("layerwise"),
+            "family": "layerwise",
+            "device": "cpu",
+            "dtype": "float32",
+        }
         assert repr(built) == (
             f"BGERerank(model={checkpoint('layerwise')!r}, family='layerwise', device='cpu', dtype='float32', "
             "use_fp16=True, cutoff_layers=[4], top_n=2)"
@@ -226,11 +243,15 @@ def test_adapters_show_the_resolved_family_device_and_dtype(own_encoder):
 # Messages
 # --------------------------------------------------------------------------------------------------
 def test_options_a_family_lacks_are_named_in_grammatical_english():
-    with pytest.raises(ValueError, match=r"^prompt does not apply to the encoder family; it takes no family-specific options\.$"):
+    with pytest.raises(
+        ValueError, match=r"^prompt does not apply to the encoder family; it takes no family-specific options\.$"
+    ):
         BGEReranker(checkpoint("encoder"), device="cpu", prompt="x")
     with pytest.raises(ValueError, match=r"^compress_ratio and cutoff_layers do not apply to the llm family"):
         BGEReranker(checkpoint("llm"), device="cpu", compress_ratio=2, cutoff_layers=[2])
-    with pytest.raises(ValueError, match=r"^compress_layers, compress_ratio and cutoff_layers do not apply to the encoder"):
+    with pytest.raises(
+        ValueError, match=r"^compress_layers, compress_ratio and cutoff_layers do not apply to the encoder"
+    ):
         BGEReranker(checkpoint("encoder"), device="cpu", compress_ratio=2, cutoff_layers=[2], compress_layers=[1])
 
 
@@ -239,7 +260,10 @@ def test_options_a_family_lacks_are_named_in_grammatical_english():
     [
         (checkpoint("layerwise"), "one of 2..6 for this checkpoint"),
         (checkpoint("lightweight"), "one of 2..10 for this checkpoint"),
-        ("BAAI/bge-reranker-v2-minicpm-layerwise", "e.g. cutoff_layers=[2]"),  # not at hand: the caller's own first layer
+        (
+            "BAAI/bge-reranker-v2-minicpm-layerwise",
+            "e.g. cutoff_layers=[2]",
+        ),  # not at hand: the caller's own first layer
     ],
 )
 def test_the_hint_for_several_cutoff_layers_uses_the_checkpoints_range(model, hint):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 from .base import Encoded, RerankerFamily, ScoreOptions
 from .decoder_text import (
@@ -59,7 +60,8 @@ class LayeredDecoderFamily(DecoderFamily):
     def score_layers(cls, config: dict[str, Any]) -> list[int]:
         """The layers with a score head (the valid ``cutoff_layers``) of a checkpoint with this ``config.json``."""
         model_config = cls.config_class.from_dict(config)
-        return list(getattr(model_config, "score_layers", range(model_config.start_layer, model_config.num_hidden_layers + 1)))
+        every = range(model_config.start_layer, model_config.num_hidden_layers + 1)
+        return list(getattr(model_config, "score_layers", every))
 
     @staticmethod
     def layers_to_score(config: Any, options: ScoreOptions) -> list[int]:

@@ -62,7 +62,9 @@ class LightweightFamily(LayeredDecoderFamily):
         valid = config.score_layers
         wrong = [layer for layer in cls.layers_to_score(config, options) if layer not in valid]
         if wrong:
-            raise ValueError(f"cutoff_layers {wrong} have no score head in this model; choose from {describe_layers(valid)}.")
+            raise ValueError(
+                f"cutoff_layers {wrong} have no score head in this model; choose from {describe_layers(valid)}."
+            )
         if options.compress_layers is not None:
             wrong = [layer for layer in options.compress_layers if not 0 <= layer < config.num_hidden_layers]
             if wrong:

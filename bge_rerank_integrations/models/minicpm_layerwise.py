@@ -30,7 +30,7 @@ from torch import nn
 from .blocks import GatedMLP, RMSNorm, ScoreHead, activation, apply_rotary, load_onto_meta, repeat_kv, rotary_tables
 
 
-def check_cutoff_layers(config: "LayerwiseConfig", layers: Sequence[int]) -> None:
+def check_cutoff_layers(config: LayerwiseConfig, layers: Sequence[int]) -> None:
     """Raise ValueError unless every layer lies in ``[start_layer, num_hidden_layers]`` of ``config``."""
     low, high = config.start_layer, config.num_hidden_layers
     bad = [
