@@ -90,6 +90,13 @@ def fake_hub_cache(root: Path) -> Path:
         (repo / "refs").mkdir(parents=True)
         (repo / "refs" / "main").write_text(commit)
         shutil.copytree(CHECKPOINTS / family, repo / "snapshots" / commit)
+    # The README's configuration names the lightweight model's layers (cutoff 28, compression at 24
+    # and 40), which adapters check against the cached config.json when built: that config states the
+    # real model's depth (no README block scores with it, so its weights are never read).
+    config_path = root / "models--BAAI--bge-reranker-v2.5-gemma2-lightweight" / "snapshots" / commit / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config.update(num_hidden_layers=42, start_layer=8)
+    config_path.write_text(json.dumps(config), encoding="utf-8")
     return root
 
 
