@@ -14,31 +14,9 @@ from typing import Any, ClassVar, Sequence
 
 import torch
 
+from ..options import ScoreOptions, family_options
 
-@dataclass(frozen=True)
-class ScoreOptions:
-    """Every scoring option of one call, after constructor defaults and per-call overrides merge.
-
-    Family-specific options are ``None`` unless the caller set them; a family fills in its
-    own defaults (for example the default prompt or ``cutoff_layers``).
-    """
-
-    normalize: bool = False
-    max_length: int = 512
-    query_max_length: int = 384
-    batch_size: int = 128
-    query_instruction_for_rerank: str | None = None
-    passage_instruction_for_rerank: str | None = None
-    query_instruction_format: str = "{}{}"
-    passage_instruction_format: str = "{}{}"
-    prompt: str | None = None
-    cutoff_layers: tuple[int, ...] | None = None
-    compress_ratio: int | None = None
-    compress_layers: tuple[int, ...] | None = None
-
-
-#: Options that only some families take; a family lists the ones it accepts in ``extra_options``.
-FAMILY_SPECIFIC_OPTIONS = frozenset({"prompt", "cutoff_layers", "compress_ratio", "compress_layers"})
+__all__ = ["Encoded", "RerankerFamily", "ScoreOptions"]
 
 
 @dataclass(frozen=True)
@@ -63,18 +41,23 @@ class Encoded:
 class RerankerFamily(ABC):
     """A loaded model of one family: tokenizer, weights, and the forward that scores.
 
-    Subclasses set ``name`` and ``extra_options`` and implement ``load``, ``encode`` and
-    ``forward``. An instance is shared by every reranker that loads the same checkpoint on
+    Subclasses set ``name`` and implement ``load``, ``encode`` and ``forward``; the options a
+    family takes of its own are those whose ``families`` in ``options.OPTIONS`` name it. An instance is shared by every reranker that loads the same checkpoint on
     the same device in the same dtype (see ``model_cache``); it must not hold per-call state.
     """
 
     #: Family name used by ``model_class`` and in messages.
     name: ClassVar[str]
-    #: Family-specific option names this family accepts (subset of FAMILY_SPECIFIC_OPTIONS).
+    #: Family-specific option names this family accepts: derived from ``options.OPTIONS``.
     extra_options: ClassVar[frozenset[str]] = frozenset()
     #: Instructions used when the caller gives none (the decoders' "A: " / "B: ").
     default_query_instruction: ClassVar[str | None] = None
     default_passage_instruction: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            cls.extra_options = family_options(cls.name)
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, device: torch.device, dtype: torch.dtype):
         self.model = model

@@ -28,7 +28,6 @@ class LayerwiseFamily(LayeredDecoderFamily):
     """MiniCPM reranker with a score head on every layer from ``start_layer`` to the last."""
 
     name = "layerwise"
-    extra_options = frozenset({"prompt", "cutoff_layers"})
 
     model: LayerwiseMiniCPM
 

@@ -39,7 +39,6 @@ class LightweightFamily(LayeredDecoderFamily):
     """Cost-wise Gemma-2 reranker: one raw score per cutoff layer, optionally with passage compression."""
 
     name = "lightweight"
-    extra_options = frozenset({"prompt", "cutoff_layers", "compress_ratio", "compress_layers"})
     default_prompt = DEFAULT_PROMPT
     model: Gemma2LightweightReranker
 

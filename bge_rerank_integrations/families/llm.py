@@ -40,7 +40,6 @@ class LLMFamily(DecoderFamily):
     """Gemma-style causal LM reranker: score = logit of "Yes" after the prompt."""
 
     name = "llm"
-    extra_options = frozenset({"prompt"})
     bos = "auto"
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, device: torch.device, dtype: torch.dtype):
