@@ -143,6 +143,6 @@ def test_through_bge_reranker_matches_goldens_and_rejects_bad_layers():
     reranker = BGEReranker(checkpoint("layerwise"), device="cpu", **case["init"])
     got = reranker.compute_score(case["pairs"], **case["call"])
     assert [pytest.approx(row, abs=TOLERANCE) for row in case["scores"]] == got
-    start, last = reranker.family.model.config.start_layer, reranker.family.model.config.num_hidden_layers
+    start, last = reranker.load().family.model.config.start_layer, reranker.load().family.model.config.num_hidden_layers
     with pytest.raises(ValueError, match=rf"\[{start}, {last}\]"):
         reranker.compute_score(case["pairs"], cutoff_layers=[last + 1])

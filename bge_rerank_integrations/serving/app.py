@@ -169,7 +169,7 @@ def create_app(scorer: Scorer, *, settings: ServerSettings | None = None, metric
     @app.get("/info")
     async def info() -> dict[str, Any]:
         """Model, family, device, dtype, max positions, scoring defaults, limits and version."""
-        family = reranker.family
+        family = reranker.load().family
         defaults = {name: list(value) if isinstance(value, tuple) else value for name, value in dataclasses.asdict(reranker.options).items()}
         limits = {"max_documents": settings.max_documents, "max_request_bytes": settings.max_request_bytes}
         limits.update(getattr(scorer, "describe", dict)())
