@@ -299,7 +299,8 @@ def add_flags(parser: Any, names: Iterable[str], overrides: Optional[Mapping[str
         if option.kind == "bool":
             keywords: dict[str, Any] = {"action": "store_true", "default": None}
         else:
-            keywords = {"type": {"int": int, "layers": int_list}.get(option.kind), "default": None}
+            metavar = option.flag_name.lstrip("-").replace("-", "_").upper()
+            keywords = {"type": {"int": int, "layers": int_list}.get(option.kind), "default": None, "metavar": metavar}
         keywords.update(dest=name, help=option.help)
         keywords.update((overrides or {}).get(name, {}))
         parser.add_argument(option.flag_name, **{k: v for k, v in keywords.items() if v is not None or k == "default"})

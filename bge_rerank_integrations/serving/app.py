@@ -21,11 +21,11 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..adapter_support import check_single_score
 from ..inputs import check_text
+from ..options import check_single_score
 from .guard import Guard
 from .metrics import Metrics
-from .schemas import ErrorResponse, RerankRequest, RerankResponse, RerankResult, TEIRank, TEIRerankRequest, Usage
+from .schemas import ErrorResponse, RankedDocument, RerankRequest, RerankResponse, TEIRank, TEIRerankRequest, Usage
 from .scoring import Overloaded, ScoredPairs, Scorer
 
 #: Status of a request whose client went away before its answer (nginx's convention; nobody reads it).
@@ -148,7 +148,7 @@ def create_app(scorer: Scorer, *, settings: ServerSettings | None = None, metric
         scored = await score(request, body.query, texts, options)
         order = _best_first(scored.scores)[: body.top_n or None]
         results = [
-            RerankResult(index=i, relevance_score=scored.scores[i], document={"text": texts[i]} if body.return_documents else None)
+            RankedDocument(index=i, relevance_score=scored.scores[i], document={"text": texts[i]} if body.return_documents else None)
             for i in order
         ]
         tokens = sum(scored.tokens)
@@ -210,7 +210,7 @@ def readable_validation_error(errors: Sequence[dict[str, Any]]) -> str:
 
 def _options(body: TEIRerankRequest | RerankRequest, use_activation: bool | None = None) -> dict[str, Any]:
     try:
-        return body.score_options(use_activation)
+        return body.call_options(use_activation)
     except ValueError as error:
         raise ApiError(422, "invalid_request", str(error)) from None
 

@@ -1,52 +1,27 @@
 """Request and response bodies of the rerank endpoints (TEI's, and Cohere/Jina/vLLM's), as pydantic models.
 
-Both request schemas take the same BGE options (``BGEOptions``); unknown fields are ignored, as
+Both request schemas take the same BGE options (``BGEOptions``, derived from ``options.OPTIONS``); unknown fields are ignored, as
 the engines whose clients we serve send fields of their own (``model``, ``rank_fields``, ...).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-#: BGE options a request may set, by core option name (``raw_scores`` / ``use_activation`` become ``normalize``).
-REQUEST_OPTIONS = (
-    "max_length",
-    "query_max_length",
-    "prompt",
-    "cutoff_layers",
-    "compress_ratio",
-    "compress_layers",
-    "query_instruction_for_rerank",
-    "query_instruction_format",
-    "passage_instruction_for_rerank",
-    "passage_instruction_format",
-)
+from ..options import BY_NAME, REQUEST_OPTIONS
+
+#: Request field types of the options' kinds (JSON numbers and strings, as pydantic reads them by default).
+_FIELD_TYPES: dict[str, Any] = {"int": int, "text": str, "format": str, "layers": Union[int, list[int]], "bool": bool}
 
 
-class BGEOptions(BaseModel):
-    """Per-request scoring options; ``None`` (or absent) keeps the server's default.
-
-    They are checked exactly as ``BGEReranker`` checks them: an option the model's family
-    lacks, or a value it cannot take, is a 422 that says so.
-    """
-
+class _RawScores(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     raw_scores: bool | None = Field(None, description="true: raw logits, as BGEReranker.compute_score; false: sigmoid-normalized")
-    max_length: int | None = Field(None, description="longest pair in tokens (the model's default 512)")
-    query_max_length: int | None = Field(None, description="longest query in tokens (default max_length * 3 // 4)")
-    prompt: str | None = Field(None, description="decoder families (llm, layerwise, lightweight): the instruction prompt")
-    cutoff_layers: Union[int, list[int], None] = Field(None, description="layerwise, lightweight: the one layer that scores")
-    compress_ratio: int | None = Field(None, description="lightweight: passage tokens pooled per group (1, 2, 4, 8)")
-    compress_layers: Union[int, list[int], None] = Field(None, description="lightweight: layers that compress passage tokens")
-    query_instruction_for_rerank: str | None = None
-    query_instruction_format: str | None = None
-    passage_instruction_for_rerank: str | None = None
-    passage_instruction_format: str | None = None
 
-    def score_options(self, use_activation: bool | None = None) -> dict[str, Any]:
+    def call_options(self, use_activation: bool | None = None) -> dict[str, Any]:
         """The options that were set, as ``BGEReranker`` keyword arguments (``normalize`` from the raw flags)."""
         options = {name: getattr(self, name) for name in REQUEST_OPTIONS if getattr(self, name) is not None}
         if self.raw_scores is not None and use_activation is not None and self.raw_scores == use_activation:
@@ -59,6 +34,21 @@ class BGEOptions(BaseModel):
         elif use_activation is not None:
             options["normalize"] = use_activation
         return options
+
+
+BGEOptions = create_model(
+    "BGEOptions",
+    __base__=_RawScores,
+    __doc__="""Per-request scoring options (``options.REQUEST_OPTIONS``); ``None`` (or absent) keeps the server's default.
+
+    They are checked exactly as ``BGEReranker`` checks them: an option the model's family
+    lacks, or a value it cannot take, is a 422 that says so.
+    """,
+    **{
+        name: (Optional[_FIELD_TYPES[BY_NAME[name].kind]], Field(None, description=BY_NAME[name].help))
+        for name in REQUEST_OPTIONS
+    },
+)
 
 
 class TEIRerankRequest(BGEOptions):
@@ -107,7 +97,9 @@ class Document(BaseModel):
     text: str
 
 
-class RerankResult(BaseModel):
+class RankedDocument(BaseModel):
+    """One result of a Cohere/Jina/vLLM response."""
+
     index: int
     relevance_score: float
     document: Document | None = None
@@ -123,7 +115,7 @@ class RerankResponse(BaseModel):
 
     id: str
     model: str
-    results: list[RerankResult]
+    results: list[RankedDocument]
     usage: Usage
 
 
