@@ -38,8 +38,6 @@ from .options import LOAD_OPTIONS, SCORE_OPTIONS, add_flags, given_options
 if TYPE_CHECKING:  # pragma: no cover - the real import waits until there is something to score (torch)
     from .ranking import RerankResult
 
-logger = logging.getLogger(__name__)
-
 #: Inputs at least this long get a progress bar on standard error.
 PROGRESS_FROM = 256
 #: The subcommands: name -> (module, one-line help). The module defines ``add_arguments(parser)`` and

@@ -151,7 +151,7 @@ def test_bad_input_is_not_mutated(reranker):
 def test_a_blank_encoder_pair_is_its_special_tokens(reranker):
     family = reranker.load().family
     (blank,) = family.encode([("", "   ")], reranker.options)  # this tokenizer drops whitespace
-    template = family.template
+    template = family.layout
     assert blank.input_ids == [*template.prefix, *template.middle, *template.suffix] == [0, 2, 2, 2]
     assert blank.query_length == len(template.prefix + template.middle)
 

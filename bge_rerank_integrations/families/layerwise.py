@@ -9,7 +9,6 @@ wrongly for a list that is not ascending).
 
 from __future__ import annotations
 
-import logging
 from typing import Sequence
 
 import torch
@@ -20,8 +19,6 @@ from .base import Encoded, ScoreOptions
 from ..tokenization import load_tokenizer
 from .decoder import LayeredDecoderFamily
 from .decoder_text import pad_batch, pad_token_id, padding_side
-
-logger = logging.getLogger(__name__)
 
 
 class LayerwiseFamily(LayeredDecoderFamily):

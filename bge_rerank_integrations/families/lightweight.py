@@ -14,7 +14,6 @@ as for every other family, and the weights are converted once, at load.
 
 from __future__ import annotations
 
-import logging
 from typing import Sequence
 
 import torch
@@ -24,8 +23,6 @@ from .base import Encoded, ScoreOptions
 from ..tokenization import load_tokenizer
 from .decoder import LayeredDecoderFamily
 from .decoder_text import pad_batch, pad_token_id
-
-logger = logging.getLogger(__name__)
 
 #: The lightweight reranker's own prompt (not the llm/layerwise one).
 DEFAULT_PROMPT = "Predict whether passage B contains an answer to query A."

@@ -24,8 +24,6 @@ from ..options import LOAD_OPTIONS, SCORE_OPTIONS, add_flags, check_single_score
 logger = logging.getLogger(__name__)
 
 API_KEY_VARIABLE = "BGE_RERANK_API_KEY"
-#: What ``bge-rerank --help`` says of this subcommand, and its description.
-HELP = "serve a reranker over HTTP (TEI, Cohere/Jina/vLLM rerank APIs)"
 DESCRIPTION = "Serve a BGE reranker over HTTP: TEI's POST /rerank and Cohere/Jina/vLLM's POST /v1/rerank, /v2/rerank."
 
 
