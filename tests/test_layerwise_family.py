@@ -40,14 +40,14 @@ def test_default_cutoff_is_the_last_layer(family):
     default = score(family, PAIRS, options())
     assert default.shape == (1, len(PAIRS)) and default.dtype == torch.float32
     assert torch.equal(default, score(family, PAIRS, options(cutoff_layers=[last])))
-    assert family.output_count(options()) == 1
+    assert len(family.cutoff_layers(options())) == 1
 
 
 def test_several_layers_any_order_give_ascending_rows(family):
     start, last = layers_of(family)
     chosen = [last, start, start + 1]
     rows = score(family, PAIRS, options(cutoff_layers=chosen))
-    assert rows.shape == (3, len(PAIRS)) and family.output_count(options(cutoff_layers=chosen)) == 3
+    assert rows.shape == (3, len(PAIRS)) and len(family.cutoff_layers(options(cutoff_layers=chosen))) == 3
     for row, layer in zip(rows, sorted(chosen)):
         assert torch.allclose(row, score(family, PAIRS, options(cutoff_layers=[layer]))[0], atol=1e-6)
     assert len({tuple(r) for r in rows.round(decimals=4).tolist()}) == 3, "each layer has its own head"

@@ -247,9 +247,9 @@ def test_bad_options_are_rejected_naming_valid_values(family, options, message):
 
 def test_good_options_pass_and_count_outputs(family):
     family.check_options(_options(compress_ratio=8, compress_layers=(0, 9), cutoff_layers=(2, 10)))
-    assert family.output_count(_options()) == 1
-    assert family.output_count(_options(cutoff_layers=(3, 6, 10))) == 3
-    assert family.output_count(_options(cutoff_layers=(10, 4, 4))) == 2
+    assert len(family.cutoff_layers(_options())) == 1
+    assert len(family.cutoff_layers(_options(cutoff_layers=(3, 6, 10)))) == 3
+    assert len(family.cutoff_layers(_options(cutoff_layers=(10, 4, 4)))) == 2
 
 
 def test_encode_marks_query_and_prompt_segments(family):

@@ -78,10 +78,6 @@ class RerankerFamily(ABC):
     def check_options(self, options: ScoreOptions) -> None:
         """Raise ValueError for option values this model cannot take (layers out of range, ...)."""
 
-    def output_count(self, options: ScoreOptions) -> int:
-        """How many score lists one call returns (several cutoff layers give several)."""
-        return 1
-
     @abstractmethod
     def encode(self, pairs: Sequence[tuple[str, str]], options: ScoreOptions) -> list[Encoded]:
         """Tokenize pairs whose instructions are already applied, truncating as the reference does.
@@ -91,4 +87,4 @@ class RerankerFamily(ABC):
 
     @abstractmethod
     def forward(self, batch: Sequence[Encoded], options: ScoreOptions) -> torch.Tensor:
-        """Pad ``batch`` and return raw scores as float32 on CPU, shape ``(output_count, len(batch))``."""
+        """Pad ``batch`` and return raw scores as float32 on CPU, shape ``(outputs, len(batch))``: one row per output (one, or one per cutoff layer)."""

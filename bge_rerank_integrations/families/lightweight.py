@@ -66,7 +66,7 @@ class LightweightFamily(LayeredDecoderFamily):
                 )
 
     def forward(self, batch: Sequence[Encoded], options: ScoreOptions) -> torch.Tensor:
-        """Raw soft-capped scores, float32 on CPU, shape ``(output_count, len(batch))``."""
+        """Raw soft-capped scores, float32 on CPU, shape ``(len(cutoff_layers), len(batch))``."""
         padded = pad_batch(batch, pad_token_id(self.tokenizer), "right", device=self.device, mask_dtype=self.dtype)
         prompt_lengths = [item.prompt_length for item in batch]
         # A query segment never reaches into the prompt, even for a pair cut to the model's positions.
