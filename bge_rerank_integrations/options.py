@@ -123,7 +123,6 @@ OPTIONS: tuple[Option, ...] = (
     Option("passage_instruction_format", "format", "{}{}", 'how instruction and passage are joined (default "{}{}")'),
     Option("prompt", "text", None, "decoder families: the relevance prompt (default: the model's)", families=DECODERS),
     Option("cutoff_layers", "layers", None, "layerwise/lightweight: the layer(s) whose heads score, e.g. 28", families=LAYERED),
-    Option("yes_token", "text", None, 'llm: the token whose logit is the score (default "Yes")', families=frozenset({"llm"})),
     Option("compress_ratio", "int", None, "lightweight: passage tokens pooled per group (1, 2, 4, 8)", families=LIGHTWEIGHT),
     Option(
         "compress_layers", "layers", None, "lightweight: layers where passage tokens are compressed, e.g. 24,40",

@@ -73,10 +73,9 @@ class LLMFamily(DecoderFamily):
             )
             hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
             last = hidden[torch.arange(hidden.shape[0], device=hidden.device), padded.last_index]
-            yes_id = self.yes_id if options.yes_token is None else self.tokenizer(options.yes_token, add_special_tokens=False)["input_ids"][0]
-            scores = last @ head.weight[yes_id]
+            scores = last @ head.weight[self.yes_id]
             if getattr(head, "bias", None) is not None:
-                scores = scores + head.bias[yes_id]
+                scores = scores + head.bias[self.yes_id]
             if self.softcap:  # Gemma-2 style final soft-capping, as its causal LM applies to logits
                 scores = torch.tanh(scores / self.softcap) * self.softcap
         return scores.float().cpu().unsqueeze(0)
