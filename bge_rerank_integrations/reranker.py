@@ -149,9 +149,9 @@ class BGEReranker(Reranker):
     def compute_score(self, sentence_pairs: Any, **options: Any) -> Scores:
         """Score one ``[query, passage]`` pair (-> float) or a list of pairs (-> list of floats).
 
-        Keyword options (``normalize``, ``max_length``, ``query_max_length``, ``batch_size``,
-        instructions, ``prompt``, ``cutoff_layers``, ``compress_ratio``, ``compress_layers``)
-        override the constructor's for this call only. Several ``cutoff_layers`` give one list
+        Keyword options (the scoring options of ``options.OPTIONS``: ``normalize``, ``max_length``,
+        ``batch_size``, instructions, ``prompt``, ``cutoff_layers``...) override the constructor's
+        for this call only. Several ``cutoff_layers`` give one list
         of scores per layer, in ascending layer order.
 
         >>> reranker.compute_score([["what is panda?", "hi"], ["what is panda?", "The giant panda ..."]])  # doctest: +SKIP

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from bge_rerank_integrations import BGEReranker, CheckpointError
+from bge_rerank_integrations.options import family_options
 from bge_rerank_integrations.families import family_class
 from bge_rerank_integrations.families.decoder_text import token_ids
 from bge_rerank_integrations.families.layerwise import LayerwiseFamily
@@ -31,7 +32,7 @@ def layers_of(fam) -> tuple[int, int]:
 
 def test_registry_and_class_attributes():
     assert family_class("layerwise") is LayerwiseFamily and family_class("decoder-only-layerwise") is LayerwiseFamily
-    assert LayerwiseFamily.extra_options == frozenset({"prompt", "cutoff_layers"})
+    assert family_options(LayerwiseFamily.name) == frozenset({"prompt", "cutoff_layers"})
     assert (LayerwiseFamily.default_query_instruction, LayerwiseFamily.default_passage_instruction) == ("A: ", "B: ")
 
 

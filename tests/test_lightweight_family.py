@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from bge_rerank_integrations import CheckpointError
+from bge_rerank_integrations.options import family_options
 from bge_rerank_integrations.families.base import Encoded, ScoreOptions
 from bge_rerank_integrations.families.lightweight import DEFAULT_PROMPT, LightweightFamily
 from bge_rerank_integrations.models.gemma2_lightweight import (
@@ -224,7 +225,7 @@ def _score(family: LightweightFamily, pairs, **kwargs) -> torch.Tensor:
 
 def test_family_declares_its_options(family):
     assert family.name == "lightweight"
-    assert family.extra_options == {"prompt", "cutoff_layers", "compress_ratio", "compress_layers"}
+    assert family_options(family.name) == {"prompt", "cutoff_layers", "compress_ratio", "compress_layers"}
     assert (family.default_query_instruction, family.default_passage_instruction) == ("A: ", "B: ")
     assert family.max_positions == family.model.config.max_position_embeddings
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from bge_rerank_integrations import BGEReranker
+from bge_rerank_integrations.options import family_options
 from bge_rerank_integrations.families import family_class
 from bge_rerank_integrations.families.base import Encoded
 from bge_rerank_integrations.families.decoder_text import (
@@ -35,7 +36,7 @@ def family() -> LLMFamily:
 
 def test_registry_and_class_attributes():
     assert family_class("llm") is LLMFamily and family_class("decoder-only-base") is LLMFamily
-    assert LLMFamily.extra_options == frozenset({"prompt"})
+    assert family_options(LLMFamily.name) == frozenset({"prompt"})
     assert (LLMFamily.default_query_instruction, LLMFamily.default_passage_instruction) == ("A: ", "B: ")
 
 

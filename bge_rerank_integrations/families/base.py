@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Sequence
 
 import torch
 
-from ..options import ScoreOptions, family_options
+from ..options import ScoreOptions
 
 __all__ = ["Encoded", "RerankerFamily", "ScoreOptions"]
 
@@ -48,16 +48,9 @@ class RerankerFamily(ABC):
 
     #: Family name used by ``model_class`` and in messages.
     name: ClassVar[str]
-    #: Family-specific option names this family accepts: derived from ``options.OPTIONS``.
-    extra_options: ClassVar[frozenset[str]] = frozenset()
     #: Instructions used when the caller gives none (the decoders' "A: " / "B: ").
     default_query_instruction: ClassVar[str | None] = None
     default_passage_instruction: ClassVar[str | None] = None
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "name" in cls.__dict__:
-            cls.extra_options = family_options(cls.name)
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, device: torch.device, dtype: torch.dtype):
         self.model = model
