@@ -46,6 +46,7 @@ __all__ = [
     "check_single_score",
     "default_query_max_length",
     "add_flags",
+    "describe_options",
     "int_list",
 ]
 
@@ -276,6 +277,15 @@ def signature_with_options(
         for name in names
     ]
     return signature.replace(parameters=parameters)
+
+
+def describe_options(names: Iterable[str]) -> str:
+    """One line per option: name, default and help, for docstrings.
+
+    >>> describe_options(["max_length"])
+    '        max_length (default 512): longest pair, in tokens (default 512)'
+    """
+    return "\n".join(f"        {name} (default {BY_NAME[name].default!r}): {BY_NAME[name].help}" for name in names)
 
 
 def int_list(value: str) -> list[int]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,7 +17,16 @@ from .families import KNOWN_MODELS, RerankerFamily, ScoreOptions, canonical_fami
 from .inputs import as_pairs, check_bool, check_cache_dir
 from .loading import read_config, resolve_checkpoint
 from .model_cache import CachedModel, get_model
-from .options import BY_NAME, LOAD_OPTIONS, OPTIONS, SCORE_OPTIONS, check_family_options, parse_score_options, signature_with_options
+from .options import (
+    BY_NAME,
+    LOAD_OPTIONS,
+    OPTIONS,
+    SCORE_OPTIONS,
+    check_family_options,
+    describe_options,
+    parse_score_options,
+    signature_with_options,
+)
 from .ranking import RerankResult  # noqa: F401 - RerankResult: also importable from here, as before
 
 logger = logging.getLogger(__name__)
@@ -47,6 +55,7 @@ class BGEReranker(Reranker):
     """
 
     def __init__(self, model_name_or_path: str, **options: Any) -> None:
+        """Check every option now (nothing is loaded); the options are listed below, from ``options.OPTIONS``."""
         unknown = sorted(set(options) - set(BY_NAME))
         if unknown:
             raise TypeError(f"Unknown option(s) {unknown} for BGEReranker; known: {[option.name for option in OPTIONS]}.")
@@ -291,3 +300,4 @@ def _progress_bar(total: int):
 
 
 BGEReranker.__init__.__signature__ = signature_with_options(BGEReranker.__init__, [option.name for option in OPTIONS])
+BGEReranker.__init__.__doc__ += "\n\n" + describe_options(option.name for option in OPTIONS)
