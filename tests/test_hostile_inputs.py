@@ -373,7 +373,7 @@ def test_mps_float32_fallback_leaves_the_shared_half_model_alone(monkeypatch, ca
     with caplog.at_level(logging.WARNING):
         assert half.compute_score(PAIRS) == encoder.compute_score(PAIRS)
     assert "falling back to float32" in caplog.text
-    assert shared.load().family.dtype == torch.float16 and next(shared.load().family.model.parameters()).dtype == torch.float16
+    assert shared.family.dtype == torch.float16 and next(shared.family.model.parameters()).dtype == torch.float16
     assert half.dtype == torch.float32 and half.load().family is encoder.load().family
 
 
