@@ -36,7 +36,17 @@ from pydantic import (
 
 from .contract import Reranker
 from .inputs import check_score_threshold
-from .options import BY_NAME, LOAD, LOAD_OPTIONS, OPTIONS, SCORE_OPTIONS, Option, check_single_score, given_options
+from .options import (
+    BY_NAME,
+    DEFAULT_OPTIONS,
+    LOAD,
+    LOAD_OPTIONS,
+    OPTIONS,
+    SCORE_OPTIONS,
+    Option,
+    check_single_score,
+    given_options,
+)
 from .ranking import RerankResult
 from .remote import RemoteReranker
 
@@ -48,10 +58,6 @@ LOAD_SETTINGS = LOAD_OPTIONS
 SCORE_SETTINGS = SCORE_OPTIONS
 #: An adapter's ``score_threshold`` field: any real number (numpy scalars, ints, Decimal), never NaN; as the core checks it.
 ScoreThreshold = Annotated[Optional[float], BeforeValidator(check_score_threshold)]
-#: Settings of a ``RemoteReranker`` built from a server URL (``model="http://..."``); ``remote_model`` is its ``model``.
-REMOTE_SETTINGS = (
-    "api", "api_key", "remote_model", "timeout", "max_documents_per_request", "retries", "max_concurrent_requests"
-)
 #: A reranker's ``settings()`` names -> the adapters' field names (``model`` is its name, path or URL).
 FIELD_NAMES = {"model_name_or_path": "model", "url": "model", "model": "remote_model"}
 
@@ -106,7 +112,8 @@ class ScoringSettings(_OptionFields):
         arbitrary_types_allowed=True, extra="forbid", validate_assignment=True, protected_namespaces=()
     )
 
-    # Remote settings (REMOTE_SETTINGS): only with a server URL; fixed once built. None: RemoteReranker's default.
+    # Remote settings (REMOTE_SETTINGS, the fields defined here): only with a server URL; fixed once built.
+    # None: RemoteReranker's default.
     api: Optional[str] = Field(
         default=None,
         frozen=True,
@@ -192,6 +199,11 @@ class ScoringSettings(_OptionFields):
         return given_options(self.reranker_settings())
 
 
+#: Settings of a ``RemoteReranker`` built from a server URL (``model="http://..."``; ``remote_model`` is its
+#: ``model``): ``ScoringSettings``' own fields.
+REMOTE_SETTINGS = tuple(name for name in ScoringSettings.model_fields if name not in _OptionFields.model_fields)
+
+
 class RerankSettings(ScoringSettings):
     """``ScoringSettings`` plus what a reranking step keeps: ``top_n`` and ``score_threshold``."""
 
@@ -263,7 +275,7 @@ def build_reranker(model: str | Reranker, settings: Mapping[str, Any]) -> Rerank
         remote["model"] = remote.pop("remote_model", None)
         if isinstance(remote.get("api_key"), SecretStr):
             remote["api_key"] = remote["api_key"].get_secret_value()
-        reranker = RemoteReranker(model, **remote, **given_options(settings))
+        reranker = RemoteReranker(model, **remote, **given_options(settings, DEFAULT_OPTIONS))
     else:
         if remote:
             raise ValueError(

@@ -38,6 +38,7 @@ __all__ = [
     "OPTIONS",
     "LOAD_OPTIONS",
     "SCORE_OPTIONS",
+    "DEFAULT_OPTIONS",
     "REQUEST_OPTIONS",
     "ScoreOptions",
     "parse_score_options",
@@ -139,6 +140,8 @@ BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
 LOAD_OPTIONS: tuple[str, ...] = tuple(option.name for option in OPTIONS if option.scope == LOAD)
 #: Options of a scoring call (``ScoreOptions``' fields).
 SCORE_OPTIONS: tuple[str, ...] = tuple(option.name for option in OPTIONS if option.scope != LOAD)
+#: Scoring options a constructor takes as the defaults of its calls (all but the per-call-only ``"score"`` ones).
+DEFAULT_OPTIONS: tuple[str, ...] = tuple(name for name in SCORE_OPTIONS if BY_NAME[name].scope == BOTH)
 #: Scoring options a rerank request may set, by name (both server schemas; what RemoteReranker sends to api="bge").
 REQUEST_OPTIONS: tuple[str, ...] = tuple(name for name in SCORE_OPTIONS if BY_NAME[name].request)
 
@@ -176,6 +179,13 @@ def parse_score_options(values: Mapping[str, Any]) -> dict[str, Any]:
     if unknown:
         raise TypeError(f"Unknown scoring option(s) {sorted(unknown)}; known: {list(SCORE_OPTIONS)}.")
     return {name: BY_NAME[name].check(value) for name, value in values.items() if value is not None}
+
+
+def check_defaults(options: Iterable[str]) -> None:
+    """Reject per-call-only (``"score"``) options given to a constructor as defaults."""
+    per_call = sorted(set(options) & (set(SCORE_OPTIONS) - set(DEFAULT_OPTIONS)))
+    if per_call:
+        raise TypeError(f"{', '.join(per_call)} can only be given per call (compute_score, rerank), not as a default.")
 
 
 def given_options(values: Mapping[str, Any], names: Iterable[str] = SCORE_OPTIONS) -> dict[str, Any]:

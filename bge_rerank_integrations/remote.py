@@ -30,7 +30,15 @@ from urllib.parse import urlsplit
 
 from .contract import Reranker, Scores
 from .inputs import as_pairs, check_positive_int
-from .options import REQUEST_OPTIONS, ScoreOptions, check_single_score, parse_score_options, signature_with_options
+from .options import (
+    DEFAULT_OPTIONS,
+    REQUEST_OPTIONS,
+    ScoreOptions,
+    check_defaults,
+    check_single_score,
+    parse_score_options,
+    signature_with_options,
+)
 
 __all__ = ["RemoteReranker", "RemoteRerankError", "RemoteRerankTimeout", "API_KEY_ENV", "APIS"]
 
@@ -151,6 +159,7 @@ class RemoteReranker(Reranker):
         self.max_concurrent_requests = check_positive_int(max_concurrent_requests, "max_concurrent_requests")
         self._given_max_documents = max_documents_per_request
         self._api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+        check_defaults(options)
         self._options: dict[str, Any] = {"normalize": False}
         self._options = self._checked(options)
         self._setup()
@@ -428,7 +437,9 @@ class RemoteReranker(Reranker):
 
 
 RemoteReranker.__init__.__signature__ = signature_with_options(
-    RemoteReranker.__init__, ["normalize", *REQUEST_OPTIONS], defaults=dict.fromkeys(REQUEST_OPTIONS)  # None: the server's
+    RemoteReranker.__init__,
+    ["normalize", *(name for name in REQUEST_OPTIONS if name in DEFAULT_OPTIONS)],
+    defaults=dict.fromkeys(REQUEST_OPTIONS),  # None: the server's default
 )
 
 

@@ -19,9 +19,9 @@ from .loading import read_config, resolve_checkpoint
 from .model_cache import CachedModel, get_model
 from .options import (
     BY_NAME,
+    DEFAULT_OPTIONS,
     LOAD_OPTIONS,
-    OPTIONS,
-    SCORE_OPTIONS,
+    check_defaults,
     check_family_options,
     describe_options,
     parse_score_options,
@@ -58,7 +58,8 @@ class BGEReranker(Reranker):
         """Check every option now (nothing is loaded); the options are listed below, from ``options.OPTIONS``."""
         unknown = sorted(set(options) - set(BY_NAME))
         if unknown:
-            raise TypeError(f"Unknown option(s) {unknown} for BGEReranker; known: {[option.name for option in OPTIONS]}.")
+            raise TypeError(f"Unknown option(s) {unknown} for BGEReranker; known: {[*LOAD_OPTIONS, *DEFAULT_OPTIONS]}.")
+        check_defaults(options)
         if not isinstance(model_name_or_path, (str, Path)) or not str(model_name_or_path).strip():
             raise ValueError(f"model_name_or_path must be a Hub id or a local directory, got {model_name_or_path!r}.")
         load = {name: options.get(name, BY_NAME[name].default) for name in LOAD_OPTIONS}
@@ -74,7 +75,7 @@ class BGEReranker(Reranker):
         self.local_files_only = check_bool(load["local_files_only"], "local_files_only")
         self.show_progress = check_bool(load["show_progress"], "show_progress")
         self._load_settings = {**load, "model_class": self.model_class, "device": self._requested_device, "cache_dir": self.cache_dir}
-        self._given = parse_score_options({name: options[name] for name in SCORE_OPTIONS if name in options})
+        self._given = parse_score_options({name: options[name] for name in DEFAULT_OPTIONS if name in options})
         self._defaults = ScoreOptions(**self._given)
         self._model: CachedModel | None = None
         self._path: Path | None = None
@@ -299,5 +300,7 @@ def _progress_bar(total: int):
     return tqdm(total=total, desc="Scoring pairs", unit="pair")
 
 
-BGEReranker.__init__.__signature__ = signature_with_options(BGEReranker.__init__, [option.name for option in OPTIONS])
-BGEReranker.__init__.__doc__ += "\n\n" + describe_options(option.name for option in OPTIONS)
+#: The constructor's keyword options, in the table's order: every load option and every scoring default.
+_CONSTRUCTOR_OPTIONS = [name for name in BY_NAME if name in LOAD_OPTIONS or name in DEFAULT_OPTIONS]
+BGEReranker.__init__.__signature__ = signature_with_options(BGEReranker.__init__, _CONSTRUCTOR_OPTIONS)
+BGEReranker.__init__.__doc__ += "\n\n" + describe_options(_CONSTRUCTOR_OPTIONS)

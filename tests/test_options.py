@@ -120,3 +120,12 @@ def test_serving_and_ray_do_not_import_the_adapters_module():
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == "False False"
+
+
+def test_a_per_call_only_option_is_no_constructor_default(monkeypatch):
+    from bge_rerank_integrations import options
+
+    options.check_defaults(["prompt", "max_length"])
+    monkeypatch.setattr(options, "DEFAULT_OPTIONS", tuple(name for name in SCORE_OPTIONS if name != "prompt"))
+    with pytest.raises(TypeError, match="prompt can only be given per call"):
+        options.check_defaults(["prompt", "max_length"])

@@ -19,7 +19,7 @@ import socket
 import sys
 from typing import Sequence
 
-from ..options import LOAD_OPTIONS, SCORE_OPTIONS, add_flags, check_single_score, given_options
+from ..options import DEFAULT_OPTIONS, LOAD_OPTIONS, add_flags, check_single_score, given_options
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "action": argparse.BooleanOptionalAction, "default": True,
         "help": "sigmoid scores unless a request asks raw_scores (default, as TEI/Cohere); --no-normalize: raw by default",
     }
-    add_flags(scoring, SCORE_OPTIONS, overrides={"normalize": normalize})
+    add_flags(scoring, DEFAULT_OPTIONS, overrides={"normalize": normalize})
 
     limits = parser.add_argument_group("batching and limits")
     limits.add_argument(
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.torch_threads)
     try:
         check_single_score(args.cutoff_layers)
-        options = given_options(vars(args), (*LOAD_OPTIONS, *SCORE_OPTIONS))
+        options = given_options(vars(args), (*LOAD_OPTIONS, *DEFAULT_OPTIONS))
         reranker = BGEReranker(args.model, **options)
         metrics = Metrics()
         batcher = DynamicBatcher(
