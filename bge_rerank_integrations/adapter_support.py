@@ -26,6 +26,7 @@ from pydantic import (
     SerializerFunctionWrapHandler,
     StrictBool,
     StrictInt,
+    ValidationError,
     WithJsonSchema,
     create_model,
     field_serializer,
@@ -78,7 +79,11 @@ def _option_field(option: Option) -> tuple[Any, Any]:
 
 class _Model(BaseModel):
     model_config = ConfigDict(
-        arbitrary_types_allowed=True, extra="forbid", validate_assignment=True, protected_namespaces=()
+        arbitrary_types_allowed=True,
+        extra="forbid",
+        validate_assignment=True,
+        protected_namespaces=(),
+        hide_input_in_errors=True,
     )
 
     model: Union[str, SharedReranker] = Field(
@@ -108,8 +113,14 @@ class ScoringSettings(_OptionFields):
     API key is never serialized: it comes back from ``api_key=`` or ``BGE_RERANK_API_KEY``.
     """
 
+    # hide_input_in_errors: a validation error never echoes a value (a misspelled apikey="sk-..." is an
+    # "extra input" whose value would otherwise be printed); it names the field and the problem.
     model_config = ConfigDict(
-        arbitrary_types_allowed=True, extra="forbid", validate_assignment=True, protected_namespaces=()
+        arbitrary_types_allowed=True,
+        extra="forbid",
+        validate_assignment=True,
+        protected_namespaces=(),
+        hide_input_in_errors=True,
     )
 
     # Remote settings (REMOTE_SETTINGS, the fields defined here): only with a server URL; fixed once built.
@@ -128,7 +139,7 @@ class ScoringSettings(_OptionFields):
     remote_model: Optional[str] = Field(
         default=None, frozen=True, description="Model name sent to servers that take one (required by Cohere)."
     )
-    timeout: Optional[float] = Field(default=None, gt=0, frozen=True, description="Seconds to wait for an answer (60).")
+    timeout: Optional[float] = Field(default=None, gt=0, frozen=True, description="Deadline of a whole call in seconds (60).")
     max_documents_per_request: Optional[StrictInt] = Field(
         default=None, ge=1, frozen=True, description="Split larger calls (default: the API's limit, 32 for TEI)."
     )
@@ -137,6 +148,12 @@ class ScoringSettings(_OptionFields):
     )
     max_concurrent_requests: Optional[StrictInt] = Field(
         default=None, ge=1, frozen=True, description="Requests of one call in flight at once (4)."
+    )
+    max_response_bytes: Optional[StrictInt] = Field(
+        default=None,
+        ge=1,
+        frozen=True,
+        description="Most decompressed bytes of one answer (default: 1 MiB + 1 KiB per document + 8x their UTF-8 size).",
     )
 
     _reranker: Optional[Reranker] = PrivateAttr(default=None)
@@ -163,8 +180,13 @@ class ScoringSettings(_OptionFields):
 
     def __setattr__(self, name: str, value: Any) -> None:
         """Assignments are checked like construction; a rejected value leaves the previous one in place."""
-        if name not in type(self).model_fields:
+        field = type(self).model_fields.get(name)
+        if field is None:
             return super().__setattr__(name, value)
+        if field.frozen:  # pydantic's own frozen-field error would show the value, whatever hide_input_in_errors says
+            raise ValidationError.from_exception_data(
+                type(self).__name__, [{"type": "frozen_field", "loc": (name,), "input": value}], hide_input=True
+            )
         previous = self.__dict__.get(name)
         try:
             super().__setattr__(name, value)
