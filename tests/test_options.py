@@ -129,3 +129,14 @@ def test_a_per_call_only_option_is_no_constructor_default(monkeypatch):
     monkeypatch.setattr(options, "DEFAULT_OPTIONS", tuple(name for name in SCORE_OPTIONS if name != "prompt"))
     with pytest.raises(TypeError, match="prompt can only be given per call"):
         options.check_defaults(["prompt", "max_length"])
+
+
+def test_the_readme_options_table_names_every_option():
+    from pathlib import Path
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("### Options", 1)[1].split("###", 1)[0]
+    rows = [line.split("|")[1] for line in table.splitlines() if line.startswith("| `")]
+    documented = {name for cell in rows for name in re.findall(r"`(\w+)`", cell)}
+    assert documented == {"model_name_or_path", *(option.name for option in OPTIONS)}
