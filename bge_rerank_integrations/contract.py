@@ -6,7 +6,8 @@ Adapters, the server and Ray depend on this interface only. Torch-free.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, cast
 
 from .options import ScoreOptions, check_single_score
 from .ranking import RerankResult, rank, rerank_pairs
@@ -15,19 +16,16 @@ __all__ = ["Reranker", "Scores"]
 
 #: What ``compute_score`` returns: one float for one pair, a list for a list of pairs, a list per layer
 #: for several ``cutoff_layers``.
-Scores = Union[float, list[float], list[list[float]]]
+Scores = float | list[float] | list[list[float]]
 
 
 class Reranker(ABC):
     """Scores (query, passage) pairs and ranks passages; every method takes the scoring options per call.
 
-    Subclasses implement ``compute_score``, ``acompute_score``, ``check_options``, ``options`` and
-    ``settings``, and set ``model_name_or_path``; ``rerank`` and ``arerank`` rank their scores the same
+    Subclasses implement ``compute_score``, ``acompute_score``, ``check_options``, ``options``,
+    ``model_name_or_path`` and ``settings``; ``rerank`` and ``arerank`` rank their scores the same
     way for every reranker (best first, NaN last, ties in input order).
     """
-
-    #: What scores, for logs and events: a Hub id or path, or a server's endpoint.
-    model_name_or_path: str
 
     @abstractmethod
     def compute_score(self, sentence_pairs: Any, **options: Any) -> Scores:
@@ -46,12 +44,22 @@ class Reranker(ABC):
     def options(self) -> ScoreOptions:
         """The scoring options calls start from."""
 
+    @property
+    @abstractmethod
+    def model_name_or_path(self) -> str:
+        """What scores, for logs and events: a Hub id or path, or a server's endpoint."""
+
     @abstractmethod
     def settings(self) -> dict[str, Any]:
-        """The constructor's arguments as given (never a secret): ``type(self)(**settings)`` rebuilds an equivalent one."""
+        """The constructor's arguments as given (never a secret): what rebuilds an equivalent reranker."""
 
     def rerank(
-        self, query: str, passages: Sequence[str], top_n: int | None = None, score_threshold: float | None = None, **options: Any
+        self,
+        query: str,
+        passages: Sequence[str],
+        top_n: int | None = None,
+        score_threshold: float | None = None,
+        **options: Any,
     ) -> list[RerankResult]:
         """Score ``passages`` against ``query`` and return them best first.
 
@@ -62,14 +70,20 @@ class Reranker(ABC):
         [RerankResult(index=1, score=5.26171875, text='The giant panda ...')]
         """
         pairs = self._rerank_pairs(query, passages, top_n, score_threshold, options)
-        return rank(passages, self.compute_score(pairs, **options), top_n, score_threshold)
+        return rank(passages, cast(list[float], self.compute_score(pairs, **options)), top_n, score_threshold)
 
     async def arerank(
-        self, query: str, passages: Sequence[str], top_n: int | None = None, score_threshold: float | None = None, **options: Any
+        self,
+        query: str,
+        passages: Sequence[str],
+        top_n: int | None = None,
+        score_threshold: float | None = None,
+        **options: Any,
     ) -> list[RerankResult]:
         """``rerank`` without blocking the running event loop."""
         pairs = self._rerank_pairs(query, passages, top_n, score_threshold, options)
-        return rank(passages, await self.acompute_score(pairs, **options), top_n, score_threshold)
+        scores = cast(list[float], await self.acompute_score(pairs, **options))  # one per passage: checked above
+        return rank(passages, scores, top_n, score_threshold)
 
     def _rerank_pairs(
         self, query: Any, passages: Any, top_n: Any, score_threshold: Any, options: dict[str, Any]

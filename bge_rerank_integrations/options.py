@@ -28,27 +28,29 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any
 
 from .inputs import check_instruction_format, check_layers, check_positive_int
 
 __all__ = [
-    "Option",
-    "OPTIONS",
-    "LOAD_OPTIONS",
-    "SCORE_OPTIONS",
     "DEFAULT_OPTIONS",
+    "LOAD_OPTIONS",
+    "OPTIONS",
     "REQUEST_OPTIONS",
+    "SCORE_OPTIONS",
+    "Option",
     "ScoreOptions",
-    "parse_score_options",
-    "family_options",
+    "add_flags",
     "check_family_options",
     "check_single_score",
     "default_query_max_length",
-    "add_flags",
     "describe_options",
+    "family_options",
     "int_list",
+    "options_not_taken",
+    "parse_score_options",
 ]
 
 #: Scopes: chosen at load only; per call only; a load-time default that calls may override.
@@ -76,12 +78,12 @@ class Option:
     default: Any
     help: str
     scope: str = BOTH
-    families: Optional[frozenset] = None
-    flag: Optional[str] = ""
+    families: frozenset | None = None
+    flag: str | None = ""
     request: bool = True
 
     @property
-    def flag_name(self) -> Optional[str]:
+    def flag_name(self) -> str | None:
         """The command-line flag, e.g. ``--max-length``; ``None`` when the option has none."""
         if self.flag is None:
             return None
@@ -105,29 +107,62 @@ def default_query_max_length(max_length: int) -> int:
 
 #: The one definition of every option, in the order of ``BGEReranker``'s signature.
 OPTIONS: tuple[Option, ...] = (
-    Option("model_class", "text", None, 'family override: "encoder", "llm", "layerwise" or "lightweight" (default: detected)', LOAD),
+    Option(
+        "model_class",
+        "text",
+        None,
+        'family override: "encoder", "llm", "layerwise" or "lightweight" (default: detected)',
+        LOAD,
+    ),
     Option("device", "text", None, '"cpu", "cuda", "cuda:1", "mps" (default: the best available)', LOAD),
     Option("use_fp16", "bool", False, "float16 on CUDA/MPS (CPU runs float32)", LOAD, flag="--fp16"),
     Option("use_bf16", "bool", False, "bfloat16 on CUDA/MPS (CPU runs float32)", LOAD, flag="--bf16"),
     Option("batch_size", "int", 128, "pairs per forward pass (default 128)", request=False),
-    Option("max_length", "int", 512, "longest pair, in tokens (default 512)"),
+    Option("max_length", "int", 512, "longest pair, in tokens (default 512; at most the model's positions)"),
     Option("query_max_length", "int", None, "longest query, in tokens (default: max_length * 3 // 4)"),
     Option("normalize", "bool", False, "map scores through a sigmoid into (0, 1)", request=False),
     Option(
-        "query_instruction_for_rerank", "text", None,
-        'text put before each query (decoders default to "A: "; "" means none)', flag="--query-instruction",
+        "query_instruction_for_rerank",
+        "text",
+        None,
+        'text put before each query (decoders default to "A: "; "" means none)',
+        flag="--query-instruction",
     ),
-    Option("query_instruction_format", "format", "{}{}", 'how instruction and query are joined (default "{}{}")'),
     Option(
-        "passage_instruction_for_rerank", "text", None,
-        'text put before each passage (decoders default to "B: "; "" means none)', flag="--passage-instruction",
+        "query_instruction_format",
+        "format",
+        "{}{}",
+        'how instruction and query are joined: exactly two plain "{}" fields (default "{}{}")',
     ),
-    Option("passage_instruction_format", "format", "{}{}", 'how instruction and passage are joined (default "{}{}")'),
+    Option(
+        "passage_instruction_for_rerank",
+        "text",
+        None,
+        'text put before each passage (decoders default to "B: "; "" means none)',
+        flag="--passage-instruction",
+    ),
+    Option(
+        "passage_instruction_format",
+        "format",
+        "{}{}",
+        'how instruction and passage are joined: exactly two plain "{}" fields (default "{}{}")',
+    ),
     Option("prompt", "text", None, "decoder families: the relevance prompt (default: the model's)", families=DECODERS),
-    Option("cutoff_layers", "layers", None, "layerwise/lightweight: the layer(s) whose heads score, e.g. 28", families=LAYERED),
-    Option("compress_ratio", "int", None, "lightweight: passage tokens pooled per group (1, 2, 4, 8)", families=LIGHTWEIGHT),
     Option(
-        "compress_layers", "layers", None, "lightweight: layers where passage tokens are compressed, e.g. 24,40",
+        "cutoff_layers",
+        "layers",
+        None,
+        "layerwise/lightweight: the layer(s) whose heads score, e.g. 28",
+        families=LAYERED,
+    ),
+    Option(
+        "compress_ratio", "int", None, "lightweight: passage tokens pooled per group (1, 2, 4, 8)", families=LIGHTWEIGHT
+    ),
+    Option(
+        "compress_layers",
+        "layers",
+        None,
+        "lightweight: layers where passage tokens are compressed, e.g. 24,40",
         families=LIGHTWEIGHT,
     ),
     Option("cache_dir", "path", None, "where Hub downloads go (default: the Hugging Face cache)", LOAD),
@@ -201,7 +236,13 @@ def _derive_query_max_length(self: Any) -> None:
         object.__setattr__(self, "query_max_length", default_query_max_length(self.max_length))
 
 
-_ANNOTATIONS = {"bool": "bool", "int": "Optional[int]", "text": "Optional[str]", "format": "str", "layers": "Optional[tuple[int, ...]]"}
+_ANNOTATIONS = {
+    "bool": "bool",
+    "int": "Optional[int]",
+    "text": "Optional[str]",
+    "format": "str",
+    "layers": "Optional[tuple[int, ...]]",
+}
 
 if TYPE_CHECKING:  # pragma: no cover - what type checkers see: every option is an attribute
 
@@ -240,13 +281,18 @@ def family_options(family: str) -> frozenset[str]:
     return frozenset(option.name for option in OPTIONS if option.families is not None and family in option.families)
 
 
+def options_not_taken(family: str) -> tuple[str, ...]:
+    """The family-specific options that ``family`` does not take.
+
+    >>> options_not_taken("layerwise")
+    ('compress_ratio', 'compress_layers')
+    """
+    return tuple(option.name for option in OPTIONS if option.families is not None and family not in option.families)
+
+
 def check_family_options(family: str, options: ScoreOptions) -> None:
     """Reject options set in ``options`` that ``family`` does not take."""
-    unsupported = sorted(
-        option.name
-        for option in OPTIONS
-        if option.families is not None and family not in option.families and getattr(options, option.name, None) is not None
-    )
+    unsupported = sorted(name for name in options_not_taken(family) if getattr(options, name, None) is not None)
     if unsupported:
         raise ValueError(
             f"{', '.join(unsupported)} do(es) not apply to the {family} family; "
@@ -254,12 +300,13 @@ def check_family_options(family: str, options: ScoreOptions) -> None:
         )
 
 
-def check_single_score(cutoff_layers: Union[int, Sequence[int], None]) -> None:
+def check_single_score(cutoff_layers: int | Sequence[int] | None) -> None:
     """Ranking (adapters, servers, ``rerank``) needs one score per passage: several cutoff layers are an error.
 
     >>> check_single_score([8, 12])
     Traceback (most recent call last):
-    ValueError: cutoff_layers=[8, 12] gives one score per layer, but ranking needs one score per document: pass a single layer, e.g. cutoff_layers=[28].
+    ValueError: cutoff_layers=[8, 12] gives one score per layer, but ranking needs one score per document:
+    pass a single layer, e.g. cutoff_layers=[28].
     """
     if cutoff_layers is not None and not isinstance(cutoff_layers, int) and len(cutoff_layers) > 1:
         raise ValueError(
@@ -272,7 +319,7 @@ def check_single_score(cutoff_layers: Union[int, Sequence[int], None]) -> None:
 
 
 def signature_with_options(
-    function: Callable[..., Any], names: Iterable[str], defaults: Optional[Mapping[str, Any]] = None
+    function: Callable[..., Any], names: Iterable[str], defaults: Mapping[str, Any] | None = None
 ) -> inspect.Signature:
     """``function``'s signature with its ``**options`` replaced by one keyword parameter per option in ``names``.
 
@@ -292,8 +339,8 @@ def signature_with_options(
 def describe_options(names: Iterable[str]) -> str:
     """One line per option: name, default and help, for docstrings.
 
-    >>> describe_options(["max_length"])
-    '        max_length (default 512): longest pair, in tokens (default 512)'
+    >>> describe_options(["normalize"])
+    '        normalize (default False): map scores through a sigmoid into (0, 1)'
     """
     return "\n".join(f"        {name} (default {BY_NAME[name].default!r}): {BY_NAME[name].help}" for name in names)
 
@@ -306,7 +353,7 @@ def int_list(value: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") from None
 
 
-def add_flags(parser: Any, names: Iterable[str], overrides: Optional[Mapping[str, Mapping[str, Any]]] = None) -> None:
+def add_flags(parser: Any, names: Iterable[str], overrides: Mapping[str, Mapping[str, Any]] | None = None) -> None:
     """Add the command-line flag of each option in ``names`` (those with one) to ``parser`` (or a group).
 
     Every flag defaults to ``None`` ("not given": the reranker's default applies), a ``bool``

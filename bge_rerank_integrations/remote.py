@@ -630,7 +630,7 @@ class _Decoder:
         return b"" if self._zlib is None else self._zlib.flush(DECODE_PIECE_BYTES)
 
 
-RemoteReranker.__init__.__signature__ = signature_with_options(
+RemoteReranker.__init__.__signature__ = signature_with_options(  # type: ignore[attr-defined]
     RemoteReranker.__init__,
     ["normalize", *(name for name in REQUEST_OPTIONS if name in DEFAULT_OPTIONS)],
     defaults=dict.fromkeys(REQUEST_OPTIONS),  # None: the server's default

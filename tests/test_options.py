@@ -37,8 +37,15 @@ def test_score_options_are_the_tables_scoring_options():
     assert tuple(ScoreOptions.__dataclass_fields__) == SCORE_OPTIONS
     assert set(SCORE_OPTIONS) | set(LOAD_OPTIONS) == {option.name for option in OPTIONS}
     defaults = ScoreOptions()
-    assert (defaults.max_length, defaults.query_max_length, defaults.batch_size, defaults.normalize) == (512, 384, 128, False)
-    assert ScoreOptions(max_length=100).query_max_length == 75 and ScoreOptions(query_max_length=9).query_max_length == 9
+    assert (defaults.max_length, defaults.query_max_length, defaults.batch_size, defaults.normalize) == (
+        512,
+        384,
+        128,
+        False,
+    )
+    assert (
+        ScoreOptions(max_length=100).query_max_length == 75 and ScoreOptions(query_max_length=9).query_max_length == 9
+    )
     assert "normalize" not in REQUEST_OPTIONS and "batch_size" not in REQUEST_OPTIONS
 
 
@@ -51,9 +58,17 @@ def test_family_options_come_from_the_table():
 
 
 def test_values_are_checked_by_kind():
-    assert parse_score_options({"cutoff_layers": [3], "max_length": 8, "prompt": None}) == {"cutoff_layers": (3,), "max_length": 8}
-    for values, error in (({"normalize": 1}, ValueError), ({"prompt": 3}, TypeError), ({"max_length": 0}, ValueError),
-                          ({"query_instruction_format": "{0}{1}"}, ValueError), ({"unknown": 1}, TypeError)):
+    assert parse_score_options({"cutoff_layers": [3], "max_length": 8, "prompt": None}) == {
+        "cutoff_layers": (3,),
+        "max_length": 8,
+    }
+    for values, error in (
+        ({"normalize": 1}, ValueError),
+        ({"prompt": 3}, TypeError),
+        ({"max_length": 0}, ValueError),
+        ({"query_instruction_format": "{0}{1}"}, ValueError),
+        ({"unknown": 1}, TypeError),
+    ):
         with pytest.raises(error):
             parse_score_options(values)
 
@@ -115,7 +130,8 @@ def test_serving_and_ray_do_not_import_the_adapters_module():
         "import sys\n"
         "import bge_rerank_integrations.serving.serve, bge_rerank_integrations.serving.app\n"
         "import bge_rerank_integrations.ray.options\n"
-        "print('bge_rerank_integrations.adapter_support' in sys.modules, 'bge_rerank_integrations.cli' in sys.modules)\n"
+        "modules = ('bge_rerank_integrations.adapter_support', 'bge_rerank_integrations.cli')\n"
+        "print(*(name in sys.modules for name in modules))\n"
     )
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
     assert completed.returncode == 0, completed.stderr
@@ -132,8 +148,8 @@ def test_a_per_call_only_option_is_no_constructor_default(monkeypatch):
 
 
 def test_the_readme_options_table_names_every_option():
-    from pathlib import Path
     import re
+    from pathlib import Path
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     table = readme.split("### Options", 1)[1].split("###", 1)[0]
