@@ -210,7 +210,7 @@ def test_adapters_load_on_init_and_load(own_encoder, caplog):
     postprocessor = LlamaIndexRerank(model=own_encoder, device="cpu", load_on_init=True)  # the cached model
     assert postprocessor.to_dict()["load_on_init"] is True
     assert LlamaIndexRerank.from_dict(postprocessor.to_dict()).load_on_init is True
-    with pytest.raises(ValueError, match="load_on_init loads a model in this process, but model is a rerank server"):
+    with pytest.raises(ValueError, match=r"\[.load_on_init.\] choose how a model is loaded in this process, but model is a server URL"):
         LangChainRerank(model="http://127.0.0.1:9", load_on_init=True)
 
 

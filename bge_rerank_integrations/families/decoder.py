@@ -79,7 +79,3 @@ class LayeredDecoderFamily(DecoderFamily):
         """The scored layers, distinct and ascending; the last layer when none are given (as in the reference)."""
         return self.layers_to_score(self.model.config, options)
 
-    def output_count(self, options: ScoreOptions) -> int:
-        """One score list per distinct cutoff layer."""
-        return len(self.cutoff_layers(options))
-
