@@ -130,13 +130,18 @@ def read_records(stream: TextIO, text_field: str = "text") -> list[tuple[str, di
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 failure to score, 2 bad input).
 
-    ``bge-rerank serve ...`` runs the HTTP server instead (see ``serving.serve``).
+    ``bge-rerank serve ...`` runs the HTTP server instead (see ``serving.serve``), ``bge-rerank eval ...``
+    the evaluation (see ``evaluation.cli``).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["serve"]:
         from .serving.serve import main as serve
 
         return serve(argv[1:])
+    if argv[:1] == ["eval"]:
+        from .evaluation.cli import main as evaluate
+
+        return evaluate(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
