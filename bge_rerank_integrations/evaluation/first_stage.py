@@ -83,11 +83,17 @@ def bm25(dataset: Dataset, top_k: int) -> Run:
     stemmer = Stemmer.Stemmer("english")
     doc_ids = list(dataset.corpus)
     query_ids = list(dataset.queries)
-    index = bm25s.BM25()
-    index.index(bm25s.tokenize([dataset.corpus[d] for d in doc_ids], stopwords="en", stemmer=stemmer, show_progress=False),
-                show_progress=False)
-    tokens = bm25s.tokenize([dataset.queries[q] for q in query_ids], stopwords="en", stemmer=stemmer, show_progress=False)
-    found, scores = index.retrieve(tokens, k=min(top_k, len(doc_ids)), show_progress=False, n_threads=1)
+    quiet = logging.getLogger("bm25s")
+    level = quiet.level
+    quiet.setLevel(max(level, logging.WARNING))  # bm25s logs each index build at DEBUG on its own logger
+    try:
+        index = bm25s.BM25()
+        index.index(bm25s.tokenize([dataset.corpus[d] for d in doc_ids], stopwords="en", stemmer=stemmer, show_progress=False),
+                    show_progress=False)
+        tokens = bm25s.tokenize([dataset.queries[q] for q in query_ids], stopwords="en", stemmer=stemmer, show_progress=False)
+        found, scores = index.retrieve(tokens, k=min(top_k, len(doc_ids)), show_progress=False, n_threads=1)
+    finally:
+        quiet.setLevel(level)
     logger.info("BM25 retrieved the top %d of %d passages for %d queries.", min(top_k, len(doc_ids)), len(doc_ids), len(query_ids))
     return {
         query_id: {doc_ids[int(i)]: float(s) for i, s in zip(found[row], scores[row]) if s > 0}

@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 
 from ..extras import needs_extra
 from .errors import EvaluationError
+from .trec import trec_order
 
 #: The default ``--metrics``.
 DEFAULT_METRICS = ("ndcg@10", "mrr@10", "recall@100")
@@ -63,7 +64,13 @@ def evaluate_run(
 
     names = {measure: name for name, measure in measures.items()}
     totals = dict.fromkeys(measures, 0.0)
-    present = {query_id: dict(scores) for query_id, scores in run.items() if query_id in qrels and scores}
+    # Each measure sees trec_eval's ranking: the run's scores become distinct descending ranks here, so that
+    # providers that break ties otherwise (ir-measures computes RR@k with the MS MARCO script) rank alike.
+    present = {
+        query_id: {doc_id: float(len(scores) - position) for position, doc_id in enumerate(trec_order(scores))}
+        for query_id, scores in run.items()
+        if query_id in qrels and scores
+    }
     if present:
         judged = {query_id: dict(qrels[query_id]) for query_id in present}
         for value in ir_measures.iter_calc(list(measures.values()), judged, present):

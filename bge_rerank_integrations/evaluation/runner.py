@@ -172,6 +172,7 @@ def _run_group(
             reranker = rerankers[configuration.name]
             reset_peak_rss()
             if not configuration.remote and load_s is None:
+                _import_model_code(reranker.model_name_or_path)
                 started = time.perf_counter()
                 reranker.load()
                 load_s = round(time.perf_counter() - started, 3)
@@ -200,6 +201,23 @@ def _run_group(
 
             clear_model_cache()
             gc.collect()
+
+
+def _import_model_code(path: str) -> None:
+    """Import the model's code (its family, transformers' modeling module) before its load is timed.
+
+    Importing e.g. transformers' XLM-RoBERTa module takes seconds once per process: a cost of the
+    first model evaluated, not of any model's load.
+    """
+    import transformers
+
+    from ..families import detect_family, family_class
+    from ..loading import read_config
+
+    config = read_config(path)
+    family_class(detect_family(path, config))
+    for architecture in config.get("architectures") or []:
+        getattr(transformers, architecture, None)
 
 
 def _score(
