@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(error, 2)
     except ImportError as error:
         return _fail(error, 1)
-    for reason, count in results.skipped.items():
+    for reason, count in results.notes.items():
         print(f"note: {count} {'query' if count == 1 else 'queries'} {reason}.", file=sys.stderr)
     print(f"{results.queries} queries evaluated; results in {args.output}/ (results.json, results.md, runs/, pareto.png)\n")
     print(results.table(), end="")

@@ -39,13 +39,14 @@ RUNS = "runs"
 class Results:
     """An evaluation's results: ``data`` is results.json's content; ``output`` the folder it was written to.
 
-    ``skipped``: queries not evaluated or scoring 0, by reason -> count (say them with the figures).
+    ``queries``: how many were evaluated; ``notes``: queries not evaluated, or scoring 0 for want of
+    candidates, by reason -> count (say them with the figures).
     """
 
     data: dict[str, Any]
     output: Path | None = None
     queries: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)
+    notes: dict[str, int] = field(default_factory=dict)
 
     @property
     def configurations(self) -> list[dict[str, Any]]:
@@ -90,9 +91,9 @@ def evaluate(
     data = dataset if isinstance(dataset, Dataset) else load_beir(dataset, split)
     rerankers = {configuration.name: _checked(configuration, api) for configuration in grid}
     stage = first_stage(data, run, first_stage_method, top_k)
-    skipped = {**data.skipped, **stage.notes}
-    for reason, count in skipped.items():
-        logger.warning("%d queries %s.", count, reason)
+    notes = {**data.skipped, **stage.notes}
+    for reason, count in notes.items():
+        logger.warning("Queries %s: %d.", reason, count)
     setup = {
         "dataset": os.fspath(data.path),
         "split": data.split,
@@ -122,7 +123,7 @@ def evaluate(
             for configuration, row in _run_group(list(group), rerankers, data, stage, measures, progress):
                 results["configurations"].append(row)
                 if folder is not None:
-                    write_run(folder / row["run"], row.pop("_run"), tag=_tag(configuration.name), queries=list(data.queries))
+                    write_run(folder / row["run"], row.pop("_run"), tag=configuration.name, queries=list(data.queries))
                     _write_json(folder / RESULTS, results)
                 else:
                     row.pop("_run")
@@ -131,7 +132,7 @@ def evaluate(
         bar.close()
     if folder is not None:
         write_report(results, folder)
-    return Results(results, folder, len(data.queries), skipped)
+    return Results(results, folder, len(data.queries), notes)
 
 
 def _checked(configuration: Configuration, api: str) -> Any:
@@ -268,10 +269,6 @@ def _previous(folder: Path, setup: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _key(record: Mapping[str, Any]) -> str:
     return json.dumps({"model": record["model"], "options": record["options"]}, sort_keys=True)
-
-
-def _tag(name: str) -> str:
-    return name.replace(" ", "_")
 
 
 def _write_json(path: Path, content: Any) -> None:
