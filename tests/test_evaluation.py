@@ -389,3 +389,26 @@ def test_a_model_that_is_not_there_is_status_1(tmp_path, capsys):
     status = main(["eval", str(MINI), "--model", "./no-such-checkpoint", "--output", str(tmp_path / "out"), "--no-progress"])
     captured = capsys.readouterr()
     assert status == 1 and "does not exist" in captured.err and "Traceback" not in captured.err
+
+
+def test_the_readme_example_shows_what_the_command_gives(tmp_path, capsys, one_torch_thread):
+    """The README's worked example: its quality columns (not its timings) are what the command prints."""
+    import re
+    import shlex
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    command = re.search(r"^bge-rerank eval tests/fixtures/beir-mini (.*?)\n```", readme, re.S | re.M).group(1)
+    arguments = shlex.split(command.replace("\\\n", " "))
+    arguments[arguments.index("--output") + 1] = str(tmp_path / "eval-out")
+    root = Path(__file__).resolve().parents[1]
+    assert main(["eval", str(root / "tests/fixtures/beir-mini"), *arguments, "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    shown = readme[readme.index("```text\nnote: 1 query judged"):]
+    shown = shown[: shown.index("```\n", 8)]
+
+    def quality(text: str) -> list[list[str]]:
+        rows = [line.split("|") for line in text.splitlines() if re.match(r"^\| \d+ \|", line)]
+        return [cells[1:6] for cells in rows]
+
+    assert quality(printed) == quality(shown) and len(quality(shown)) == 3
+    assert "First stage: **bm25**: ndcg@10 0.9181, mrr@10 0.9167, recall@100 1.0000" in printed

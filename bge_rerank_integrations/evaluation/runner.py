@@ -207,9 +207,11 @@ def _run_group(
 def _import_model_code(path: str) -> None:
     """Import the model's code (its family, transformers' modeling module) before its load is timed.
 
-    Importing e.g. transformers' XLM-RoBERTa module takes seconds once per process: a cost of the
-    first model evaluated, not of any model's load.
+    Importing e.g. transformers' XLM-RoBERTa module, or torch's compiler (which torch imports the
+    first time a module initialises its parameters under a device context, as our decoder models
+    do), takes seconds once per process: a cost of the first model evaluated, not of any model's load.
     """
+    import torch._dynamo  # noqa: F401
     import transformers
 
     from ..families import detect_family, family_class
