@@ -79,6 +79,10 @@ def run(args: argparse.Namespace) -> int:
         return _fail(error, 2)
     except ImportError as error:
         return _fail(error, 1)
+    except KeyboardInterrupt:
+        print(f"bge-rerank eval: interrupted; the configurations finished are in {args.output}/results.json, "
+              "and --resume runs the others.", file=sys.stderr)
+        return 130
     for reason, count in results.notes.items():
         print(f"note: {count} {'query' if count == 1 else 'queries'} {reason}.", file=sys.stderr)
     print(f"{results.queries} queries evaluated; results in {args.output}/ (results.json, results.md, runs/, pareto.png)\n")

@@ -142,6 +142,9 @@ def configurations(
     for name, values in sweep.items():
         if not values:
             raise EvaluationError(f"--sweep {name}: no values.")
+    repeated = sorted({model for model in models if list(models).count(model) > 1})
+    if repeated:
+        raise EvaluationError(f"--model {repeated[0]} is given twice: each model is evaluated at every grid point once.")
     grid = [dict(zip(sweep, point)) for point in itertools.product(*sweep.values())]
     result, names = [], set()
     for model in models:
