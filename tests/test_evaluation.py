@@ -413,3 +413,19 @@ def test_the_readme_example_shows_what_the_command_gives(tmp_path, capsys, one_t
 
     assert quality(printed) == quality(shown) and len(quality(shown)) == 3
     assert "First stage: **bm25**: ndcg@10 0.9181, mrr@10 0.9167, recall@100 1.0000" in printed
+
+
+def test_configurations_of_one_model_and_load_options_share_one_load(tmp_path, one_torch_thread):
+    from bge_rerank_integrations.evaluation.runner import _by_load
+
+    grid = configurations([ENCODER], {"max_length": [32, 64], "model_class": ["encoder", None]}, device="cpu")
+    groups = _by_load(grid)
+    assert [[c.name for c in group] for group in groups] == [
+        ["encoder+max_length=32+model_class=encoder", "encoder+max_length=64+model_class=encoder"],
+        ["encoder+max_length=32", "encoder+max_length=64"],
+    ]
+    results = evaluate(MINI, [ENCODER], sweep={"max_length": [32, 64], "model_class": ["encoder", None]}, top_k=3,
+                       device="cpu", progress=False)
+    load_times = [row["load_s"] for row in results.configurations]
+    assert load_times[0] == load_times[1] and load_times[2] == load_times[3]  # one load per group, each row shows it
+    assert [row["options"].get("model_class") for row in results.configurations] == ["encoder", "encoder", None, None]

@@ -89,11 +89,12 @@ def plot_pareto(results: Mapping[str, Any], path: str | os.PathLike[str]) -> Non
     figure = Figure(figsize=(7, 4.5), dpi=100)
     axes = figure.subplots()
     axes.scatter([p[0] for p in points], [p[1] for p in points], color="tab:blue", zorder=3, label="configuration")
-    axes.step([points[i][0] for i in front], [points[i][1] for i in front], where="post", color="tab:orange",
-              zorder=2, label="Pareto frontier")
+    axes.plot([points[i][0] for i in front], [points[i][1] for i in front], drawstyle="steps-post", color="tab:orange",
+              marker="o", markersize=11, markerfacecolor="none", zorder=2, label="Pareto frontier")
     for row, (x, y) in zip(rows, points):
         axes.annotate(configuration_label(row), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     axes.axhline(stage["metrics"][primary], color="grey", linestyle="--", label=f"first stage ({stage['name']})")
+    axes.margins(x=0.2, y=0.1)  # room for the labels
     axes.set_xlabel("median latency per query (ms)")
     axes.set_ylabel(primary)
     axes.set_title(f"{primary} against latency")

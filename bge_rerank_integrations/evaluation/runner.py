@@ -15,7 +15,6 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from itertools import groupby
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -95,7 +94,7 @@ def evaluate(
     for reason, count in notes.items():
         logger.warning("Queries %s: %d.", reason, count)
     setup = {
-        "dataset": os.fspath(data.path),
+        "dataset": str(data.path.resolve()),
         "split": data.split,
         "first_stage": stage.name,
         "top_k": stage.top_k,
@@ -119,8 +118,8 @@ def evaluate(
         logger.warning("Resuming: %d of %d configurations are already in %s.", len(grid) - len(todo), len(grid), folder)
     bar = _progress(len(todo), "configurations", "config", progress)
     try:
-        for _, group in groupby(todo, key=lambda c: _key({"model": c.model, "options": c.load_options})):
-            for configuration, row in _run_group(list(group), rerankers, data, stage, measures, progress):
+        for group in _by_load(todo):
+            for configuration, row in _run_group(group, rerankers, data, stage, measures, progress):
                 results["configurations"].append(row)
                 if folder is not None:
                     write_run(folder / row["run"], row.pop("_run"), tag=configuration.name, queries=list(data.queries))
@@ -133,6 +132,14 @@ def evaluate(
     if folder is not None:
         write_report(results, folder)
     return Results(results, folder, len(data.queries), notes)
+
+
+def _by_load(configurations: Sequence[Configuration]) -> list[list[Configuration]]:
+    """The configurations grouped by model and load options (one load each), groups and members in grid order."""
+    groups: dict[str, list[Configuration]] = {}
+    for configuration in configurations:
+        groups.setdefault(_key({"model": configuration.model, "options": configuration.load_options}), []).append(configuration)
+    return list(groups.values())
 
 
 def _checked(configuration: Configuration, api: str) -> Any:
