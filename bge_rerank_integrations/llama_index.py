@@ -43,7 +43,8 @@ class BGERerank(RerankSettings, BaseNodePostprocessor):
 
     Scores the text LlamaIndex embeds (``MetadataMode.EMBED``), keeps nodes scoring at least
     ``score_threshold``, then the best ``top_n``, and returns new ``NodeWithScore`` objects whose
-    ``score`` is the rerank score; the input nodes are left untouched. The settings are
+    ``score`` is the rerank score and whose ``node`` is a deep copy of yours: the input nodes are left
+    untouched, also by later edits of the returned ones (the cost: one copy per kept node). The settings are
     ``RerankSettings``' fields, shared with the LangChain adapter, plus ``keep_retrieval_score``.
     Scoring settings left at ``None`` use the reranker's own defaults and may be changed later;
     ``model`` and the load settings are fixed once built. ``model`` may be a server URL (scored
@@ -114,14 +115,17 @@ class BGERerank(RerankSettings, BaseNodePostprocessor):
         )
 
     def _to_nodes(self, nodes: List[NodeWithScore], results: List[RerankResult]) -> List[NodeWithScore]:
-        """New ``NodeWithScore`` objects for ``results``; with ``keep_retrieval_score`` the node is a copy."""
+        """New ``NodeWithScore`` objects for ``results``, each holding a deep copy of its node.
+
+        The copy (``model_copy(deep=True)``: metadata, relationships, key lists, embedding) keeps a
+        later step's edits off the caller's nodes; only the kept nodes are copied.
+        """
         reranked = []
         for result in results:
             source = nodes[result.index]
-            node = source.node
+            node = source.node.model_copy(deep=True)
             if self.keep_retrieval_score:
-                node = node.model_copy()
-                node.metadata = {**source.node.metadata, RETRIEVAL_SCORE_KEY: source.score}
+                node.metadata[RETRIEVAL_SCORE_KEY] = source.score
                 node.excluded_embed_metadata_keys = _with_key(node.excluded_embed_metadata_keys)
                 node.excluded_llm_metadata_keys = _with_key(node.excluded_llm_metadata_keys)
             reranked.append(NodeWithScore(node=node, score=result.score))
