@@ -16,6 +16,9 @@ from typing import Sequence
 
 from .metrics import DEFAULT_METRICS
 
+#: The subcommand's description (``bge-rerank eval --help``).
+DESCRIPTION = "Evaluate rerankers (quality and latency of every model and setting) on a BEIR-format dataset."
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The eval command's arguments, added to ``parser`` (its own, or a subcommand's)."""
@@ -94,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``bge-rerank eval ARGS``: parse ``argv`` and run."""
     from ..cli import _Parser
 
-    parser = _Parser(prog="bge-rerank eval", description="Evaluate rerankers (quality and latency) on a BEIR-format dataset.")
+    parser = _Parser(prog="bge-rerank eval", description=DESCRIPTION)
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

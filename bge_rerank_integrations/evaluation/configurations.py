@@ -51,6 +51,11 @@ class Configuration:
         """The options that decide the loaded model (configurations that share them share one load)."""
         return {name: value for name, value in self.options.items() if name in LOAD_OPTIONS}
 
+    @property
+    def score_options(self) -> dict[str, Any]:
+        """The scoring options, passed with each scoring call."""
+        return {name: value for name, value in self.options.items() if name not in LOAD_OPTIONS}
+
     def record(self) -> dict[str, Any]:
         """``{"model", "options"}`` as results.json holds them (what ``--resume`` matches)."""
         return {"model": self.model, "options": dict(self.options)}

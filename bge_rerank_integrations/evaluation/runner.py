@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from .configurations import LOAD_OPTIONS, Configuration, configurations
+from .configurations import Configuration, configurations
 from .data import Dataset, load_beir
 from .errors import EvaluationError, ScoringError
 from .first_stage import FirstStage, first_stage
@@ -143,26 +143,33 @@ def _by_load(configurations: Sequence[Configuration]) -> list[list[Configuration
 
 
 def _checked(configuration: Configuration, api: str) -> Any:
-    """The configuration's reranker, built (not loaded): every option checked against the model's family now."""
-    options = dict(configuration.options)
-    cutoff = options.get("cutoff_layers")
-    if isinstance(cutoff, list) and len(cutoff) > 1:
-        raise EvaluationError(f"{configuration.name}: cutoff_layers={cutoff} scores at several layers; "
+    """The configuration's reranker, built (not loaded) with its load options; its scoring options checked now.
+
+    Scoring options go with each call (``compute_score(pairs, **options)``); checking them here
+    rejects an option the model's family lacks (known from an official id or the checkpoint's
+    config.json, without loading weights) before anything runs.
+    """
+    scoring = configuration.score_options
+    cutoff = scoring.get("cutoff_layers")
+    if isinstance(cutoff, (list, tuple)) and len(cutoff) > 1:
+        raise EvaluationError(f"{configuration.name}: cutoff_layers={list(cutoff)} scores at several layers; "
                               f"a configuration ranks by one: sweep them instead (cutoff_layers={','.join(map(str, cutoff))}).")
     try:
         if configuration.remote:
-            load = sorted(set(options) & LOAD_OPTIONS)
+            load = sorted(configuration.load_options)
             if load:
                 raise EvaluationError(f"{configuration.name}: {', '.join(load)} choose how a model is loaded; "
                                       "a server was loaded with its own: set them on the server.")
             from ..remote import RemoteReranker
 
-            return RemoteReranker(configuration.model, api=api, **options)
-        from ..loading import resolve_checkpoint
-        from ..reranker import BGEReranker
+            reranker = RemoteReranker(configuration.model, api=api)
+        else:
+            from ..loading import resolve_checkpoint
+            from ..reranker import BGEReranker
 
-        path = resolve_checkpoint(configuration.model)
-        return BGEReranker(str(path), **options)
+            reranker = BGEReranker(str(resolve_checkpoint(configuration.model)), **configuration.load_options)
+        reranker.check_options(**scoring)
+        return reranker
     except (ValueError, TypeError) as error:
         if isinstance(error, EvaluationError):
             raise
@@ -236,7 +243,8 @@ def _score(
     """Rerank each query's candidates (one call per query, timed); the run and the per-query seconds."""
     queries = [query_id for query_id in data.queries if stage.candidates[query_id]]
     first = queries[0]
-    reranker.compute_score([(data.queries[first], data.corpus[next(iter(stage.candidates[first]))])])  # warm-up
+    options = configuration.score_options
+    reranker.compute_score([(data.queries[first], data.corpus[next(iter(stage.candidates[first]))])], **options)  # warm-up
     run: dict[str, dict[str, float]] = {}
     seconds: list[float] = []
     bar = _progress(len(queries), configuration.name, "query", progress, leave=False)
@@ -245,7 +253,7 @@ def _score(
             doc_ids = list(stage.candidates[query_id])
             pairs = [(data.queries[query_id], data.corpus[doc_id]) for doc_id in doc_ids]
             started = time.perf_counter()
-            scores = reranker.compute_score(pairs)
+            scores = reranker.compute_score(pairs, **options)
             seconds.append(time.perf_counter() - started)
             nan = sum(1 for score in scores if math.isnan(score))
             if nan:
