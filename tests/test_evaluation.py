@@ -429,3 +429,10 @@ def test_configurations_of_one_model_and_load_options_share_one_load(tmp_path, o
     load_times = [row["load_s"] for row in results.configurations]
     assert load_times[0] == load_times[1] and load_times[2] == load_times[3]  # one load per group, each row shows it
     assert [row["options"].get("model_class") for row in results.configurations] == ["encoder", "encoder", None, None]
+
+
+def test_an_output_that_cannot_be_written_is_status_1(tmp_path, capsys):
+    (tmp_path / "taken").write_text("a file, not a folder")
+    status = main(["eval", str(MINI), "--model", ENCODER, "--output", str(tmp_path / "taken"), "--no-progress"])
+    captured = capsys.readouterr()
+    assert status == 1 and "taken" in captured.err and "Traceback" not in captured.err

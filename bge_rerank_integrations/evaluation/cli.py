@@ -82,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         return _fail(error, 2)
     except ImportError as error:
         return _fail(error, 1)
+    except OSError as error:  # the output folder cannot be written
+        return _fail(f"{error.strerror or error}: {error.filename or args.output}", 1)
     except KeyboardInterrupt:
         print(f"bge-rerank eval: interrupted; the configurations finished are in {args.output}/results.json, "
               "and --resume runs the others.", file=sys.stderr)
@@ -102,6 +104,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(parser.parse_args(argv))
 
 
-def _fail(error: BaseException, status: int) -> int:
+def _fail(error: BaseException | str, status: int) -> int:
     print(f"bge-rerank eval: {' '.join(str(error).split())}", file=sys.stderr)
     return status
