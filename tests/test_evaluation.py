@@ -376,6 +376,7 @@ def test_the_eval_subcommand_writes_the_output_and_prints_the_table(tmp_path, ca
         ([str(MINI), "--model", ENCODER, "--run", "missing.trec"], "missing.trec does not exist"),
         ([str(MINI), "--model", ENCODER, "--top-k", "0"], "top_k must be a positive number"),
         ([str(MINI), "--model", ENCODER, "--model", ENCODER], "is given twice"),
+        ([str(MINI), "--model", LAYERWISE, "--sweep", "cutoff_layers=99"], "layerwise+cutoff_layers=99: "),
     ],
 )
 def test_bad_input_is_one_line_and_status_2(tmp_path, capsys, arguments, message):

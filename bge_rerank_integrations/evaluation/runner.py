@@ -186,14 +186,19 @@ def _run_group(
         for configuration in group:
             reranker = rerankers[configuration.name]
             reset_peak_rss()
-            if not configuration.remote and load_s is None:
-                _import_model_code(reranker.model_name_or_path)
-                started = time.perf_counter()
-                reranker.load()
-                load_s = round(time.perf_counter() - started, 3)
-                load_peak = peak_rss_mb()
-                logger.info("Loaded %s in %.2fs.", configuration.model, load_s)
-            run, seconds = _score(configuration, reranker, data, stage, progress)
+            try:
+                if not configuration.remote and load_s is None:
+                    _import_model_code(reranker.model_name_or_path)
+                    started = time.perf_counter()
+                    reranker.load()
+                    load_s = round(time.perf_counter() - started, 3)
+                    load_peak = peak_rss_mb()
+                    logger.info("Loaded %s in %.2fs.", configuration.model, load_s)
+                run, seconds = _score(configuration, reranker, data, stage, progress)
+            except (ValueError, TypeError) as error:  # an option the loaded model cannot take (a layer beyond its depth)
+                if isinstance(error, EvaluationError):
+                    raise
+                raise EvaluationError(f"{configuration.name}: {error}") from None
             row = {
                 "model": configuration.model,
                 "options": dict(configuration.options),
