@@ -34,7 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "use_fp16=true,false); several sweeps give the grid of all combinations",
     )
     first = parser.add_mutually_exclusive_group()
-    first.add_argument("--run", help="the first stage: a TREC run file (qid Q0 docid rank score tag) from your retriever")
+    first.add_argument(
+        "--run", dest="run_file", metavar="FILE",
+        help="the first stage: a TREC run file (qid Q0 docid rank score tag) from your retriever",
+    )
     first.add_argument("--first-stage", default="bm25", choices=["bm25"], help="the first stage when no --run (default bm25)")
     parser.add_argument("--top-k", type=int, default=100, help="first-stage candidates reranked per query (default 100)")
     parser.add_argument(
@@ -70,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
                 raise EvaluationError(f"--sweep {name} is given twice: put all its values in one --sweep.")
             sweep[name] = values
         results = evaluate(
-            args.dataset, args.models, sweep=sweep, split=args.split, run=args.run, first_stage_method=args.first_stage,
+            args.dataset, args.models, sweep=sweep, split=args.split, run=args.run_file, first_stage_method=args.first_stage,
             top_k=args.top_k, metrics=args.metrics, output=args.output, resume=args.resume, device=args.device,
             api=args.api, progress=not args.no_progress,
         )
