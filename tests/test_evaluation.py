@@ -1,4 +1,6 @@
-"""``bge-rerank eval`` and ``bge_rerank_integrations.evaluation`` on the shipped BEIR-format dataset (tests/fixtures/beir-mini).
+"""``bge-rerank eval`` and ``bge_rerank_integrations.evaluation`` on the shipped BEIR-format dataset.
+
+The dataset is tests/fixtures/beir-mini (made by tools/make_beir_mini.py).
 
 Metric values are checked against values computed by hand; the rankings against ``BGEReranker``
 scores computed here; a real ``bge-rerank serve`` on 127.0.0.1 gives the in-process figures.
@@ -16,9 +18,9 @@ import pytest
 pytest.importorskip("ir_measures")
 pytest.importorskip("bm25s")
 
-from bge_rerank_integrations import BGEReranker  # noqa: E402
-from bge_rerank_integrations.cli import main  # noqa: E402
-from bge_rerank_integrations.evaluation import (  # noqa: E402
+from bge_rerank_integrations import BGEReranker
+from bge_rerank_integrations.cli import main
+from bge_rerank_integrations.evaluation import (
     EvaluationError,
     configurations,
     evaluate,
@@ -34,7 +36,7 @@ from bge_rerank_integrations.evaluation import (  # noqa: E402
     write_run,
 )
 
-from .conftest import FIXTURES, TOLERANCE, checkpoint  # noqa: E402
+from .conftest import FIXTURES, TOLERANCE, checkpoint
 
 MINI = FIXTURES / "beir-mini"
 ENCODER = checkpoint("encoder")
@@ -75,18 +77,54 @@ def _append(path: Path, text: str) -> None:
     [
         (lambda d: (d / "corpus.jsonl").unlink(), r"corpus\.jsonl does not exist"),
         (lambda d: _append(d / "corpus.jsonl", "{not json\n"), r"corpus\.jsonl line 31 is not valid JSON"),
-        (lambda d: _append(d / "corpus.jsonl", '{"_id": "x", "title": "t"}\n'), r"corpus\.jsonl line 31: 'text' must be a string"),
-        (lambda d: _append(d / "corpus.jsonl", '{"_id": "panda-1", "text": "again"}\n'), r"corpus\.jsonl line 31: the id 'panda-1' appears twice"),
-        (lambda d: _append(d / "queries.jsonl", '{"_id": "a b", "text": "q"}\n'), r"queries\.jsonl line 9: '_id' must be a non-empty string without spaces"),
-        (lambda d: _append(d / "qrels" / "test.tsv", "q-unknown\tpanda-1\t1\n"), r"test\.tsv line 24: query id 'q-unknown' is not in queries\.jsonl"),
-        (lambda d: _append(d / "qrels" / "test.tsv", "q-panda\tnowhere\t1\n"), r"test\.tsv line 24: corpus id 'nowhere' is not in corpus\.jsonl"),
-        (lambda d: _append(d / "qrels" / "test.tsv", "q-panda\tpanda-5\thigh\n"), r"test\.tsv line 24: the score 'high' is not an integer"),
-        (lambda d: _append(d / "qrels" / "test.tsv", "q-panda panda-5 1\n"), r"test\.tsv line 24: expected 3 tab-separated fields"),
-        (lambda d: _append(d / "qrels" / "test.tsv", "q-panda\tpanda-1\t2\n"), r"test\.tsv line 24: \('q-panda', 'panda-1'\) is judged twice"),
-        (lambda d: (d / "qrels" / "test.tsv").write_text("q-panda\tpanda-1\t1\n"), r"test\.tsv line 1: expected the header"),
-        (lambda d: (d / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n"), r"test\.tsv has no judgements: the split 'test' is empty"),
-        (lambda d: (d / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq-none\tphoto-5\t0\n"), r"no query has a relevant document"),
-        (lambda d: (d / "qrels" / "test.tsv").unlink(), r"test\.tsv does not exist: the split 'test' has no judgements \(splits here: dev\)"),
+        (
+            lambda d: _append(d / "corpus.jsonl", '{"_id": "x", "title": "t"}\n'),
+            r"corpus\.jsonl line 31: 'text' must be a string",
+        ),
+        (
+            lambda d: _append(d / "corpus.jsonl", '{"_id": "panda-1", "text": "again"}\n'),
+            r"corpus\.jsonl line 31: the id 'panda-1' appears twice",
+        ),
+        (
+            lambda d: _append(d / "queries.jsonl", '{"_id": "a b", "text": "q"}\n'),
+            r"queries\.jsonl line 9: '_id' must be a non-empty string without spaces",
+        ),
+        (
+            lambda d: _append(d / "qrels" / "test.tsv", "q-unknown\tpanda-1\t1\n"),
+            r"test\.tsv line 24: query id 'q-unknown' is not in queries\.jsonl",
+        ),
+        (
+            lambda d: _append(d / "qrels" / "test.tsv", "q-panda\tnowhere\t1\n"),
+            r"test\.tsv line 24: corpus id 'nowhere' is not in corpus\.jsonl",
+        ),
+        (
+            lambda d: _append(d / "qrels" / "test.tsv", "q-panda\tpanda-5\thigh\n"),
+            r"test\.tsv line 24: the score 'high' is not an integer",
+        ),
+        (
+            lambda d: _append(d / "qrels" / "test.tsv", "q-panda panda-5 1\n"),
+            r"test\.tsv line 24: expected 3 tab-separated fields",
+        ),
+        (
+            lambda d: _append(d / "qrels" / "test.tsv", "q-panda\tpanda-1\t2\n"),
+            r"test\.tsv line 24: \('q-panda', 'panda-1'\) is judged twice",
+        ),
+        (
+            lambda d: (d / "qrels" / "test.tsv").write_text("q-panda\tpanda-1\t1\n"),
+            r"test\.tsv line 1: expected the header",
+        ),
+        (
+            lambda d: (d / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n"),
+            r"test\.tsv has no judgements: the split 'test' is empty",
+        ),
+        (
+            lambda d: (d / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq-none\tphoto-5\t0\n"),
+            r"no query has a relevant document",
+        ),
+        (
+            lambda d: (d / "qrels" / "test.tsv").unlink(),
+            r"test\.tsv does not exist: the split 'test' has no judgements \(splits here: dev\)",
+        ),
         (lambda d: (d / "corpus.jsonl").write_bytes(b"\xff\xfe\n"), r"corpus\.jsonl line 1 is not UTF-8 text"),
     ],
 )
@@ -113,7 +151,8 @@ FIXED_RUN = {
 
 
 def test_metric_values_match_the_ones_computed_by_hand(mini):
-    # q-panda, judged panda-2: 2, panda-1: 1, panda-4: 1, panda-3: 0; ranked panda-3, panda-1, panda-5 (unjudged), panda-2.
+    # q-panda, judged panda-2: 2, panda-1: 1, panda-4: 1, panda-3: 0;
+    # ranked panda-3, panda-1, panda-5 (unjudged), panda-2.
     #   DCG@10 (linear gain / log2(rank + 1)) = 0 + 1/log2(3) + 0 + 2/log2(5) = 0.63093 + 0.86135 = 1.49228
     #   ideal: 2, 1, 1 -> 2/log2(2) + 1/log2(3) + 1/log2(4) = 2 + 0.63093 + 0.5 = 3.13093; nDCG@10 = 0.476626
     #   first relevant document at rank 2: RR@10 = 1/2; relevant found 2 of 3 (panda-4 missing): recall@100 = 2/3
@@ -123,7 +162,9 @@ def test_metric_values_match_the_ones_computed_by_hand(mini):
     #   ndcg@10 = (0.476626 + 1) / 6 = 0.246104; mrr@10 = (1/2 + 1) / 6 = 0.25; recall@100 = (2/3 + 1) / 6 = 0.277778
     ndcg_panda = (1 / math.log2(3) + 2 / math.log2(5)) / (2 + 1 / math.log2(3) + 0.5)
     values = evaluate_run(FIXED_RUN, mini.qrels, parse_metrics("ndcg@10,mrr@10,recall@100"))
-    assert values == pytest.approx({"ndcg@10": (ndcg_panda + 1) / 6, "mrr@10": 0.25, "recall@100": (2 / 3 + 1) / 6}, abs=1e-12)
+    assert values == pytest.approx(
+        {"ndcg@10": (ndcg_panda + 1) / 6, "mrr@10": 0.25, "recall@100": (2 / 3 + 1) / 6}, abs=1e-12
+    )
     assert values["ndcg@10"] == pytest.approx(0.246104, abs=1e-6)
     # Cutoffs: in the top 1, q-panda has nothing relevant (0) and q-coffee its best (1); P@2 = (1/2 + 1/2) / 6.
     values = evaluate_run(FIXED_RUN, mini.qrels, parse_metrics(["nDCG@1", "RR@1", "P@2", "R@1"]))
@@ -134,9 +175,13 @@ def test_ties_are_ranked_as_trec_eval_ranks_them(mini):
     pytrec_eval = pytest.importorskip("pytrec_eval")
     assert trec_order(FIXED_RUN["q-coffee"]) == ["coffee-2", "coffee-1"]
     run = {"q-coffee": {"coffee-1": 1.0, "coffee-2": 1.0, "coffee-4": 1.0}}
-    reference = pytrec_eval.RelevanceEvaluator({"q-coffee": mini.qrels["q-coffee"]}, {"recip_rank", "ndcg_cut_10"}).evaluate(run)
+    reference = pytrec_eval.RelevanceEvaluator(
+        {"q-coffee": mini.qrels["q-coffee"]}, {"recip_rank", "ndcg_cut_10"}
+    ).evaluate(run)
     ours = evaluate_run(run, {"q-coffee": mini.qrels["q-coffee"]}, parse_metrics("mrr@10,ndcg@10"))
-    assert ours == pytest.approx({"mrr@10": reference["q-coffee"]["recip_rank"], "ndcg@10": reference["q-coffee"]["ndcg_cut_10"]})
+    assert ours == pytest.approx(
+        {"mrr@10": reference["q-coffee"]["recip_rank"], "ndcg@10": reference["q-coffee"]["ndcg_cut_10"]}
+    )
     assert ours["mrr@10"] == 0.5  # coffee-4, coffee-2, coffee-1: the relevant one second
 
 
@@ -198,8 +243,10 @@ def test_bm25_is_the_default_first_stage(mini):
     stage = first_stage(mini, top_k=3)
     assert stage.name == "bm25" and list(stage.candidates) == EVALUATED
     assert all(0 < len(scores) <= 3 for scores in stage.candidates.values())
-    assert list(stage.candidates["q-panda"])[0] == "panda-2"  # "what do giant pandas eat": the diet passage
-    assert "bike-2" in stage.candidates["q-bike"]  # "how to repair a punctured bicycle tyre": stemmed, "puncture" matches
+    assert next(iter(stage.candidates["q-panda"])) == "panda-2"  # "what do giant pandas eat": the diet passage
+    assert (
+        "bike-2" in stage.candidates["q-bike"]
+    )  # "how to repair a punctured bicycle tyre": stemmed, "puncture" matches
     assert stage.candidates == first_stage(mini, top_k=3).candidates  # deterministic
 
 
@@ -225,18 +272,25 @@ def test_sweeps_parse_by_the_options_type():
 
 
 def test_a_sweep_is_the_grid_of_all_combinations():
-    grid = configurations([ENCODER, "http://127.0.0.1:9/"], {"max_length": [32, 64], "batch_size": [2, 4, 8]}, device="cpu")
+    grid = configurations(
+        [ENCODER, "http://127.0.0.1:9/"], {"max_length": [32, 64], "batch_size": [2, 4, 8]}, device="cpu"
+    )
     assert len(grid) == 12
     assert grid[0].options == {"device": "cpu", "max_length": 32, "batch_size": 2}
     assert grid[0].name == "encoder+max_length=32+batch_size=2"
-    assert grid[6].options == {"max_length": 32, "batch_size": 2} and grid[6].name == "127.0.0.1-9+max_length=32+batch_size=2"
+    assert (
+        grid[6].options == {"max_length": 32, "batch_size": 2}
+        and grid[6].name == "127.0.0.1-9+max_length=32+batch_size=2"
+    )
     assert len({c.name for c in grid}) == 12
 
 
 def test_options_a_family_lacks_are_an_error_before_anything_runs(tmp_path):
     output = tmp_path / "out"
     with pytest.raises(EvaluationError, match="compress_ratio do\\(es\\) not apply to the encoder family"):
-        evaluate(MINI, [checkpoint("lightweight"), ENCODER], sweep={"compress_ratio": [2]}, output=output, progress=False)
+        evaluate(
+            MINI, [checkpoint("lightweight"), ENCODER], sweep={"compress_ratio": [2]}, output=output, progress=False
+        )
     with pytest.raises(EvaluationError, match="use_fp16 choose how a model is loaded"):
         evaluate(MINI, ["http://127.0.0.1:9"], sweep={"use_fp16": [False]}, output=output, progress=False)
     with pytest.raises(EvaluationError, match="scores at several layers"):
@@ -250,8 +304,15 @@ def test_options_a_family_lacks_are_an_error_before_anything_runs(tmp_path):
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory, one_torch_thread):
     output = tmp_path_factory.mktemp("eval") / "out"
-    results = evaluate(MINI, [ENCODER], sweep={"max_length": [48, 96], "batch_size": [4, 32]}, top_k=10,
-                       output=output, device="cpu", progress=False)
+    results = evaluate(
+        MINI,
+        [ENCODER],
+        sweep={"max_length": [48, 96], "batch_size": [4, 32]},
+        top_k=10,
+        output=output,
+        device="cpu",
+        progress=False,
+    )
     return results, output
 
 
@@ -259,11 +320,16 @@ def test_a_sweep_gives_one_row_per_grid_point(swept):
     results, output = swept
     rows = results.configurations
     assert [row["options"] for row in rows] == [
-        {"device": "cpu", "max_length": 48, "batch_size": 4}, {"device": "cpu", "max_length": 48, "batch_size": 32},
-        {"device": "cpu", "max_length": 96, "batch_size": 4}, {"device": "cpu", "max_length": 96, "batch_size": 32},
+        {"device": "cpu", "max_length": 48, "batch_size": 4},
+        {"device": "cpu", "max_length": 48, "batch_size": 32},
+        {"device": "cpu", "max_length": 96, "batch_size": 4},
+        {"device": "cpu", "max_length": 96, "batch_size": 32},
     ]
-    assert all(row["run"] == f"runs/encoder+max_length={row['options']['max_length']}+batch_size={row['options']['batch_size']}.trec"
-               for row in rows)
+    assert all(
+        row["run"]
+        == f"runs/encoder+max_length={row['options']['max_length']}+batch_size={row['options']['batch_size']}.trec"
+        for row in rows
+    )
     assert json.loads((output / "results.json").read_text()) == results.data
 
 
@@ -290,13 +356,16 @@ def test_each_run_file_holds_every_candidate_ranked_by_the_rerankers_score(swept
         lines = (output / row["run"]).read_text().splitlines()
         assert len(lines) == stage.pairs
         for query_id, candidates in stage.candidates.items():
-            expected = reranker.compute_score([(mini.queries[query_id], mini.corpus[d]) for d in candidates],
-                                              max_length=row["options"]["max_length"])
+            expected = reranker.compute_score(
+                [(mini.queries[query_id], mini.corpus[d]) for d in candidates], max_length=row["options"]["max_length"]
+            )
             assert [run[query_id][d] for d in candidates] == pytest.approx(expected, abs=TOLERANCE)
             ranked = [line.split()[2] for line in lines if line.split()[0] == query_id]
             assert ranked == trec_order(run[query_id])
         assert row["metrics"] == evaluate_run(run, mini.qrels, parse_metrics("ndcg@10,mrr@10,recall@100"))
-    assert results.data["first_stage"]["metrics"] == evaluate_run(stage.candidates, mini.qrels, parse_metrics("ndcg@10,mrr@10,recall@100"))
+    assert results.data["first_stage"]["metrics"] == evaluate_run(
+        stage.candidates, mini.qrels, parse_metrics("ndcg@10,mrr@10,recall@100")
+    )
 
 
 def test_results_md_is_best_first_with_the_change_against_the_first_stage(swept):
@@ -320,15 +389,27 @@ def test_the_pareto_frontier_keeps_the_points_nothing_beats():
 def test_resume_skips_the_configurations_already_in_the_output(tmp_path, one_torch_thread):
     output = tmp_path / "out"
     first = evaluate(MINI, [ENCODER], sweep={"max_length": [48]}, top_k=5, output=output, device="cpu", progress=False)
-    again = evaluate(MINI, [ENCODER], sweep={"max_length": [48, 64]}, top_k=5, output=output, device="cpu",
-                     resume=True, progress=False)
+    again = evaluate(
+        MINI,
+        [ENCODER],
+        sweep={"max_length": [48, 64]},
+        top_k=5,
+        output=output,
+        device="cpu",
+        resume=True,
+        progress=False,
+    )
     assert again.configurations[0] == first.configurations[0]  # kept as it was, timings included: not run again
     assert [row["options"]["max_length"] for row in again.configurations] == [48, 64]
-    assert sorted(p.name for p in (output / "runs").iterdir()) == ["encoder+max_length=48.trec", "encoder+max_length=64.trec"]
+    assert sorted(p.name for p in (output / "runs").iterdir()) == [
+        "encoder+max_length=48.trec",
+        "encoder+max_length=64.trec",
+    ]
     with pytest.raises(EvaluationError, match=r"another setup \(top_k differ\)"):
         evaluate(MINI, [ENCODER], top_k=6, output=output, device="cpu", resume=True, progress=False)
 
 
+@pytest.mark.server
 def test_the_server_url_path_gives_the_in_process_figures(tmp_path, one_torch_thread):
     pytest.importorskip("fastapi")
     from .serve_support import ServerProcess
@@ -354,24 +435,54 @@ def test_the_server_url_path_gives_the_in_process_figures(tmp_path, one_torch_th
 
 
 def test_the_eval_subcommand_writes_the_output_and_prints_the_table(tmp_path, capsys, one_torch_thread):
-    status = main(["eval", str(MINI), "--model", ENCODER, "--top-k", "5", "--metrics", "nDCG@5,recall@5",
-                   "--device", "cpu", "--output", str(tmp_path / "out"), "--no-progress"])
+    status = main(
+        [
+            "eval",
+            str(MINI),
+            "--model",
+            ENCODER,
+            "--top-k",
+            "5",
+            "--metrics",
+            "nDCG@5,recall@5",
+            "--device",
+            "cpu",
+            "--output",
+            str(tmp_path / "out"),
+            "--no-progress",
+        ]
+    )
     captured = capsys.readouterr()
     assert status == 0, captured.err
     assert "note: 1 query judged in test but no relevant document." in captured.err
     assert "6 queries evaluated" in captured.out and "| 1 | `encoder` |" in captured.out
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert list(saved["configurations"][0]["metrics"]) == ["nDCG@5", "recall@5"]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["pareto.png", "results.json", "results.md", "runs", "setup.json"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "pareto.png",
+        "results.json",
+        "results.md",
+        "runs",
+        "setup.json",
+    ]
 
 
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
         (["nowhere", "--model", ENCODER], "'nowhere' is not a directory"),
-        ([str(MINI), "--model", ENCODER, "--split", "train"], "the split 'train' has no judgements (splits here: dev, test)"),
-        ([str(MINI), "--model", ENCODER, "--sweep", "cutoff_layers=28"], "cutoff_layers do(es) not apply to the encoder family"),
-        ([str(MINI), "--model", ENCODER, "--sweep", "max_length=1", "--sweep", "max_length=2"], "--sweep max_length is given twice"),
+        (
+            [str(MINI), "--model", ENCODER, "--split", "train"],
+            "the split 'train' has no judgements (splits here: dev, test)",
+        ),
+        (
+            [str(MINI), "--model", ENCODER, "--sweep", "cutoff_layers=28"],
+            "cutoff_layers do(es) not apply to the encoder family",
+        ),
+        (
+            [str(MINI), "--model", ENCODER, "--sweep", "max_length=1", "--sweep", "max_length=2"],
+            "--sweep max_length is given twice",
+        ),
         ([str(MINI), "--model", ENCODER, "--metrics", "ndgc@10"], "unknown metric 'ndgc@10'"),
         ([str(MINI), "--model", ENCODER, "--run", "missing.trec"], "missing.trec does not exist"),
         ([str(MINI), "--model", ENCODER, "--top-k", "0"], "top_k must be a positive number"),
@@ -388,7 +499,9 @@ def test_bad_input_is_one_line_and_status_2(tmp_path, capsys, arguments, message
 
 
 def test_a_model_that_is_not_there_is_status_1(tmp_path, capsys):
-    status = main(["eval", str(MINI), "--model", "./no-such-checkpoint", "--output", str(tmp_path / "out"), "--no-progress"])
+    status = main(
+        ["eval", str(MINI), "--model", "./no-such-checkpoint", "--output", str(tmp_path / "out"), "--no-progress"]
+    )
     captured = capsys.readouterr()
     assert status == 1 and "does not exist" in captured.err and "Traceback" not in captured.err
 
@@ -405,7 +518,7 @@ def test_the_readme_example_shows_what_the_command_gives(tmp_path, capsys, one_t
     root = Path(__file__).resolve().parents[1]
     assert main(["eval", str(root / "tests/fixtures/beir-mini"), *arguments, "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    shown = readme[readme.index("```text\nnote: 1 query judged"):]
+    shown = readme[readme.index("```text\nnote: 1 query judged") :]
     shown = shown[: shown.index("```\n", 8)]
 
     def quality(text: str) -> list[list[str]]:
@@ -425,8 +538,14 @@ def test_configurations_of_one_model_and_load_options_share_one_load(tmp_path, o
         ["encoder+max_length=32+model_class=encoder", "encoder+max_length=64+model_class=encoder"],
         ["encoder+max_length=32", "encoder+max_length=64"],
     ]
-    results = evaluate(MINI, [ENCODER], sweep={"max_length": [32, 64], "model_class": ["encoder", None]}, top_k=3,
-                       device="cpu", progress=False)
+    results = evaluate(
+        MINI,
+        [ENCODER],
+        sweep={"max_length": [32, 64], "model_class": ["encoder", None]},
+        top_k=3,
+        device="cpu",
+        progress=False,
+    )
     load_times = [row["load_s"] for row in results.configurations]
     assert load_times[0] == load_times[1] and load_times[2] == load_times[3]  # one load per group, each row shows it
     assert [row["options"].get("model_class") for row in results.configurations] == ["encoder", "encoder", None, None]

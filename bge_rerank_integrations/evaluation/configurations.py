@@ -11,9 +11,10 @@ from __future__ import annotations
 import itertools
 import re
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import EvaluationError
@@ -102,7 +103,11 @@ def parse_option_value(name: str, text: str) -> Any:
 
 
 _BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
-_KIND_NAMES = {"bool": "true or false", "int": "an integer", "layers": "a layer or a bracketed list of layers (28, [24,40])"}
+_KIND_NAMES = {
+    "bool": "true or false",
+    "int": "an integer",
+    "layers": "a layer or a bracketed list of layers (28, [24,40])",
+}
 
 
 def _kind(hint: Any) -> tuple[str, bool]:
@@ -142,16 +147,21 @@ def configurations(
 ) -> list[Configuration]:
     """Every model at every point of the grid of ``sweep`` (option -> values), in order; ``device`` for local models."""
     if not models:
-        raise EvaluationError("no model to evaluate: give at least one --model (Hub id, local directory or server URL).")
+        raise EvaluationError(
+            "no model to evaluate: give at least one --model (Hub id, local directory or server URL)."
+        )
     sweep = dict(sweep or {})
     for name, values in sweep.items():
         if not values:
             raise EvaluationError(f"--sweep {name}: no values.")
     repeated = sorted({model for model in models if list(models).count(model) > 1})
     if repeated:
-        raise EvaluationError(f"--model {repeated[0]} is given twice: each model is evaluated at every grid point once.")
-    grid = [dict(zip(sweep, point)) for point in itertools.product(*sweep.values())]
-    result, names = [], set()
+        raise EvaluationError(
+            f"--model {repeated[0]} is given twice: each model is evaluated at every grid point once."
+        )
+    grid = [dict(zip(sweep, point, strict=True)) for point in itertools.product(*sweep.values())]
+    result: list[Configuration] = []
+    names: set[str] = set()
     for model in models:
         if not isinstance(model, str) or not model.strip():
             raise EvaluationError(f"--model {model!r}: give a Hub id, a local directory or a server URL.")
@@ -165,7 +175,7 @@ def configurations(
 
 
 def _name(model: str, options: Mapping[str, Any]) -> str:
-    """A file-safe label: the model's last path part (a server's host and port), then ``+option=value`` per swept option."""
+    """A file-safe label: the model's last path part (a server's host and port), then ``+option=value`` per option."""
     if is_url(model):
         parts = urlsplit(model)
         label = "-".join(filter(None, [parts.hostname, str(parts.port or ""), *parts.path.strip("/").split("/")]))
@@ -196,5 +206,3 @@ def _split_outside_brackets(text: str) -> list[str]:
         else:
             current += ch
     return [*parts, current]
-
-

@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from .errors import EvaluationError, at
 
@@ -53,17 +53,25 @@ def load_beir(path: str | os.PathLike[str], split: str = "test") -> Dataset:
     """
     root = Path(path).expanduser()
     if not root.is_dir():
-        raise EvaluationError(f"{os.fspath(path)!r} is not a directory: give a BEIR-format directory "
-                              "(corpus.jsonl, queries.jsonl, qrels/<split>.tsv).")
-    corpus = {doc_id: _passage(record, root / "corpus.jsonl", line)
-              for doc_id, record, line in _records(root / "corpus.jsonl")}
-    all_queries = {query_id: _text(record, "text", root / "queries.jsonl", line)
-                   for query_id, record, line in _records(root / "queries.jsonl")}
+        raise EvaluationError(
+            f"{os.fspath(path)!r} is not a directory: give a BEIR-format directory "
+            "(corpus.jsonl, queries.jsonl, qrels/<split>.tsv)."
+        )
+    corpus = {
+        doc_id: _passage(record, root / "corpus.jsonl", line)
+        for doc_id, record, line in _records(root / "corpus.jsonl")
+    }
+    all_queries = {
+        query_id: _text(record, "text", root / "queries.jsonl", line)
+        for query_id, record, line in _records(root / "queries.jsonl")
+    }
     qrels_path = root / "qrels" / f"{split}.tsv"
     if not qrels_path.is_file():
         present = sorted(p.stem for p in (root / "qrels").glob("*.tsv")) if (root / "qrels").is_dir() else []
-        raise EvaluationError(f"{os.fspath(qrels_path)} does not exist: the split {split!r} has no judgements "
-                              f"(splits here: {', '.join(present) or 'none'}); choose one with --split.")
+        raise EvaluationError(
+            f"{os.fspath(qrels_path)} does not exist: the split {split!r} has no judgements "
+            f"(splits here: {', '.join(present) or 'none'}); choose one with --split."
+        )
     judged = read_qrels(qrels_path, all_queries, corpus)
     if not judged:
         raise EvaluationError(f"{os.fspath(qrels_path)} has no judgements: the split {split!r} is empty.")
@@ -72,7 +80,9 @@ def load_beir(path: str | os.PathLike[str], split: str = "test") -> Dataset:
     if len(qrels) < len(judged):
         skipped[f"judged in {split} but no relevant document"] = len(judged) - len(qrels)
     if not qrels:
-        raise EvaluationError(f"{os.fspath(qrels_path)}: no query has a relevant document (score > 0), nothing to evaluate.")
+        raise EvaluationError(
+            f"{os.fspath(qrels_path)}: no query has a relevant document (score > 0), nothing to evaluate."
+        )
     queries = {query_id: all_queries[query_id] for query_id in qrels}
     return Dataset(root, split, corpus, queries, qrels, frozenset(all_queries), skipped)
 
@@ -85,14 +95,18 @@ def read_qrels(path: Path, queries: dict[str, str], corpus: dict[str, str]) -> d
             fields = line.rstrip("\r\n").split("\t")
             if number == 1:
                 if tuple(field.strip() for field in fields) != QRELS_HEADER:
-                    raise EvaluationError(f"{at(path, 1)}: expected the header 'query-id<TAB>corpus-id<TAB>score', "
-                                          f"got {line.strip()[:80]!r}.")
+                    raise EvaluationError(
+                        f"{at(path, 1)}: expected the header 'query-id<TAB>corpus-id<TAB>score', "
+                        f"got {line.strip()[:80]!r}."
+                    )
                 continue
             if not line.strip():
                 continue
             if len(fields) != 3:
-                raise EvaluationError(f"{at(path, number)}: expected 3 tab-separated fields "
-                                      f"(query-id, corpus-id, score), got {len(fields)}.")
+                raise EvaluationError(
+                    f"{at(path, number)}: expected 3 tab-separated fields "
+                    f"(query-id, corpus-id, score), got {len(fields)}."
+                )
             query_id, doc_id, grade = (field.strip() for field in fields)
             try:
                 score = int(grade)
@@ -126,8 +140,10 @@ def _records(path: Path) -> Iterator[tuple[str, dict, int]]:
             if isinstance(record_id, int) and not isinstance(record_id, bool):
                 record_id = str(record_id)
             if not isinstance(record_id, str) or not record_id or any(ch.isspace() for ch in record_id):
-                raise EvaluationError(f"{at(path, number)}: '_id' must be a non-empty string without spaces "
-                                      f"(TREC runs and qrels separate fields by spaces), got {record.get('_id')!r}.")
+                raise EvaluationError(
+                    f"{at(path, number)}: '_id' must be a non-empty string without spaces "
+                    f"(TREC runs and qrels separate fields by spaces), got {record.get('_id')!r}."
+                )
             if record_id in seen:
                 raise EvaluationError(f"{at(path, number)}: the id {record_id!r} appears twice.")
             seen.add(record_id)
@@ -157,9 +173,12 @@ def _passage(record: dict, path: Path, line: int) -> str:
 
 @contextmanager
 def numbered_lines(path: Path) -> Iterator[Iterator[tuple[int, str]]]:
-    """The numbered lines of the UTF-8 text file ``path``; a missing, unreadable or non-UTF-8 file is an ``EvaluationError``."""
+    """The numbered lines of the UTF-8 text file ``path``.
+
+    A missing, unreadable or non-UTF-8 file is an ``EvaluationError`` naming it (and the line).
+    """
     try:
-        handle = open(path, encoding="utf-8")
+        handle = open(path, encoding="utf-8")  # noqa: SIM115 - closed by the with below, after the errors are told apart
     except FileNotFoundError:
         raise EvaluationError(f"{os.fspath(path)} does not exist.") from None
     except OSError as error:

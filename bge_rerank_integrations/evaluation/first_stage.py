@@ -42,7 +42,9 @@ class FirstStage:
         return sum(len(scores) for scores in self.candidates.values())
 
 
-def first_stage(dataset: Dataset, run: str | os.PathLike[str] | None = None, method: str = "bm25", top_k: int = 100) -> FirstStage:
+def first_stage(
+    dataset: Dataset, run: str | os.PathLike[str] | None = None, method: str = "bm25", top_k: int = 100
+) -> FirstStage:
     """The first stage of ``dataset``: the TREC run file ``run`` if given, else ``method`` (``"bm25"``)."""
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise EvaluationError(f"top_k must be a positive number of candidates per query, got {top_k!r}.")
@@ -57,7 +59,9 @@ def first_stage(dataset: Dataset, run: str | os.PathLike[str] | None = None, met
         full = bm25(dataset, top_k)
         name = "bm25"
     else:
-        raise EvaluationError(f"unknown first stage {method!r}: choose one of {', '.join(FIRST_STAGES)}, or give a run file.")
+        raise EvaluationError(
+            f"unknown first stage {method!r}: choose one of {', '.join(FIRST_STAGES)}, or give a run file."
+        )
     candidates = {}
     for query_id in dataset.queries:
         scores = full.get(query_id, {})
@@ -66,7 +70,9 @@ def first_stage(dataset: Dataset, run: str | os.PathLike[str] | None = None, met
     if empty:
         notes["evaluated with no candidate from the first stage: they score 0"] = empty
     if empty == len(candidates):
-        raise EvaluationError(f"the first stage ({name}) gives no candidate for any query of the {dataset.split} split.")
+        raise EvaluationError(
+            f"the first stage ({name}) gives no candidate for any query of the {dataset.split} split."
+        )
     return FirstStage(name, top_k, candidates, notes)
 
 
@@ -77,8 +83,8 @@ def bm25(dataset: Dataset, top_k: int) -> Run:
     Only passages sharing a term with the query are returned (as Lucene does), at most ``top_k``.
     """
     with needs_extra("eval", "bge_rerank_integrations.evaluation"):
-        import bm25s
-        import Stemmer
+        import bm25s  # type: ignore[import-untyped]
+        import Stemmer  # type: ignore[import-not-found]
 
     stemmer = Stemmer.Stemmer("english")
     doc_ids = list(dataset.corpus)
@@ -88,14 +94,23 @@ def bm25(dataset: Dataset, top_k: int) -> Run:
     quiet.setLevel(max(level, logging.WARNING))  # bm25s logs each index build at DEBUG on its own logger
     try:
         index = bm25s.BM25()
-        index.index(bm25s.tokenize([dataset.corpus[d] for d in doc_ids], stopwords="en", stemmer=stemmer, show_progress=False),
-                    show_progress=False)
-        tokens = bm25s.tokenize([dataset.queries[q] for q in query_ids], stopwords="en", stemmer=stemmer, show_progress=False)
+        index.index(
+            bm25s.tokenize([dataset.corpus[d] for d in doc_ids], stopwords="en", stemmer=stemmer, show_progress=False),
+            show_progress=False,
+        )
+        tokens = bm25s.tokenize(
+            [dataset.queries[q] for q in query_ids], stopwords="en", stemmer=stemmer, show_progress=False
+        )
         found, scores = index.retrieve(tokens, k=min(top_k, len(doc_ids)), show_progress=False, n_threads=1)
     finally:
         quiet.setLevel(level)
-    logger.info("BM25 retrieved the top %d of %d passages for %d queries.", min(top_k, len(doc_ids)), len(doc_ids), len(query_ids))
+    logger.info(
+        "BM25 retrieved the top %d of %d passages for %d queries.",
+        min(top_k, len(doc_ids)),
+        len(doc_ids),
+        len(query_ids),
+    )
     return {
-        query_id: {doc_ids[int(i)]: float(s) for i, s in zip(found[row], scores[row]) if s > 0}
+        query_id: {doc_ids[int(i)]: float(s) for i, s in zip(found[row], scores[row], strict=True) if s > 0}
         for row, query_id in enumerate(query_ids)
     }

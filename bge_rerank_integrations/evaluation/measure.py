@@ -7,7 +7,7 @@ import math
 import re
 import resource
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def percentile(values: Sequence[float], share: float) -> float:
     return round(ordered[low] + (ordered[high] - ordered[low]) * (position - low), 12)
 
 
-def latency(seconds: Sequence[float], pairs: int) -> dict[str, float]:
+def latency(seconds: Sequence[float], pairs: int) -> dict[str, float | None]:
     """``{"p50_ms", "p95_ms", "pairs_per_s"}`` of per-query scoring times ``seconds`` for ``pairs`` pairs in all."""
     total = sum(seconds)
     return {
@@ -51,7 +51,10 @@ def reset_peak_rss() -> bool:
 
 
 def peak_rss_mb() -> float:
-    """The peak resident memory of this process in MB (MiB): since the last ``reset_peak_rss`` on Linux, else since start."""
+    """The peak resident memory of this process in MB (MiB).
+
+    On Linux since the last ``reset_peak_rss``, elsewhere since the process started.
+    """
     try:
         with open(_STATUS, encoding="ascii") as handle:
             found = re.search(r"^VmHWM:\s+(\d+) kB", handle.read(), re.MULTILINE)

@@ -7,7 +7,8 @@ once in the mean over the evaluated queries; a query the run has no candidate fo
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..extras import needs_extra
 from .errors import EvaluationError
@@ -17,7 +18,17 @@ from .trec import trec_order
 DEFAULT_METRICS = ("ndcg@10", "mrr@10", "recall@100")
 
 #: Our lower-case names -> ir-measures' measure names (trec_eval: ndcg_cut, recip_rank, recall, P, map).
-ALIASES = {"ndcg": "nDCG", "mrr": "RR", "rr": "RR", "recall": "R", "r": "R", "precision": "P", "p": "P", "map": "AP", "ap": "AP"}
+ALIASES = {
+    "ndcg": "nDCG",
+    "mrr": "RR",
+    "rr": "RR",
+    "recall": "R",
+    "r": "R",
+    "precision": "P",
+    "p": "P",
+    "map": "AP",
+    "ap": "AP",
+}
 
 
 def parse_metrics(names: str | Sequence[str]) -> dict[str, Any]:
@@ -38,7 +49,7 @@ def parse_metrics(names: str | Sequence[str]) -> dict[str, Any]:
         if name in measures:
             raise EvaluationError(f"the metric {name!r} is asked for twice.")
         base, at, cutoff = name.partition("@")
-        if base.lower() in ALIASES and (not at or cutoff.isdigit() and int(cutoff) > 0):
+        if base.lower() in ALIASES and (not at or (cutoff.isdigit() and int(cutoff) > 0)):
             spelled = ALIASES[base.lower()] + (f"@{cutoff}" if at else "")
         else:
             spelled = name

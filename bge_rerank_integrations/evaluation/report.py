@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ..extras import needs_extra
 
@@ -51,9 +52,11 @@ def markdown_table(results: Mapping[str, Any]) -> str:
     stage = results["first_stage"]
     names = list(stage["metrics"])
     lines = [
-        f"First stage: **{stage['name']}**: " + ", ".join(f"{name} {value:.4f}" for name, value in stage["metrics"].items()),
+        f"First stage: **{stage['name']}**: "
+        + ", ".join(f"{name} {value:.4f}" for name, value in stage["metrics"].items()),
         "",
-        "| # | configuration | " + " | ".join(f"{name} (Δ)" for name in names)
+        "| # | configuration | "
+        + " | ".join(f"{name} (Δ)" for name in names)
         + " | p50 ms | p95 ms | pairs/s | peak RSS MB | load s |",
         "|---:|---|" + "---:|" * len(names) + "---:|---:|---:|---:|---:|",
     ]
@@ -61,7 +64,8 @@ def markdown_table(results: Mapping[str, Any]) -> str:
         cells = [f"{row['metrics'][name]:.4f} ({row['metrics'][name] - stage['metrics'][name]:+.4f})" for name in names]
         timing = row["latency"]
         lines.append(
-            f"| {number} | `{configuration_label(row)}` | " + " | ".join(cells)
+            f"| {number} | `{configuration_label(row)}` | "
+            + " | ".join(cells)
             + f" | {timing['p50_ms']:.1f} | {timing['p95_ms']:.1f} | {_figure(timing['pairs_per_s'], '.0f')}"
             + f" | {_figure(row['peak_rss_mb'], '.0f')} | {_figure(row['load_s'], '.2f')} |"
         )
@@ -89,9 +93,18 @@ def plot_pareto(results: Mapping[str, Any], path: str | os.PathLike[str]) -> Non
     figure = Figure(figsize=(7, 4.5), dpi=100)
     axes = figure.subplots()
     axes.scatter([p[0] for p in points], [p[1] for p in points], color="tab:blue", zorder=3, label="configuration")
-    axes.plot([points[i][0] for i in front], [points[i][1] for i in front], drawstyle="steps-post", color="tab:orange",
-              marker="o", markersize=11, markerfacecolor="none", zorder=2, label="Pareto frontier")
-    for row, (x, y) in zip(rows, points):
+    axes.plot(
+        [points[i][0] for i in front],
+        [points[i][1] for i in front],
+        drawstyle="steps-post",
+        color="tab:orange",
+        marker="o",
+        markersize=11,
+        markerfacecolor="none",
+        zorder=2,
+        label="Pareto frontier",
+    )
+    for row, (x, y) in zip(rows, points, strict=True):
         axes.annotate(configuration_label(row), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     axes.axhline(stage["metrics"][primary], color="grey", linestyle="--", label=f"first stage ({stage['name']})")
     axes.margins(x=0.2, y=0.1)  # room for the labels

@@ -14,9 +14,10 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 from .configurations import Configuration, configurations
 from .data import Dataset, load_beir
@@ -82,7 +83,8 @@ def evaluate(
     ``"ndcg@10,mrr@10,recall@100"`` or a list of names. With ``output``, results.json, runs/,
     results.md and pareto.png are written there; ``resume`` keeps the configurations already there.
 
-    >>> results = evaluate("tests/fixtures/beir-mini", ["tests/fixtures/checkpoints/encoder"], progress=False)  # doctest: +SKIP
+    >>> models = ["tests/fixtures/checkpoints/encoder"]
+    >>> results = evaluate("tests/fixtures/beir-mini", models, progress=False)  # doctest: +SKIP
     >>> print(results.table())  # doctest: +SKIP
     """
     measures = parse_metrics(metrics)
@@ -101,14 +103,18 @@ def evaluate(
         "metrics": list(measures),
         "queries": len(data.queries),
     }
-    results = {"first_stage": {"name": stage.name, "metrics": evaluate_run(stage.candidates, data.qrels, measures)},
-               "configurations": []}
+    results: dict[str, Any] = {
+        "first_stage": {"name": stage.name, "metrics": evaluate_run(stage.candidates, data.qrels, measures)},
+        "configurations": [],
+    }
     folder = Path(output) if output is not None else None
     done: dict[str, dict[str, Any]] = {}
     if folder is not None:
         done = _previous(folder, setup) if resume else {}
         if not resume and (folder / RESULTS).exists():
-            logger.warning("%s holds earlier results: they are replaced (pass resume=True / --resume to keep them).", folder)
+            logger.warning(
+                "%s holds earlier results: they are replaced (pass resume=True / --resume to keep them).", folder
+            )
         results["configurations"] = list(done.values())
         folder.mkdir(parents=True, exist_ok=True)
         _write_json(folder / SETUP, setup)
@@ -138,7 +144,9 @@ def _by_load(configurations: Sequence[Configuration]) -> list[list[Configuration
     """The configurations grouped by model and load options (one load each), groups and members in grid order."""
     groups: dict[str, list[Configuration]] = {}
     for configuration in configurations:
-        groups.setdefault(_key({"model": configuration.model, "options": configuration.load_options}), []).append(configuration)
+        groups.setdefault(_key({"model": configuration.model, "options": configuration.load_options}), []).append(
+            configuration
+        )
     return list(groups.values())
 
 
@@ -152,17 +160,21 @@ def _checked(configuration: Configuration, api: str) -> Any:
     scoring = configuration.score_options
     cutoff = scoring.get("cutoff_layers")
     if isinstance(cutoff, (list, tuple)) and len(cutoff) > 1:
-        raise EvaluationError(f"{configuration.name}: cutoff_layers={list(cutoff)} scores at several layers; "
-                              f"a configuration ranks by one: sweep them instead (cutoff_layers={','.join(map(str, cutoff))}).")
+        raise EvaluationError(
+            f"{configuration.name}: cutoff_layers={list(cutoff)} scores at several layers; "
+            f"a configuration ranks by one: sweep them instead (cutoff_layers={','.join(map(str, cutoff))})."
+        )
     try:
         if configuration.remote:
             load = sorted(configuration.load_options)
             if load:
-                raise EvaluationError(f"{configuration.name}: {', '.join(load)} choose how a model is loaded; "
-                                      "a server was loaded with its own: set them on the server.")
+                raise EvaluationError(
+                    f"{configuration.name}: {', '.join(load)} choose how a model is loaded; "
+                    "a server was loaded with its own: set them on the server."
+                )
             from ..remote import RemoteReranker
 
-            reranker = RemoteReranker(configuration.model, api=api)
+            reranker: Any = RemoteReranker(configuration.model, api=api)
         else:
             from ..loading import resolve_checkpoint
             from ..reranker import BGEReranker
@@ -177,7 +189,11 @@ def _checked(configuration: Configuration, api: str) -> Any:
 
 
 def _run_group(
-    group: list[Configuration], rerankers: dict[str, Any], data: Dataset, stage: FirstStage, measures: Mapping[str, Any],
+    group: list[Configuration],
+    rerankers: dict[str, Any],
+    data: Dataset,
+    stage: FirstStage,
+    measures: Mapping[str, Any],
     progress: bool,
 ) -> Iterator[tuple[Configuration, dict[str, Any]]]:
     """Configurations sharing one model load, in turn; the model is freed afterwards."""
@@ -195,7 +211,10 @@ def _run_group(
                     load_peak = peak_rss_mb()
                     logger.info("Loaded %s in %.2fs.", configuration.model, load_s)
                 run, seconds = _score(configuration, reranker, data, stage, progress)
-            except (ValueError, TypeError) as error:  # an option the loaded model cannot take (a layer beyond its depth)
+            except (
+                ValueError,
+                TypeError,
+            ) as error:  # an option the loaded model cannot take (a layer beyond its depth)
                 if isinstance(error, EvaluationError):
                     raise
                 raise EvaluationError(f"{configuration.name}: {error}") from None
@@ -249,7 +268,9 @@ def _score(
     queries = [query_id for query_id in data.queries if stage.candidates[query_id]]
     first = queries[0]
     options = configuration.score_options
-    reranker.compute_score([(data.queries[first], data.corpus[next(iter(stage.candidates[first]))])], **options)  # warm-up
+    reranker.compute_score(
+        [(data.queries[first], data.corpus[next(iter(stage.candidates[first]))])], **options
+    )  # warm-up
     run: dict[str, dict[str, float]] = {}
     seconds: list[float] = []
     bar = _progress(len(queries), configuration.name, "query", progress, leave=False)
@@ -262,9 +283,11 @@ def _score(
             seconds.append(time.perf_counter() - started)
             nan = sum(1 for score in scores if math.isnan(score))
             if nan:
-                raise ScoringError(f"{configuration.name}: {nan} of {len(scores)} scores of query {query_id!r} are NaN: "
-                                   "the model's weights or its precision are broken (try float32).")
-            run[query_id] = dict(zip(doc_ids, scores))
+                raise ScoringError(
+                    f"{configuration.name}: {nan} of {len(scores)} scores of query {query_id!r} are NaN: "
+                    "the model's weights or its precision are broken (try float32)."
+                )
+            run[query_id] = dict(zip(doc_ids, scores, strict=True))
             bar.update(1)
     finally:
         bar.close()
@@ -281,12 +304,16 @@ def _previous(folder: Path, setup: dict[str, Any]) -> dict[str, dict[str, Any]]:
         rows = earlier["configurations"]
         keys = [_key(row) for row in rows]
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise EvaluationError(f"--resume: {folder} does not hold readable results ({error}); choose another --output.") from None
+        raise EvaluationError(
+            f"--resume: {folder} does not hold readable results ({error}); choose another --output."
+        ) from None
     if earlier_setup != setup:
         changed = sorted(name for name in setup if earlier_setup.get(name) != setup[name])
-        raise EvaluationError(f"--resume: {folder} holds results of another setup ({', '.join(changed)} differ); "
-                              "choose another --output, or drop --resume to replace them.")
-    return {key: row for key, row in zip(keys, rows) if (folder / row["run"]).is_file()}
+        raise EvaluationError(
+            f"--resume: {folder} holds results of another setup ({', '.join(changed)} differ); "
+            "choose another --output, or drop --resume to replace them."
+        )
+    return {key: row for key, row in zip(keys, rows, strict=True) if (folder / row["run"]).is_file()}
 
 
 def _key(record: Mapping[str, Any]) -> str:

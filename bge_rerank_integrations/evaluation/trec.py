@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Collection, Mapping, Sequence
 
 from .data import numbered_lines
 from .errors import EvaluationError, at
@@ -39,13 +39,17 @@ def read_run(path: str | os.PathLike[str], query_ids: Collection[str], corpus: C
             if not fields:
                 continue
             if len(fields) != 6:
-                raise EvaluationError(f"{at(path, number)}: expected 6 fields 'qid Q0 docid rank score tag', got {len(fields)}.")
+                raise EvaluationError(
+                    f"{at(path, number)}: expected 6 fields 'qid Q0 docid rank score tag', got {len(fields)}."
+                )
             query_id, _, doc_id, rank, score_text, _ = fields
             try:
                 int(rank)
                 score = float(score_text)
             except ValueError:
-                raise EvaluationError(f"{at(path, number)}: rank {rank!r} must be an integer and score {score_text!r} a number.") from None
+                raise EvaluationError(
+                    f"{at(path, number)}: rank {rank!r} must be an integer and score {score_text!r} a number."
+                ) from None
             if not math.isfinite(score):
                 raise EvaluationError(f"{at(path, number)}: the score {score_text!r} is not a finite number.")
             if query_id not in query_ids:
@@ -61,7 +65,9 @@ def read_run(path: str | os.PathLike[str], query_ids: Collection[str], corpus: C
     return run
 
 
-def write_run(path: str | os.PathLike[str], run: Mapping[str, Mapping[str, float]], tag: str, queries: Sequence[str] | None = None) -> None:
+def write_run(
+    path: str | os.PathLike[str], run: Mapping[str, Mapping[str, float]], tag: str, queries: Sequence[str] | None = None
+) -> None:
     """Write ``run`` as a TREC run file: per query (in ``queries`` order, else the run's) every passage in trec_order.
 
     Scores are written in full precision, so reading the file back gives the same floats.
