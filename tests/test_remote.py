@@ -464,7 +464,7 @@ def test_max_concurrent_requests_bounds_the_halves_of_a_413_too():
         ({"url": "http://h", "api": "tei", "model": "m"}, "takes no model="),
         ({"url": "http://h", "api": "tei", "max_length": 256}, "max_length are BGE scoring options"),
         ({"url": "http://h", "api": "vllm", "prompt": "p", "cutoff_layers": [8]}, "cutoff_layers, prompt are BGE"),
-        ({"url": "http://h", "api": "bge", "cutoff_layers": [8, 12]}, "one score per passage"),
+        ({"url": "http://h", "api": "bge", "cutoff_layers": [8, 12]}, "one score per document"),
         ({"url": "http://h", "api": "bge", "batch_size": 0}, "batch_size must be a positive integer"),
         ({"url": "http://h", "api": "bge", "batch_size": 8}, "batch_size is the server's own setting"),
         ({"url": "http://h", "api": "bge", "colour": "red"}, "Unknown scoring option"),

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
 
 from .metrics import DEFAULT_METRICS
 
@@ -132,15 +131,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"{results.queries} queries evaluated; results in {args.output}/ ({files})\n")
     print(results.table(), end="")
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``bge-rerank eval ARGS``: parse ``argv`` and run."""
-    from ..cli import _Parser
-
-    parser = _Parser(prog="bge-rerank eval", description=DESCRIPTION)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
 
 
 def _fail(error: BaseException | str, status: int) -> int:

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import itertools
 import re
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .. import options
 from .errors import EvaluationError
 
 #: Options that choose how a local model is loaded: a server (URL) was loaded with its own.
-LOAD_OPTIONS = frozenset({"model_class", "device", "use_fp16", "use_bf16"})
-#: Constructor arguments that are not options of a configuration (they change where files come from, not results).
-NOT_SWEPT = frozenset({"model_name_or_path", "cache_dir", "local_files_only", "show_progress"})
+LOAD_OPTIONS = frozenset(options.LOAD_OPTIONS)
+#: Options that are not a configuration's (they change where files come from, not results).
+NOT_SWEPT = frozenset({"cache_dir", "local_files_only", "show_progress"})
 
 
 def is_url(model: str) -> bool:
@@ -62,27 +62,24 @@ class Configuration:
         return {"model": self.model, "options": dict(self.options)}
 
 
-def sweepable_options() -> dict[str, Any]:
-    """Option name -> its type, for every scoring and load option of ``BGEReranker``."""
-    from ..reranker import BGEReranker
-
-    hints = typing.get_type_hints(BGEReranker.__init__)
-    return {name: hint for name, hint in hints.items() if name not in NOT_SWEPT and name != "return"}
+def sweepable_options() -> dict[str, options.Option]:
+    """Option name -> its entry in the options table (``options.OPTIONS``), for every scoring and load option."""
+    return {option.name: option for option in options.OPTIONS if option.name not in NOT_SWEPT}
 
 
 def parse_option_value(name: str, text: str) -> Any:
-    """One ``--sweep`` value of option ``name`` from text, by the option's type.
+    """One ``--sweep`` value of option ``name`` from text, by the option's kind in the options table.
 
-    Stopgap until the options table of issue 20 lands (then it parses). Booleans: true/false
-    (yes/no, 1/0); integers; layer lists: ``28`` or ``[24,40]``; ``none``: the option's default.
+    Booleans: true/false (yes/no, 1/0); integers; layers: ``28`` or ``[24,40]``; ``none``: the
+    option's default (options whose default is ``None``).
 
     >>> parse_option_value("cutoff_layers", "[24, 40]"), parse_option_value("use_fp16", "yes")
     ([24, 40], True)
     """
-    types = sweepable_options()
-    if name not in types:
-        raise EvaluationError(f"--sweep {name}: not an option; sweepable options: {', '.join(sorted(types))}.")
-    kind, optional = _kind(types[name])
+    known = sweepable_options()
+    if name not in known:
+        raise EvaluationError(f"--sweep {name}: not an option; sweepable options: {', '.join(sorted(known))}.")
+    kind, optional = known[name].kind, known[name].default is None
     text = text.strip()
     if optional and text.lower() == "none":
         return None
@@ -108,19 +105,6 @@ _KIND_NAMES = {
     "int": "an integer",
     "layers": "a layer or a bracketed list of layers (28, [24,40])",
 }
-
-
-def _kind(hint: Any) -> tuple[str, bool]:
-    """An option's type hint -> (``bool``, ``int``, ``layers`` or ``str``; whether ``None`` is allowed)."""
-    args = typing.get_args(hint) or (hint,)
-    optional = type(None) in args
-    if bool in args:
-        return "bool", optional
-    if any(typing.get_origin(arg) is not None for arg in args):  # Sequence[int] | int: layers
-        return "layers", optional
-    if int in args:
-        return "int", optional
-    return "str", optional
 
 
 def parse_sweep(spec: str) -> tuple[str, list[Any]]:
