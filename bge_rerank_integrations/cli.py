@@ -95,7 +95,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the server's API with --url (default bge: bge-rerank serve); API key from $BGE_RERANK_API_KEY",
     )
     parser.add_argument("--remote-model", help="with --url: the model name sent to servers that take one (Cohere needs it)")
-    parser.add_argument("--timeout", type=float, help="with --url: seconds to wait for the server (default 60)")
+    parser.add_argument(
+        "--timeout", type=float, help="with --url: seconds the whole call may take, retries and waits included (default 60)"
+    )
+    parser.add_argument(
+        "--max-response-bytes", type=int,
+        help="with --url: most bytes of one decompressed answer (default: 1 MiB + 1 KiB per passage + 8x the passages' size)",
+    )
     parser.add_argument("--query", "-q", required=True, help="the query")
     parser.add_argument("--file", "-f", help="read passages from this file ('-' = standard input): one per non-blank line, or JSONL")
     parser.add_argument("--text-field", default="text", help="JSONL field holding the passage (default: text)")
@@ -210,7 +216,7 @@ def _reranker(args: argparse.Namespace, count: int) -> Any:
         raise ValueError(f"{', '.join(given)} choose how a local model is loaded: set them on the server, not with --url.")
     from .remote import RemoteReranker
 
-    remote = {"model": args.remote_model, "timeout": args.timeout}
+    remote = {"model": args.remote_model, "timeout": args.timeout, "max_response_bytes": args.max_response_bytes}
     return RemoteReranker(args.url, api=args.api, **{k: v for k, v in remote.items() if v is not None})
 
 

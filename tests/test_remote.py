@@ -702,3 +702,10 @@ def test_the_command_line_reports_a_server_error(server, capsys):
 
     assert main(["--url", f"{server.url}/nowhere", "--api", "tei", "-q", QUERY, "hi"]) == 1
     assert "404 Not Found" in capsys.readouterr().err
+
+
+def test_the_command_line_bounds_the_answer_with_max_response_bytes(server, capsys):
+    from bge_rerank_integrations.cli import main
+
+    assert main(["--url", f"{server.url}/tei", "--api", "tei", "-q", QUERY, "--max-response-bytes", "10", *TEXTS]) == 1
+    assert "more than 10 bytes (decompressed)" in capsys.readouterr().err
