@@ -61,6 +61,7 @@ def run_batches(
         start += len(chunk)
         if progress is not None:
             progress(len(chunk))
+    assert result is not None  # items is not empty, so the loop scored at least one batch
     return result
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Mapping, Protocol, Sequence, cast, runtime_checkable
 
 from ..reranker import BGEReranker
 
@@ -86,7 +86,8 @@ def score_jobs(reranker: BGEReranker, jobs: Sequence[Job]) -> list[ScoredPairs |
                 results[position] = error
             continue
         for position, group in zip(positions, scored):
-            results[position] = ScoredPairs(group.scores, group.tokens)
+            # The server takes at most one cutoff layer (check_single_score): one float per pair.
+            results[position] = ScoredPairs(cast("list[float]", group.scores), group.tokens)
     return results
 
 
