@@ -79,7 +79,7 @@ def score_jobs(reranker: BGEReranker, jobs: Sequence[Job]) -> list[ScoredPairs |
         options = dict(jobs[positions[0]].options)
         try:  # each job scored as its own call would score it, in shared forward batches
             scored = reranker.score_groups([jobs[position].pairs for position in positions], **options)
-        except Exception as error:  # noqa: BLE001 - handed to the jobs of this call only
+        except Exception as error:  # handed to the jobs of this call only
             pairs = sum(len(jobs[position].pairs) for position in positions)
             logger.exception("Scoring %d pairs of %d request(s) failed.", pairs, len(positions))
             for position in positions:
