@@ -81,7 +81,8 @@ def build_parser(command: str | None = DEFAULT_COMMAND) -> argparse.ArgumentPars
         module = importlib.import_module(module_name)
         subparser = subcommands.add_parser(name, help=help_text, prog=prog, description=getattr(module, "DESCRIPTION", None))
         module.add_arguments(subparser)
-        subparser.set_defaults(run=module.run, parser=subparser)
+        # dests no flag of a subcommand can take (a subcommand may well have its own --run or --parser)
+        subparser.set_defaults(_subcommand_run=module.run, _subcommand_parser=subparser)
     return parser
 
 
@@ -160,12 +161,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bge-rerank {command}: {error}; install the extra it needs, e.g. pip install 'bge-rerank-integrations[{command}]'", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
-    return args.run(args)
+    return args._subcommand_run(args)
 
 
 def run(args: argparse.Namespace) -> int:
     """Rank the passages the parsed ``args`` give (``bge-rerank [rank]``); returns the exit status."""
-    parser = args.parser
+    parser = args._subcommand_parser
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         records = _gather_records(args)
