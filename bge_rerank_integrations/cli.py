@@ -9,9 +9,9 @@
     $ bge-rerank serve --model BAAI/bge-reranker-v2-m3 --port 8080
 
 Subcommands (``SUBCOMMANDS``): ``rank`` (the default when none is named, so ``bge-rerank
-[rank] --model ... --query ...``) and ``serve`` (``serving.serve``). ``--url`` ranks through a
-rerank server instead of a local model (``--api``: bge, tei, infinity, vllm, cohere; the API key
-comes from ``BGE_RERANK_API_KEY``).
+[rank] --model ... --query ...``), ``serve`` (``serving.serve``) and ``eval`` (``evaluation.cli``).
+``--url`` ranks through a rerank server instead of a local model (``--api``: bge, tei, infinity,
+vllm, cohere; the API key comes from ``BGE_RERANK_API_KEY``).
 
 Passages come from the arguments, from ``--file`` or from standard input: one per line, or
 JSON Lines with a ``text`` field (``--text-field`` names another); with ``--json`` each JSONL
@@ -46,6 +46,7 @@ PROGRESS_FROM = 256
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "rank": (__name__, "rank passages for a query (the default: bge-rerank --model M --query Q PASSAGE ...)"),
     "serve": ("bge_rerank_integrations.serving.serve", "serve a reranker over HTTP (TEI and Cohere/Jina/vLLM rerank APIs)"),
+    "eval": ("bge_rerank_integrations.evaluation.cli", "quality and latency of models and settings on BEIR data"),
 }
 DEFAULT_COMMAND = "rank"
 DESCRIPTION = "Rerank passages for a query with a BGE reranker (FlagEmbedding-exact scores)."
@@ -80,7 +81,8 @@ def build_parser(command: str | None = DEFAULT_COMMAND) -> argparse.ArgumentPars
         module = importlib.import_module(module_name)
         subparser = subcommands.add_parser(name, help=help_text, prog=prog, description=getattr(module, "DESCRIPTION", None))
         module.add_arguments(subparser)
-        subparser.set_defaults(run=module.run, parser=subparser)
+        # dests no flag of a subcommand can take (a subcommand may well have its own --run or --parser)
+        subparser.set_defaults(_subcommand_run=module.run, _subcommand_parser=subparser)
     return parser
 
 
@@ -159,12 +161,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bge-rerank {command}: {error}; install the extra it needs, e.g. pip install 'bge-rerank-integrations[{command}]'", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
-    return args.run(args)
+    return args._subcommand_run(args)
 
 
 def run(args: argparse.Namespace) -> int:
     """Rank the passages the parsed ``args`` give (``bge-rerank [rank]``); returns the exit status."""
-    parser = args.parser
+    parser = args._subcommand_parser
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         records = _gather_records(args)

@@ -30,7 +30,7 @@ import dataclasses
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .inputs import check_instruction_format, check_layers, check_positive_int, describe_layers
 
@@ -250,6 +250,7 @@ _ANNOTATIONS = {
 if TYPE_CHECKING:  # pragma: no cover - what type checkers see: every option is an attribute
 
     class ScoreOptions:
+        __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]  # a dataclass at run time
         def __init__(self, **options: Any) -> None: ...
         def __getattr__(self, name: str) -> Any: ...
 
