@@ -47,6 +47,7 @@ from .options import (
     Option,
     check_single_score,
     given_options,
+    several_layers,
 )
 from .ranking import RerankResult
 from .remote import RemoteReranker
@@ -166,20 +167,53 @@ class ScoringSettings(_OptionFields):
     def _path_to_str(cls, value: Any) -> Any:
         return os.fspath(value) if isinstance(value, os.PathLike) else value
 
-    @field_validator("cutoff_layers")
-    @classmethod
-    def _one_layer(cls, value: Layers) -> Layers:
-        check_single_score(value)
-        return value
-
     @model_validator(mode="after")
     def _build_reranker(self) -> "ScoringSettings":
-        """Build the reranker at construction (the model loads on first use); re-check the options on assignment."""
+        """Build the reranker at construction (the model loads on first use, or now with ``load_on_init``);
+        re-check the options on assignment. Several ``cutoff_layers`` are an error whose hint names the
+        checkpoint's own score layers when they are known."""
         if self._reranker is None:
-            self._reranker = build_reranker(self.model, self.reranker_settings())
+            settings = self.reranker_settings()
+            if several_layers(self.cutoff_layers):  # built without them, only to name the checkpoint's layers
+                named = build_reranker(self.model, {**settings, "cutoff_layers": None, "load_on_init": False})
+                check_single_score(self.cutoff_layers, _score_layers(named))
+            self._reranker = build_reranker(self.model, settings)
         else:
+            check_single_score(self.cutoff_layers, _score_layers(self._reranker))
             self._reranker.check_options(**self.call_options())
         return self
+
+    def load(self) -> ScoringSettings:
+        """Load the model now (otherwise on the first call), so that a missing or broken checkpoint fails here."""
+        if not isinstance(self._reranker, RemoteReranker):
+            self._reranker.load()
+        return self
+
+    @property
+    def resolved(self) -> dict[str, Any]:
+        """What scores: the model, its family (``None`` until known), device and dtype; or a server's URL and API.
+
+        The family is known at construction for an official id, a local checkpoint, a cached Hub id
+        or ``model_class``; else once the model is loaded.
+        """
+        reranker = self._reranker
+        if isinstance(reranker, RemoteReranker):
+            return {"url": reranker.url, "api": reranker.api}
+        return {
+            "model": reranker.model_name_or_path,
+            "family": reranker.family_name,
+            "device": str(reranker.device),
+            "dtype": str(reranker.dtype).replace("torch.", ""),
+        }
+
+    def __repr__(self) -> str:
+        """The resolved model, family, device and dtype, then the settings that were set."""
+        resolved = self.resolved
+        hidden = {*resolved, "api_key"}
+        given = [name for name in type(self).model_fields if name in self.model_fields_set and name not in hidden]
+        shown = [f"{name}={value!r}" for name, value in resolved.items()]
+        shown += [f"{name}={getattr(self, name)!r}" for name in given]
+        return f"{type(self).__name__}({', '.join(shown)})"
 
     def __setattr__(self, name: str, value: Any) -> None:
         """Assignments are checked like construction; a rejected value leaves the previous one in place."""
@@ -314,6 +348,12 @@ def build_reranker(model: str | Reranker, settings: Mapping[str, Any]) -> Rerank
         reranker = BGEReranker(model, **load)
     reranker.check_options(**given_options(settings))
     return reranker
+
+
+def _score_layers(reranker: Reranker) -> list[int] | None:
+    """The checkpoint's score layers (valid ``cutoff_layers``) when the reranker knows them without loading."""
+    score_layers = getattr(reranker, "score_layers", None)
+    return score_layers() if callable(score_layers) else None
 
 
 def is_server_url(model: str) -> bool:

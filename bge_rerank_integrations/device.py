@@ -62,11 +62,17 @@ def _mps_available() -> bool:
     return bool(backend is not None and backend.is_available())
 
 
-def resolve_dtype(device: torch.device, use_fp16: bool = False, use_bf16: bool = False) -> torch.dtype:
+#: (model, dtype) pairs whose half-precision-on-CPU warning was given: once per model, not per reranker.
+_warned_on_cpu: set[tuple[str, torch.dtype]] = set()
+
+
+def resolve_dtype(
+    device: torch.device, use_fp16: bool = False, use_bf16: bool = False, model: str | None = None
+) -> torch.dtype:
     """Choose the weights' dtype for ``device``.
 
     Half precision is used on CUDA and MPS when asked for; on CPU it is slow or unsupported,
-    so the model runs in float32 and one warning says so.
+    so the model runs in float32 and one warning says so (once per ``model`` when it is given).
     """
     if use_fp16 and use_bf16:
         raise ValueError("use_fp16 and use_bf16 are both set; choose one.")
@@ -74,7 +80,12 @@ def resolve_dtype(device: torch.device, use_fp16: bool = False, use_bf16: bool =
         return torch.float32
     wanted = torch.float16 if use_fp16 else torch.bfloat16
     if device.type == "cpu":
-        logger.warning("%s was asked for on CPU, where half precision is slow or unsupported: using float32.", wanted)
+        if model is None or (model, wanted) not in _warned_on_cpu:
+            logger.warning(
+                "%s was asked for on CPU, where half precision is slow or unsupported: using float32.", wanted
+            )
+            if model is not None:
+                _warned_on_cpu.add((model, wanted))
         return torch.float32
     if device.type == "mps" and wanted == torch.bfloat16 and not _mps_supports_bf16():
         logger.warning("bfloat16 is not supported by this MPS backend: using float16.")

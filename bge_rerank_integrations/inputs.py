@@ -13,6 +13,18 @@ from typing import Any, Sequence
 MAX_INT = 2**31 - 1
 
 
+def describe_layers(layers: Sequence[int]) -> str:
+    """``8..42`` for a contiguous range of layers, else the list.
+
+    >>> describe_layers([2, 3, 4, 5, 6]), describe_layers([4, 8])
+    ('2..6', '4, 8')
+    """
+    layers = list(layers)
+    if len(layers) > 2 and layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}..{layers[-1]}"
+    return ", ".join(map(str, layers))
+
+
 def as_pairs(sentence_pairs: Any) -> tuple[list[tuple[str, str]], bool]:
     """Return ``(pairs, single)``: the pairs as tuples, and whether one bare pair was given.
 

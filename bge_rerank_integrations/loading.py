@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,6 +39,49 @@ WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_mo
 TOKENIZER_FILES = ("tokenizer.json", "sentencepiece.bpe.model", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
 
 
+def cached_config(model: str, cache_dir: str | os.PathLike | None = None) -> dict[str, Any] | None:
+    """``model``'s ``config.json`` if it is a Hub id whose config is in the Hugging Face cache, else ``None``.
+
+    Never reaches the network: what the constructors check before anything is downloaded.
+    """
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(model.strip(), "config.json", cache_dir=cache_dir)
+    except Exception:  # noqa: BLE001 - not a valid Hub id, or no cache: nothing to check yet
+        return None
+    return read_config(Path(found).parent) if isinstance(found, str) else None
+
+
+def check_not_a_bare_official_name(model: str) -> None:
+    """Raise ``ModelNotFoundError`` for an official name without its organisation that is no local path.
+
+    >>> check_not_a_bare_official_name("bge-reranker-v2-m3")
+    Traceback (most recent call last):
+    ...
+    bge_rerank_integrations.loading.ModelNotFoundError: ... did you mean BAAI/bge-reranker-v2-m3?
+    """
+    official = official_id(model)
+    if official is not None and not Path(model).expanduser().exists():
+        raise ModelNotFoundError(f"{model!r} is neither a local directory nor a Hub id: did you mean {official}?")
+
+
+def official_id(model: str) -> str | None:
+    """The official Hub id that a bare official name (no organisation) stands for, else ``None``.
+
+    >>> official_id("bge-reranker-v2-m3")
+    'BAAI/bge-reranker-v2-m3'
+    >>> official_id("BAAI/bge-reranker-v2-m3") is None
+    True
+    """
+    from .families import KNOWN_MODELS
+
+    name = model.strip()
+    if "/" in name or f"baai/{name.lower()}" not in KNOWN_MODELS:
+        return None
+    return f"BAAI/{name.lower()}"  # the official names are lower case
+
+
 def resolve_checkpoint(model: str, cache_dir: str | None = None, local_files_only: bool = False) -> Path:
     """Return a local directory holding ``model``'s config, tokenizer and weights.
 
@@ -53,6 +97,7 @@ def resolve_checkpoint(model: str, cache_dir: str | None = None, local_files_onl
         return local
     if os.path.exists(model) or model.startswith((".", "/", "~")) or model.count("/") > 1:
         raise ModelNotFoundError(f"Local checkpoint {model!r} does not exist: pass an existing directory or a Hub id such as 'BAAI/bge-reranker-v2-m3'.")
+    check_not_a_bare_official_name(model)
     try:
         from huggingface_hub import snapshot_download
 
@@ -306,13 +351,46 @@ def dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
 
 @contextmanager
 def quiet_transformers() -> Iterator[None]:
-    """Hide transformers' own weight-loading progress bar (ours shows only when asked), then restore it."""
+    """Hide transformers' own weight-loading progress bar (ours shows only when asked), then restore it.
+
+    What transformers logs meanwhile (in this thread) is held back: it is logged once the load
+    succeeds, and dropped when the checkpoint is refused with ``CheckpointError``, whose message
+    already names the missing and unexpected weights (transformers' LOAD REPORT table would repeat
+    them on stderr).
+    """
     from transformers.utils import logging as hf_logging
 
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
+    hold = _HeldRecords()
+    handlers = list(logging.getLogger("transformers").handlers)
+    for handler in handlers:
+        handler.addFilter(hold)
     try:
         yield
+    except CheckpointError:
+        hold.records.clear()
+        raise
     finally:
+        for handler in handlers:
+            handler.removeFilter(hold)
+        for record in hold.records:
+            logging.getLogger(record.name).handle(record)
         if was_enabled:
             hf_logging.enable_progress_bar()
+
+
+class _HeldRecords(logging.Filter):
+    """A handler filter that holds back the records logged by the thread that made it (each once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread = threading.get_ident()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.thread != self.thread:
+            return True
+        if not any(held is record for held in self.records):
+            self.records.append(record)
+        return False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,10 +45,14 @@ def get_model(path: Path, family: str, device: torch.device, dtype: torch.dtype)
         with _models_lock:
             cached = _models.get(key)
         if cached is None:
-            logger.info("Loading %s reranker from %s on %s (%s).", family, path, device, dtype)
+            start = time.perf_counter()
             check_checkpoint(path)
             with quiet_transformers():
                 cached = CachedModel(family_class(family).load(str(path), canonical_device(device), dtype))
+            logger.info(
+                "Loaded %s: family %s, device %s, dtype %s, in %.2f s.",
+                path, family, canonical_device(device), str(dtype).replace("torch.", ""), time.perf_counter() - start,
+            )
             with _models_lock:
                 _models[key] = cached
         return cached

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .inputs import check_instruction_format, check_layers, check_positive_int
+from .inputs import check_instruction_format, check_layers, check_positive_int, describe_layers
 
 __all__ = [
     "DEFAULT_OPTIONS",
@@ -168,6 +168,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("cache_dir", "path", None, "where Hub downloads go (default: the Hugging Face cache)", LOAD),
     Option("local_files_only", "bool", False, "never reach the Hub: use the local cache or a directory only", LOAD),
     Option("show_progress", "bool", False, "a progress bar over the pairs", LOAD, flag=None),
+    Option(
+        "load_on_init", "bool", False, "load the model when built, so that every error comes up front", LOAD, flag=None
+    ),
 )
 
 BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
@@ -295,24 +298,39 @@ def check_family_options(family: str, options: ScoreOptions) -> None:
     """Reject options set in ``options`` that ``family`` does not take."""
     unsupported = sorted(name for name in options_not_taken(family) if getattr(options, name, None) is not None)
     if unsupported:
+        names = unsupported[0] if len(unsupported) == 1 else f"{', '.join(unsupported[:-1])} and {unsupported[-1]}"
         raise ValueError(
-            f"{', '.join(unsupported)} do(es) not apply to the {family} family; "
+            f"{names} {'does' if len(unsupported) == 1 else 'do'} not apply to the {family} family; "
             f"it takes {sorted(family_options(family)) or 'no family-specific options'}."
         )
 
 
-def check_single_score(cutoff_layers: int | Sequence[int] | None) -> None:
+def several_layers(cutoff_layers: int | Sequence[int] | None) -> bool:
+    """Whether ``cutoff_layers`` asks for more than one layer (one score list per layer)."""
+    return cutoff_layers is not None and not isinstance(cutoff_layers, int) and len(cutoff_layers) > 1
+
+
+def check_single_score(cutoff_layers: int | Sequence[int] | None, score_layers: Sequence[int] | None = None) -> None:
     """Ranking (adapters, servers, ``rerank``) needs one score per passage: several cutoff layers are an error.
+
+    The hint names the checkpoint's ``score_layers`` when they are known, else the caller's first layer.
 
     >>> check_single_score([8, 12])
     Traceback (most recent call last):
     ValueError: cutoff_layers=[8, 12] gives one score per layer, but ranking needs one score per document:
-    pass a single layer, e.g. cutoff_layers=[28].
+    pass a single layer, e.g. cutoff_layers=[8].
+    >>> check_single_score([2, 4], score_layers=[2, 3, 4, 5, 6])
+    Traceback (most recent call last):
+    ValueError: cutoff_layers=[2, 4] gives one score per layer, but ranking needs one score per document:
+    pass a single layer, one of 2..6 for this checkpoint.
     """
-    if cutoff_layers is not None and not isinstance(cutoff_layers, int) and len(cutoff_layers) > 1:
+    if several_layers(cutoff_layers):
+        layers = list(cutoff_layers)  # type: ignore[arg-type]
+        example = f"e.g. cutoff_layers=[{layers[0]}]"
+        hint = f"one of {describe_layers(score_layers)} for this checkpoint" if score_layers else example
         raise ValueError(
-            f"cutoff_layers={list(cutoff_layers)} gives one score per layer, but ranking needs one score per "
-            "document: pass a single layer, e.g. cutoff_layers=[28]."
+            f"cutoff_layers={layers} gives one score per layer, but ranking needs one score per "
+            f"document: pass a single layer, {hint}."
         )
 
 

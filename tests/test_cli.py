@@ -65,7 +65,7 @@ def test_jsonl_without_the_field_is_an_error(tmp_path, capsys):
 def test_option_that_does_not_apply_exits_2(capsys):
     code = main(["-m", checkpoint("encoder"), "-q", QUERY, "--device", "cpu", "--cutoff-layers", "3", *PASSAGES])
     assert code == 2
-    assert "cutoff_layers do(es) not apply to the encoder family" in capsys.readouterr().err
+    assert "cutoff_layers does not apply to the encoder family" in capsys.readouterr().err
 
 
 def test_missing_model_exits_1(tmp_path, capsys):

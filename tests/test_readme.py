@@ -90,6 +90,13 @@ def fake_hub_cache(root: Path) -> Path:
         (repo / "refs").mkdir(parents=True)
         (repo / "refs" / "main").write_text(commit)
         shutil.copytree(CHECKPOINTS / family, repo / "snapshots" / commit)
+    # The README's configuration names the lightweight model's layers (cutoff 28, compression at 24
+    # and 40), which adapters check against the cached config.json when built: that config states the
+    # real model's depth (no README block scores with it, so its weights are never read).
+    config_path = root / "models--BAAI--bge-reranker-v2.5-gemma2-lightweight" / "snapshots" / commit / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config.update(num_hidden_layers=42, start_layer=8)
+    config_path.write_text(json.dumps(config), encoding="utf-8")
     return root
 
 
@@ -138,3 +145,33 @@ def test_readme_names_current_tools_and_no_package_index():
     assert "huggingface-cli" not in text and "hf download BAAI/" in text
     assert "git+" in text and "not on a package index" in text
     assert (README.parent / "LICENSE").read_text(encoding="utf-8").startswith("MIT License")
+
+
+def quick_start_commands() -> list[str]:
+    """The quick start's bash block, one command per line."""
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## Quick start") :]
+    return next(code for _, code in readme_blocks("bash") if code in section[: section.index("\n## ", 3)]).splitlines()
+
+
+def test_quick_start_is_a_light_install_with_the_main_job_then_the_tests():
+    first, second = quick_start_commands()
+    # The first command installs the package with its adapters only, and runs the main job.
+    extras = re.search(r'-e "\.\[([^\]]*)\]"', first).group(1).split(",")
+    assert extras == ["langchain", "llama-index"]
+    assert "pytest" not in first and first.split(" && ")[-1].startswith(".venv/bin/bge-rerank ")
+    # The second installs the rest and runs the whole suite, on one line.
+    assert second == '.venv/bin/pip install -e ".[all]" && .venv/bin/python -m pytest'
+
+
+def test_ci_runs_the_quick_start_commands_as_the_readme_writes_them():
+    """.ci/run reads the quick start block from the README: what it would run is the README's two lines."""
+    ci = (README.parent / ".ci" / "run").read_text(encoding="utf-8")
+    extraction = next(line for line in ci.splitlines() if line.startswith("quick_start="))
+    script = f'cd {shlex.quote(str(README.parent))}\n{extraction}\nprintf "%s" "$quick_start"'
+    completed = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.splitlines() == quick_start_commands()
+    assert 'bash -euo pipefail -c "$(sed -n 1p <<<"$quick_start")"' in ci
+    assert 'bash -euo pipefail -c "$(sed -n 2p <<<"$quick_start")"' in ci
+    assert "-m pytest\n" not in ci.split("quick_start=")[1].split("echo \"== package")[0]  # no test run of its own

@@ -150,7 +150,7 @@ def test_rejected_requests_are_counted(client):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--cutoff-layers", "2"], "cutoff_layers do(es) not apply to the encoder family"),
+        (["--cutoff-layers", "2"], "cutoff_layers does not apply to the encoder family"),
         (["--model-class", "layerwise", "--cutoff-layers", "2,3"], "gives one score per layer"),
         (["--max-length", "0"], "max_length must be a positive integer"),
     ],

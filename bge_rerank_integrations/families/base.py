@@ -72,6 +72,11 @@ class RerankerFamily(ABC):
     def check_options(self, options: ScoreOptions) -> None:
         """Raise ValueError for option values this model cannot take (layers out of range, ...)."""
 
+    @classmethod
+    def check_config(cls, config: dict[str, Any], options: ScoreOptions) -> None:
+        """``check_options`` before loading: raise ValueError for option values that a checkpoint with
+        this ``config.json`` cannot take (what can be told from the config alone)."""
+
     @abstractmethod
     def encode(self, pairs: Sequence[tuple[str, str]], options: ScoreOptions) -> list[Encoded]:
         """Tokenize pairs whose instructions are already applied, truncating as the reference does.

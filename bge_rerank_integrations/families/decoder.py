@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 from .base import Encoded, RerankerFamily, ScoreOptions
 from .decoder_text import (
@@ -34,7 +35,40 @@ class DecoderFamily(RerankerFamily):
 
 
 class LayeredDecoderFamily(DecoderFamily):
-    """A decoder with a score head per layer (layerwise, lightweight): one score list per cutoff layer."""
+    """A decoder with a score head per layer (layerwise, lightweight): one score list per cutoff layer.
+
+    Its option checks read only the model's config (``check_model_config``), so they are made the
+    same way on a loaded model (``check_options``) and on a checkpoint's ``config.json`` before
+    loading (``check_config``).
+    """
+
+    #: The model's config class, with ``from_dict(config_json)``.
+    config_class: ClassVar[Any]
+
+    @classmethod
+    def check_model_config(cls, config: Any, options: ScoreOptions) -> None:
+        """Raise ValueError for option values a model with this config cannot take."""
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any], options: ScoreOptions) -> None:
+        cls.check_model_config(cls.config_class.from_dict(config), options)
+
+    def check_options(self, options: ScoreOptions) -> None:
+        self.check_model_config(self.model.config, options)
+
+    @classmethod
+    def score_layers(cls, config: dict[str, Any]) -> list[int]:
+        """The layers with a score head (the valid ``cutoff_layers``) of a checkpoint with this ``config.json``."""
+        model_config = cls.config_class.from_dict(config)
+        every = range(model_config.start_layer, model_config.num_hidden_layers + 1)
+        return list(getattr(model_config, "score_layers", every))
+
+    @staticmethod
+    def layers_to_score(config: Any, options: ScoreOptions) -> list[int]:
+        """The scored layers, distinct and ascending; the last layer when none are given (as in the reference)."""
+        if options.cutoff_layers is None:
+            return [config.num_hidden_layers]
+        return sorted(set(options.cutoff_layers))
 
     @property
     def max_positions(self) -> int:
@@ -43,7 +77,5 @@ class LayeredDecoderFamily(DecoderFamily):
 
     def cutoff_layers(self, options: ScoreOptions) -> list[int]:
         """The scored layers, distinct and ascending; the last layer when none are given (as in the reference)."""
-        if options.cutoff_layers is None:
-            return [self.model.config.num_hidden_layers]
-        return sorted(set(options.cutoff_layers))
+        return self.layers_to_score(self.model.config, options)
 

@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 
 from ..loading import load_state_dict, read_config
-from ..models.minicpm_layerwise import LayerwiseConfig, LayerwiseMiniCPM
+from ..models.minicpm_layerwise import LayerwiseConfig, LayerwiseMiniCPM, check_cutoff_layers
 from .base import Encoded, ScoreOptions
 from ..tokenization import load_tokenizer
 from .decoder import LayeredDecoderFamily
@@ -25,6 +25,7 @@ class LayerwiseFamily(LayeredDecoderFamily):
     """MiniCPM reranker with a score head on every layer from ``start_layer`` to the last."""
 
     name = "layerwise"
+    config_class = LayerwiseConfig
 
     model: LayerwiseMiniCPM
 
@@ -36,9 +37,10 @@ class LayerwiseFamily(LayeredDecoderFamily):
         model = LayerwiseMiniCPM.from_state_dict(config, load_state_dict(path), source=path)
         return cls(model.to(device=device, dtype=dtype), tokenizer, device, dtype)
 
-    def check_options(self, options: ScoreOptions) -> None:
+    @classmethod
+    def check_model_config(cls, config: LayerwiseConfig, options: ScoreOptions) -> None:
         """Raise ValueError for cutoff layers outside ``[start_layer, num_hidden_layers]``."""
-        self.model.check_layers(self.cutoff_layers(options))
+        check_cutoff_layers(config, cls.layers_to_score(config, options))
 
     def forward(self, batch: Sequence[Encoded], options: ScoreOptions) -> torch.Tensor:
         """Raw scores, shape ``(len(cutoff_layers), len(batch))`` in ascending layer order, float32 on CPU."""

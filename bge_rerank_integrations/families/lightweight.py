@@ -18,8 +18,9 @@ from typing import Sequence
 
 import torch
 
-from ..models.gemma2_lightweight import Gemma2LightweightReranker, load_lightweight
+from ..models.gemma2_lightweight import Gemma2LightweightReranker, LightweightConfig, load_lightweight
 from .base import Encoded, ScoreOptions
+from ..inputs import describe_layers
 from ..tokenization import load_tokenizer
 from .decoder import LayeredDecoderFamily
 from .decoder_text import pad_batch, pad_token_id
@@ -37,6 +38,7 @@ class LightweightFamily(LayeredDecoderFamily):
 
     name = "lightweight"
     default_prompt = DEFAULT_PROMPT
+    config_class = LightweightConfig
     model: Gemma2LightweightReranker
 
     @classmethod
@@ -46,17 +48,19 @@ class LightweightFamily(LayeredDecoderFamily):
         tokenizer.padding_side = "right"  # the reference forces right padding; compression relies on it
         return cls(load_lightweight(path, device, dtype), tokenizer, device, dtype)
 
-    def check_options(self, options: ScoreOptions) -> None:
+    @classmethod
+    def check_model_config(cls, config: LightweightConfig, options: ScoreOptions) -> None:
         """Reject compression ratios the reference does not support and layers this model lacks."""
-        config = self.model.config
         ratio = 1 if options.compress_ratio is None else options.compress_ratio
         if ratio not in COMPRESS_RATIOS:
             choices = ", ".join(map(str, COMPRESS_RATIOS))
             raise ValueError(f"compress_ratio must be one of {choices} (1 = no compression), got {ratio!r}.")
         valid = config.score_layers
-        wrong = [layer for layer in self.cutoff_layers(options) if layer not in valid]
+        wrong = [layer for layer in cls.layers_to_score(config, options) if layer not in valid]
         if wrong:
-            raise ValueError(f"cutoff_layers {wrong} have no score head in this model; choose from {_describe(valid)}.")
+            raise ValueError(
+                f"cutoff_layers {wrong} have no score head in this model; choose from {describe_layers(valid)}."
+            )
         if options.compress_layers is not None:
             wrong = [layer for layer in options.compress_layers if not 0 <= layer < config.num_hidden_layers]
             if wrong:
@@ -83,13 +87,6 @@ class LightweightFamily(LayeredDecoderFamily):
                 compress_ratio=1 if options.compress_ratio is None else options.compress_ratio,
             )
         return scores.float().cpu()
-
-
-def _describe(layers: list[int]) -> str:
-    """``8..42`` for a contiguous range, else the list."""
-    if len(layers) > 2 and layers == list(range(layers[0], layers[-1] + 1)):
-        return f"{layers[0]}..{layers[-1]}"
-    return ", ".join(map(str, layers))
 
 
 __all__ = ["LightweightFamily", "DEFAULT_PROMPT", "COMPRESS_RATIOS"]

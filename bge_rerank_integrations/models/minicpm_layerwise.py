@@ -30,6 +30,18 @@ from torch import nn
 from .blocks import GatedMLP, RMSNorm, ScoreHead, activation, apply_rotary, load_onto_meta, repeat_kv, rotary_tables
 
 
+def check_cutoff_layers(config: LayerwiseConfig, layers: Sequence[int]) -> None:
+    """Raise ValueError unless every layer lies in ``[start_layer, num_hidden_layers]`` of ``config``."""
+    low, high = config.start_layer, config.num_hidden_layers
+    bad = [
+        layer for layer in layers if not isinstance(layer, int) or isinstance(layer, bool) or not low <= layer <= high
+    ]
+    if bad or not layers:
+        raise ValueError(
+            f"cutoff_layers must be integers in [{low}, {high}] for this checkpoint, got {list(layers)}."
+        )
+
+
 @dataclass(frozen=True)
 class LayerwiseConfig:
     """The ``config.json`` fields the layerwise forward uses (defaults as in the reference config class)."""
@@ -218,16 +230,7 @@ class LayerwiseMiniCPM(nn.Module):
 
     def check_layers(self, layers: Sequence[int]) -> None:
         """Raise ValueError unless every layer lies in ``[start_layer, num_hidden_layers]``."""
-        low, high = self.config.start_layer, self.config.num_hidden_layers
-        bad = [
-            layer
-            for layer in layers
-            if not isinstance(layer, int) or isinstance(layer, bool) or not low <= layer <= high
-        ]
-        if bad or not layers:
-            raise ValueError(
-                f"cutoff_layers must be integers in [{low}, {high}] for this checkpoint, got {list(layers)}."
-            )
+        check_cutoff_layers(self.config, layers)
 
     def score(
         self,

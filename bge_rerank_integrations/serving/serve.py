@@ -192,6 +192,9 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as error:
         print(f"bge-rerank serve: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # ModelNotFoundError, CheckpointError: found when the reranker is built
+        print(f"bge-rerank serve: {error}", file=sys.stderr)
+        return 1
     if args.ray:
         from ..ray.serve import serve_on_ray
 
