@@ -16,11 +16,21 @@ from .inputs import check_score_threshold, check_text
 
 @dataclass(frozen=True)
 class RerankResult:
-    """One passage of a ``rerank`` call: its position in the input, its score and its text."""
+    """One passage of a ``rerank`` call: its position in the input, its score and its text.
+
+    ``span`` is the ``(start, end)`` character range of the passage's best window, so that
+    ``text[start:end]`` is the part that scored, when the passage was scored in windows
+    (``max_chunks_per_passage > 1``); ``None`` when it was scored whole (or truncated, with one window).
+    """
 
     index: int
     score: float
     text: str
+    span: tuple[int, int] | None = None
+
+    def __repr__(self) -> str:
+        span = "" if self.span is None else f", span={self.span!r}"
+        return f"RerankResult(index={self.index!r}, score={self.score!r}, text={self.text!r}{span})"
 
 
 class Ranking:
@@ -38,7 +48,12 @@ class Ranking:
         [RerankResult(index=1, score=5.26171875, text='The giant panda ...')]
         """
         pairs = rerank_pairs(query, passages, top_n, score_threshold)
-        return rank(passages, self.compute_score(pairs, **options), top_n, score_threshold)
+        scores, spans = self._scores_and_spans(pairs, **options)
+        return rank(passages, scores, top_n, score_threshold, spans)
+
+    def _scores_and_spans(self, pairs: list[tuple[str, str]], **options: Any) -> tuple[list[Any], list[Any] | None]:
+        """Scores of ``pairs`` and, where the reranker knows them, each passage's best window (else ``None``)."""
+        return self.compute_score(pairs, **options), None
 
 
 def rerank_pairs(query: Any, passages: Any, top_n: Any, score_threshold: Any) -> list[tuple[str, str]]:
@@ -54,12 +69,16 @@ def rerank_pairs(query: Any, passages: Any, top_n: Any, score_threshold: Any) ->
 
 
 def rank(
-    passages: Sequence[str], scores: Sequence[Any], top_n: int | None, score_threshold: float | None
+    passages: Sequence[str],
+    scores: Sequence[Any],
+    top_n: int | None,
+    score_threshold: float | None,
+    spans: Sequence[tuple[int, int] | None] | None = None,
 ) -> list[RerankResult]:
     """``passages`` best first by ``scores``: below ``score_threshold`` dropped first, then at most ``top_n`` kept.
 
     Ties keep input order; NaN scores (a broken model, logged where they are computed) rank last
-    and pass no threshold.
+    and pass no threshold. ``spans`` (one per passage, or ``None``) become the results' ``span``.
 
     >>> rank(["a", "b", "c"], [0.1, 0.9, 0.5], top_n=2, score_threshold=None)
     [RerankResult(index=1, score=0.9, text='b'), RerankResult(index=2, score=0.5, text='c')]
@@ -70,4 +89,4 @@ def rank(
     ranked = sorted(range(len(passages)), key=lambda i: (math.isnan(scores[i]), -scores[i]))
     if score_threshold is not None:
         ranked = [i for i in ranked if scores[i] >= score_threshold]
-    return [RerankResult(i, scores[i], passages[i]) for i in ranked[:top_n]]
+    return [RerankResult(i, scores[i], passages[i], None if spans is None else spans[i]) for i in ranked[:top_n]]

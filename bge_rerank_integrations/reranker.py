@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from .batching import run_batches
 from .device import is_mps_dtype_error, resolve_device, resolve_dtype
 from .families.base import FAMILY_SPECIFIC_OPTIONS
 from .families import KNOWN_MODELS, RerankerFamily, ScoreOptions, canonical_family, detect_family, family_class
-from .inputs import as_pairs, check_bool, check_cache_dir, check_instruction_format, check_layers, check_positive_int
+from .inputs import MAX_INT, as_pairs, check_bool, check_cache_dir, check_instruction_format, check_layers, check_positive_int
 from .loading import read_config, resolve_checkpoint
 from .model_cache import CachedModel, get_model
 from .ranking import Ranking, RerankResult  # noqa: F401 - RerankResult: also importable from here, as before
@@ -63,6 +64,8 @@ class BGEReranker(Ranking):
         cutoff_layers: Sequence[int] | int | None = None,
         compress_ratio: int | None = None,
         compress_layers: Sequence[int] | int | None = None,
+        max_chunks_per_passage: int = 1,
+        chunk_overlap: int | None = None,
         cache_dir: str | None = None,
         local_files_only: bool = False,
         show_progress: bool = False,
@@ -94,6 +97,8 @@ class BGEReranker(Ranking):
                 cutoff_layers=cutoff_layers,
                 compress_ratio=compress_ratio,
                 compress_layers=compress_layers,
+                max_chunks_per_passage=max_chunks_per_passage,
+                chunk_overlap=chunk_overlap,
             ),
             constructor_query_max_length=query_max_length,
         )
@@ -177,9 +182,11 @@ class BGEReranker(Ranking):
         """Score one ``[query, passage]`` pair (-> float) or a list of pairs (-> list of floats).
 
         Keyword options (``normalize``, ``max_length``, ``query_max_length``, ``batch_size``,
-        instructions, ``prompt``, ``cutoff_layers``, ``compress_ratio``, ``compress_layers``)
-        override the constructor's for this call only. Several ``cutoff_layers`` give one list
-        of scores per layer, in ascending layer order.
+        instructions, ``prompt``, ``cutoff_layers``, ``compress_ratio``, ``compress_layers``,
+        ``max_chunks_per_passage``, ``chunk_overlap``) override the constructor's for this call
+        only. Several ``cutoff_layers`` give one list of scores per layer, in ascending layer order.
+        With ``max_chunks_per_passage=N > 1`` a passage longer than its pair's room is scored as up
+        to N overlapping windows and gets its best window's score (still one score per pair).
 
         >>> reranker.compute_score([["what is panda?", "hi"], ["what is panda?", "The giant panda ..."]])  # doctest: +SKIP
         [-8.1875, 5.26171875]
@@ -197,7 +204,8 @@ class BGEReranker(Ranking):
         Each list keeps what a call of its own would give it (truncation and, for the decoders,
         the positions of the reference's batches), so merging the pairs of concurrent requests
         never moves their scores. Returns, per list, its scores (one list per cutoff layer when
-        several are asked for) and the number of tokens the model read for each pair.
+        several are asked for), the number of tokens the model read for each pair (every window
+        of a long passage counted) and where each pair's best window lies (``GroupScores.spans``).
 
         >>> reranker.score_groups([[("what is panda?", "hi")], [("q", "a"), ("q", "b")]])  # doctest: +SKIP
         [GroupScores(scores=[-8.1875], tokens=[9]), GroupScores(scores=[0.5, -1.2], tokens=[5, 5])]
@@ -205,25 +213,28 @@ class BGEReranker(Ranking):
         checked = [as_pairs(group)[0] for group in groups]
         merged = _merge(self._defaults, options, constructor_query_max_length=self._query_max_length)
         if not any(checked):
-            return [GroupScores([], []) for _ in checked]
+            return [GroupScores([], [], []) for _ in checked]
         model = self.load()
         if options:
             _check_against_model(model.family, merged)
-        scores, tokens = self._score(model, checked, merged)
+        scores, tokens, spans = self._score(model, checked, merged)
         results, start = [], 0
         for pairs in checked:
             end = start + len(pairs)
             layers = [layer[start:end] for layer in scores]
-            results.append(GroupScores(layers[0] if len(layers) == 1 else layers, tokens[start:end]))
+            layer_spans = [layer[start:end] for layer in spans]
+            one = len(layers) == 1
+            results.append(GroupScores(layers[0] if one else layers, tokens[start:end], layer_spans[0] if one else layer_spans))
             start = end
         return results
 
     def _score(
         self, model: CachedModel, groups: list[list[tuple[str, str]]], options: ScoreOptions
-    ) -> tuple[list[list[float]], list[int]]:
-        """Raw or normalized scores (one list per output, all groups' pairs in order) and each pair's token count."""
+    ) -> tuple[list[list[float]], list[int], list[list[tuple[int, int] | None]]]:
+        """Raw or normalized scores (one list per output, all groups' pairs in order), each pair's token count,
+        and each pair's best window per output (see :func:`best_windows`)."""
         try:
-            scores, tokens = self._run(model, groups, options)
+            scores, encoded = self._run(model, groups, options)
         except RuntimeError as error:
             if not is_mps_dtype_error(error, model.family.device) or model.family.dtype == torch.float32:
                 raise
@@ -231,25 +242,27 @@ class BGEReranker(Ranking):
             logger.warning("MPS refused %s for this model (%s): falling back to float32.", model.family.dtype, error)
             self.dtype = torch.float32
             self._model = get_model(self._path, model.family.name, self.device, torch.float32)
-            scores, tokens = self._run(self._model, groups, options)
+            scores, encoded = self._run(self._model, groups, options)
         nan = int(torch.isnan(scores).sum())
         if nan:
             logger.warning(
                 "%d of %d scores are NaN: the model's weights or its precision are broken (try float32).", nan, scores.numel()
             )
+        scores, tokens, spans = best_windows(scores, encoded)
         if options.normalize:
             scores = torch.sigmoid(scores.double())
-        return scores.tolist(), tokens
+        return scores.tolist(), tokens, spans
 
-    def _run(
-        self, model: CachedModel, groups: list[list[tuple[str, str]]], options: ScoreOptions
-    ) -> tuple[torch.Tensor, list[int]]:
+    def _run(self, model: CachedModel, groups: list[list[tuple[str, str]]], options: ScoreOptions) -> tuple[torch.Tensor, list]:
+        """Raw scores of every window (one row per output) and the windows (``Encoded``), all groups in order."""
         family = model.family
-        total = sum(len(pairs) for pairs in groups)
-        progress = _progress_bar(total) if self.show_progress else None
+        encoded: list = []
+        progress = None
         try:
             with model.lock, torch.inference_mode():
                 encoded = [item for pairs in groups if pairs for item in self._encode(family, pairs, options)]
+                if self.show_progress:
+                    progress = _progress_bar(len(encoded))
                 lengths = [len(item) for item in encoded]
                 scores = run_batches(
                     encoded,
@@ -259,22 +272,65 @@ class BGEReranker(Ranking):
                     progress.update if progress is not None else None,
                     max_padding=CPU_MAX_PADDING if family.device.type == "cpu" else None,
                 )
-                return scores, lengths
+                return scores, encoded
         finally:
             if progress is not None:
                 progress.close()
 
+    def _scores_and_spans(self, pairs: list[tuple[str, str]], **options: Any) -> tuple[list[Any], list[Any] | None]:
+        """``rerank``'s scores with each passage's best window (``Ranking``)."""
+        (scored,) = self.score_groups([pairs], **options)
+        return scored.scores, scored.spans
+
     def _encode(self, family: RerankerFamily, pairs: list[tuple[str, str]], options: ScoreOptions) -> list:
         texts = [_apply_instructions(family, query, passage, options) for query, passage in pairs]
-        return family.encode(texts, options)
+        if options.max_chunks_per_passage == 1:
+            return family.encode(texts, options)
+        starts = [_passage_start(family, passage, text, options) for (_, passage), (_, text) in zip(pairs, texts)]
+        return family.encode(texts, options, passage_starts=starts)
 
 
 @dataclass(frozen=True)
 class GroupScores:
-    """One list of pairs scored by ``score_groups``: its scores and the tokens the model read for each pair."""
+    """One list of pairs scored by ``score_groups``: its scores, the tokens the model read for each pair, and spans.
+
+    ``spans`` has the shape of ``scores``: for each pair the ``(start, end)`` characters of its best
+    window in the passage, ``None`` when the passage was scored whole (always, with
+    ``max_chunks_per_passage=1``). With several cutoff layers each layer's score is that layer's
+    best window, so each layer has its own list of spans.
+    """
 
     scores: list[float] | list[list[float]]
     tokens: list[int]
+    spans: list[tuple[int, int] | None] | list[list[tuple[int, int] | None]] | None = None
+
+
+def best_windows(scores: torch.Tensor, encoded: Sequence[Any]) -> tuple[torch.Tensor, list[int], list[list[tuple[int, int] | None]]]:
+    """Per pair (a run of windows starting at ``window == 0``): the best window's score and span per output,
+    and the tokens of all its windows.
+
+    Ties go to the earliest window; a NaN window makes the pair NaN (a broken model, logged by the caller).
+
+    >>> from bge_rerank_integrations.families import Encoded
+    >>> windows = [Encoded([1, 2]), Encoded([1, 2, 3], span=(0, 9)), Encoded([1, 4], window=1, span=(7, 12))]
+    >>> best_windows(torch.tensor([[0.5, 1.0, 2.0]]), windows)
+    (tensor([[0.5000, 2.0000]]), [2, 5], [[None, (7, 12)]])
+    """
+    starts = [index for index, item in enumerate(encoded) if item.window == 0]
+    if len(starts) == len(encoded):
+        return scores, [len(item) for item in encoded], [[item.span for item in encoded] for _ in range(scores.shape[0])]
+    ends = [*starts[1:], len(encoded)]
+    best = torch.empty(scores.shape[0], len(starts), dtype=scores.dtype)
+    spans: list[list[tuple[int, int] | None]] = [[] for _ in range(scores.shape[0])]
+    for pair, (start, end) in enumerate(zip(starts, ends)):
+        windows = scores[:, start:end]
+        for output in range(scores.shape[0]):
+            row = windows[output]
+            index = int(torch.argmax(row)) if not bool(torch.isnan(row).any()) else 0
+            best[output, pair] = row.max() if not bool(torch.isnan(row).any()) else float("nan")
+            spans[output].append(encoded[start + index].span)
+    tokens = [sum(len(item) for item in encoded[start:end]) for start, end in zip(starts, ends)]
+    return best, tokens, spans
 
 
 def _merge(base: ScoreOptions, overrides: dict[str, Any], constructor_query_max_length: int | None) -> ScoreOptions:
@@ -282,7 +338,13 @@ def _merge(base: ScoreOptions, overrides: dict[str, Any], constructor_query_max_
     given = checked_options(overrides)
     if "query_max_length" not in given and constructor_query_max_length is None:
         given["query_max_length"] = given.get("max_length", base.max_length) * 3 // 4
-    return dataclasses.replace(base, **given)
+    merged = dataclasses.replace(base, **given)
+    if merged.chunk_overlap is not None and merged.chunk_overlap >= merged.max_length:
+        raise ValueError(
+            f"chunk_overlap={merged.chunk_overlap} leaves a window no room: windows hold fewer than max_length="
+            f"{merged.max_length} passage tokens; pass a smaller chunk_overlap (or none: an eighth of a window)."
+        )
+    return merged
 
 
 def checked_options(overrides: dict[str, Any]) -> dict[str, Any]:
@@ -297,9 +359,14 @@ def checked_options(overrides: dict[str, Any]) -> dict[str, Any]:
     given = {name: value for name, value in overrides.items() if value is not None}
     if "normalize" in given and not isinstance(given["normalize"], bool):
         raise ValueError(f"normalize must be True or False, got {given['normalize']!r}.")
-    for name in ("max_length", "query_max_length", "batch_size", "compress_ratio"):
+    for name in ("max_length", "query_max_length", "batch_size", "compress_ratio", "max_chunks_per_passage"):
         if name in given:
             check_positive_int(given[name], name)
+    if "chunk_overlap" in given:
+        overlap = given["chunk_overlap"]
+        if isinstance(overlap, bool) or not isinstance(overlap, numbers.Integral) or not 0 <= overlap <= MAX_INT:
+            raise ValueError(f"chunk_overlap must be a non-negative integer (tokens shared by consecutive windows), got {overlap!r:.60}.")
+        given["chunk_overlap"] = int(overlap)
     for name in ("cutoff_layers", "compress_layers"):
         if name in given:
             given[name] = check_layers(given[name], name)
@@ -347,6 +414,28 @@ def _apply_instructions(family: RerankerFamily, query: str, passage: str, option
     if passage_instruction is not None:
         passage = _instruction_format(options.passage_instruction_format).format(passage_instruction, passage)
     return query, passage
+
+
+def _passage_start(family: RerankerFamily, passage: str, text: str, options: ScoreOptions) -> int:
+    """Where ``passage`` starts in ``text``, the passage with its instruction applied (windows need it).
+
+    A window is the instruction followed by part of the passage, so the instruction format must put
+    the passage last, once (the default ``"{}{}"`` does).
+    """
+    instruction = options.passage_instruction_for_rerank
+    if instruction is None:
+        instruction = family.default_passage_instruction
+    if instruction is None:
+        return 0
+    marker = "\x00passage\x00"
+    parts = _instruction_format(options.passage_instruction_format).format(instruction, marker).split(marker)
+    if len(parts) != 2 or parts[1] or text != parts[0] + passage:
+        raise ValueError(
+            f"max_chunks_per_passage > 1 needs a passage_instruction_format that ends with the passage, once "
+            f"(such as '{{}}{{}}'), got {options.passage_instruction_format!r}: each window is the instruction "
+            "followed by part of the passage."
+        )
+    return len(parts[0])
 
 
 def _instruction_format(template: str) -> str:

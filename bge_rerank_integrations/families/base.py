@@ -35,6 +35,10 @@ class ScoreOptions:
     cutoff_layers: tuple[int, ...] | None = None
     compress_ratio: int | None = None
     compress_layers: tuple[int, ...] | None = None
+    #: Long passages: up to this many windows per passage, the best one scores it (1 = truncate, as the reference).
+    max_chunks_per_passage: int = 1
+    #: Tokens shared by consecutive windows; ``None``: an eighth of a window (``chunking.default_overlap``).
+    chunk_overlap: int | None = None
 
 
 #: Options that only some families take; a family lists the ones it accepts in ``extra_options``.
@@ -49,12 +53,17 @@ class Encoded:
     only families that treat the passage segment specially (lightweight compression) use them.
     ``position_offset`` is the position of the first token: the left padding the reference's
     batching gives this pair, since it numbers left-padded rows from the first pad (decoders).
+    ``window`` numbers the windows of one passage (0 for the first, or only, one: the windows of a
+    passage follow each other in ``encode``'s result) and ``span`` is the window's character range in
+    the passage (``None`` when the passage is scored whole), see ``chunking``.
     """
 
     input_ids: list[int]
     query_length: int = 0
     prompt_length: int = 0
     position_offset: int = 0
+    window: int = 0
+    span: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -100,9 +109,14 @@ class RerankerFamily(ABC):
         return 1
 
     @abstractmethod
-    def encode(self, pairs: Sequence[tuple[str, str]], options: ScoreOptions) -> list[Encoded]:
+    def encode(
+        self, pairs: Sequence[tuple[str, str]], options: ScoreOptions, passage_starts: Sequence[int] | None = None
+    ) -> list[Encoded]:
         """Tokenize pairs whose instructions are already applied, truncating as the reference does.
 
+        With ``options.max_chunks_per_passage > 1`` a passage that truncation would cut gives up to
+        that many windows (consecutive ``Encoded`` with ``window`` 0, 1, ...); ``passage_starts``
+        says where each passage starts in its text, after its instruction (0 when not given).
         No returned sequence may exceed ``max_positions``.
         """
 
