@@ -140,6 +140,12 @@ class RerankerSettings(BaseModel):
     cutoff_layers: Layers = Field(default=None, description="Layerwise/lightweight: the one layer to score with.")
     compress_ratio: Optional[StrictInt] = Field(default=None, ge=1, description="Lightweight: 1, 2, 4 or 8.")
     compress_layers: Layers = Field(default=None, description="Lightweight: layers where tokens are compressed.")
+    max_chunks_per_passage: Optional[StrictInt] = Field(
+        default=None, ge=1, description="Score long passages as up to this many windows, keep the best (1: truncate)."
+    )
+    chunk_overlap: Optional[StrictInt] = Field(
+        default=None, ge=0, description="Tokens shared by consecutive windows (default: an eighth of a window)."
+    )
 
     _reranker: Optional[Reranker] = PrivateAttr(default=None)
 

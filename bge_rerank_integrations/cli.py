@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compress-ratio", type=int, help="lightweight: passage compression ratio (1, 2, 4, 8)")
     parser.add_argument("--compress-layers", type=_int_list, help="lightweight: layers that compress, e.g. 24,40")
     parser.add_argument("--prompt", help="decoder families: the instruction prompt")
+    parser.add_argument(
+        "--max-chunks-per-passage", type=int,
+        help="score a passage longer than its pair's room as up to N overlapping windows; it gets the best one's score (default 1: truncate)",
+    )
+    parser.add_argument("--chunk-overlap", type=int, help="tokens shared by consecutive windows (default: an eighth of a window)")
     parser.add_argument("--max-length", type=int, help="longest pair in tokens (default 512)")
     parser.add_argument("--query-max-length", type=int, help="longest query in tokens (default: 3/4 of --max-length)")
     parser.add_argument("--query-instruction", help='text put before the query (decoders default to "A: "; "" for none)')
@@ -165,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "passage_instruction_for_rerank": args.passage_instruction,
         "passage_instruction_format": args.passage_instruction_format,
         "batch_size": args.batch_size,
+        "max_chunks_per_passage": args.max_chunks_per_passage,
+        "chunk_overlap": args.chunk_overlap,
     }
     try:
         reranker = _reranker(args, len(records))
@@ -227,9 +234,12 @@ def _gather_records(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]
 
 
 def _json_record(result: RerankResult, fields: dict[str, Any]) -> dict[str, Any]:
-    """``{index, score, text}`` then the input record's other fields; one named like ours becomes ``input_<name>``."""
+    """``{index, score, text}`` (and ``span``, the best window, when the passage was scored in windows) then the
+    input record's other fields; one named like ours becomes ``input_<name>``."""
     score = None if math.isnan(result.score) else result.score  # a NaN score (a broken model) is null: JSON has no NaN
     record: dict[str, Any] = {"index": result.index, "score": score, "text": result.text}
+    if result.span is not None:
+        record["span"] = list(result.span)
     for key, value in fields.items():
         while key in record:
             key = f"input_{key}"

@@ -29,13 +29,15 @@ from .adapter_support import RerankSettings
 from .inputs import check_text
 from .ranking import RerankResult
 
-__all__ = ["BGERerank", "RETRIEVAL_SCORE_KEY"]
+__all__ = ["BGERerank", "RETRIEVAL_SCORE_KEY", "SPAN_KEY"]
 
 logger = logging.getLogger(__name__)
 dispatcher = get_dispatcher(__name__)
 
 #: Metadata key that holds a node's retrieval score when ``keep_retrieval_score`` is set.
 RETRIEVAL_SCORE_KEY = "retrieval_score"
+#: Metadata key that holds ``[start, end]``, the characters of the best window, for a node scored in windows.
+SPAN_KEY = "relevance_span"
 
 
 class BGERerank(RerankSettings, BaseNodePostprocessor):
@@ -114,16 +116,20 @@ class BGERerank(RerankSettings, BaseNodePostprocessor):
         )
 
     def _to_nodes(self, nodes: List[NodeWithScore], results: List[RerankResult]) -> List[NodeWithScore]:
-        """New ``NodeWithScore`` objects for ``results``; with ``keep_retrieval_score`` the node is a copy."""
+        """New ``NodeWithScore`` objects for ``results``; with ``keep_retrieval_score``, or a best window
+        (``max_chunks_per_passage``: ``[start, end]`` of the node's text under ``relevance_span``), the node is a copy."""
         reranked = []
         for result in results:
             source = nodes[result.index]
             node = source.node
-            if self.keep_retrieval_score:
+            added = {RETRIEVAL_SCORE_KEY: source.score} if self.keep_retrieval_score else {}
+            if result.span is not None:
+                added[SPAN_KEY] = _span_in_text(node, result.span)
+            if added:
                 node = node.model_copy()
-                node.metadata = {**source.node.metadata, RETRIEVAL_SCORE_KEY: source.score}
-                node.excluded_embed_metadata_keys = _with_key(node.excluded_embed_metadata_keys)
-                node.excluded_llm_metadata_keys = _with_key(node.excluded_llm_metadata_keys)
+                node.metadata = {**source.node.metadata, **added}
+                node.excluded_embed_metadata_keys = _with_keys(node.excluded_embed_metadata_keys, added)
+                node.excluded_llm_metadata_keys = _with_keys(node.excluded_llm_metadata_keys, added)
             reranked.append(NodeWithScore(node=node, score=result.score))
         return reranked
 
@@ -152,5 +158,17 @@ def _check_nodes(nodes: Any) -> List[NodeWithScore]:
     return nodes
 
 
-def _with_key(keys: List[str]) -> List[str]:
-    return list(keys) if RETRIEVAL_SCORE_KEY in keys else [*keys, RETRIEVAL_SCORE_KEY]
+def _span_in_text(node: Any, span: tuple[int, int]) -> List[int]:
+    """``span`` (in the scored text: metadata header + text) moved into the node's own text (``get_content()``).
+
+    When the text cannot be found in the scored text (a custom template), the span stays in the scored one.
+    """
+    scored, text = node.get_content(metadata_mode=MetadataMode.EMBED), node.get_content(metadata_mode=MetadataMode.NONE)
+    offset = len(scored) - len(text) if scored.endswith(text) else scored.find(text)
+    if offset < 0:
+        return list(span)
+    return [min(max(position - offset, 0), len(text)) for position in span]
+
+
+def _with_keys(keys: List[str], added: dict) -> List[str]:
+    return [*keys, *(key for key in added if key not in keys)]
