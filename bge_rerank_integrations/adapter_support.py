@@ -146,6 +146,9 @@ class RerankerSettings(BaseModel):
     chunk_overlap: Optional[StrictInt] = Field(
         default=None, ge=0, description="Tokens shared by consecutive windows (default: an eighth of a window)."
     )
+    max_tokens_per_passage: Optional[StrictInt] = Field(
+        default=None, ge=1, description="Cut each passage to this many of its tokens first (Cohere's max_tokens_per_doc)."
+    )
 
     _reranker: Optional[Reranker] = PrivateAttr(default=None)
 

@@ -66,6 +66,7 @@ class BGEReranker(Ranking):
         compress_layers: Sequence[int] | int | None = None,
         max_chunks_per_passage: int = 1,
         chunk_overlap: int | None = None,
+        max_tokens_per_passage: int | None = None,
         cache_dir: str | None = None,
         local_files_only: bool = False,
         show_progress: bool = False,
@@ -99,6 +100,7 @@ class BGEReranker(Ranking):
                 compress_layers=compress_layers,
                 max_chunks_per_passage=max_chunks_per_passage,
                 chunk_overlap=chunk_overlap,
+                max_tokens_per_passage=max_tokens_per_passage,
             ),
             constructor_query_max_length=query_max_length,
         )
@@ -183,8 +185,8 @@ class BGEReranker(Ranking):
 
         Keyword options (``normalize``, ``max_length``, ``query_max_length``, ``batch_size``,
         instructions, ``prompt``, ``cutoff_layers``, ``compress_ratio``, ``compress_layers``,
-        ``max_chunks_per_passage``, ``chunk_overlap``) override the constructor's for this call
-        only. Several ``cutoff_layers`` give one list of scores per layer, in ascending layer order.
+        ``max_chunks_per_passage``, ``chunk_overlap``, ``max_tokens_per_passage``) override the
+        constructor's for this call only. Several ``cutoff_layers`` give one list of scores per layer, in ascending layer order.
         With ``max_chunks_per_passage=N > 1`` a passage longer than its pair's room is scored as up
         to N overlapping windows and gets its best window's score (still one score per pair).
 
@@ -283,6 +285,8 @@ class BGEReranker(Ranking):
         return scored.scores, scored.spans
 
     def _encode(self, family: RerankerFamily, pairs: list[tuple[str, str]], options: ScoreOptions) -> list:
+        if options.max_tokens_per_passage is not None:
+            pairs = cut_passages(family.tokenizer, pairs, options.max_tokens_per_passage)
         texts = [_apply_instructions(family, query, passage, options) for query, passage in pairs]
         if options.max_chunks_per_passage == 1:
             return family.encode(texts, options)
@@ -359,7 +363,7 @@ def checked_options(overrides: dict[str, Any]) -> dict[str, Any]:
     given = {name: value for name, value in overrides.items() if value is not None}
     if "normalize" in given and not isinstance(given["normalize"], bool):
         raise ValueError(f"normalize must be True or False, got {given['normalize']!r}.")
-    for name in ("max_length", "query_max_length", "batch_size", "compress_ratio", "max_chunks_per_passage"):
+    for name in ("max_length", "query_max_length", "batch_size", "compress_ratio", "max_chunks_per_passage", "max_tokens_per_passage"):
         if name in given:
             check_positive_int(given[name], name)
     if "chunk_overlap" in given:
@@ -414,6 +418,23 @@ def _apply_instructions(family: RerankerFamily, query: str, passage: str, option
     if passage_instruction is not None:
         passage = _instruction_format(options.passage_instruction_format).format(passage_instruction, passage)
     return query, passage
+
+
+def cut_passages(tokenizer: Any, pairs: list[tuple[str, str]], limit: int) -> list[tuple[str, str]]:
+    """``pairs`` with each passage cut after its ``limit``-th token (of the passage alone, no instruction).
+
+    The cut is at the character where that token ends, so spans and texts stay those of the passage.
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("max_tokens_per_passage needs a fast tokenizer (a tokenizer.json) for the cut's character offset.")
+    encoded = tokenizer(
+        [passage for _, passage in pairs], add_special_tokens=False, truncation=True,
+        max_length=min(limit + 1, MAX_INT), return_offsets_mapping=True,
+    )
+    cut = []
+    for (query, passage), offsets in zip(pairs, encoded["offset_mapping"]):
+        cut.append((query, passage[: offsets[limit - 1][1]] if len(offsets) > limit else passage))
+    return cut
 
 
 def _passage_start(family: RerankerFamily, passage: str, text: str, options: ScoreOptions) -> int:

@@ -39,6 +39,8 @@ class ScoreOptions:
     max_chunks_per_passage: int = 1
     #: Tokens shared by consecutive windows; ``None``: an eighth of a window (``chunking.default_overlap``).
     chunk_overlap: int | None = None
+    #: Cut each passage to this many of its own tokens before anything else (Cohere v2's/vLLM's ``max_tokens_per_doc``).
+    max_tokens_per_passage: int | None = None
 
 
 #: Options that only some families take; a family lists the ones it accepts in ``extra_options``.

@@ -137,7 +137,7 @@ def create_app(scorer: Scorer, *, settings: ServerSettings | None = None, metric
         options = _options(body)
         scored = await score(request, body.query, body.texts, options)
         return [
-            TEIRank(index=i, score=scored.scores[i], text=body.texts[i] if body.return_text else None)
+            TEIRank(index=i, score=scored.scores[i], text=body.texts[i] if body.return_text else None, span=_span(scored, i))
             for i in _best_first(scored.scores)
         ]
 
@@ -148,7 +148,10 @@ def create_app(scorer: Scorer, *, settings: ServerSettings | None = None, metric
         scored = await score(request, body.query, texts, options)
         order = _best_first(scored.scores)[: body.top_n or None]
         results = [
-            RerankResult(index=i, relevance_score=scored.scores[i], document={"text": texts[i]} if body.return_documents else None)
+            RerankResult(
+                index=i, relevance_score=scored.scores[i], document={"text": texts[i]} if body.return_documents else None,
+                relevance_span=_span(scored, i),
+            )
             for i in order
         ]
         tokens = sum(scored.tokens)
@@ -213,6 +216,12 @@ def _options(body: TEIRerankRequest | RerankRequest, use_activation: bool | None
         return body.score_options(use_activation)
     except ValueError as error:
         raise ApiError(422, "invalid_request", str(error)) from None
+
+
+def _span(scored: ScoredPairs, index: int) -> list[int] | None:
+    """The ``index``-th text's best window as ``[start, end]``, or ``None`` when it was scored whole."""
+    span = scored.spans[index] if scored.spans else None
+    return None if span is None else list(span)
 
 
 def _best_first(scores: Sequence[float]) -> list[int]:

@@ -22,6 +22,9 @@ REQUEST_OPTIONS = (
     "query_instruction_format",
     "passage_instruction_for_rerank",
     "passage_instruction_format",
+    "max_chunks_per_passage",
+    "chunk_overlap",
+    "max_tokens_per_passage",
 )
 
 
@@ -45,6 +48,11 @@ class BGEOptions(BaseModel):
     query_instruction_format: str | None = None
     passage_instruction_for_rerank: str | None = None
     passage_instruction_format: str | None = None
+    max_chunks_per_passage: int | None = Field(
+        None, description="score a long document as up to N overlapping windows and keep the best (1: truncate)"
+    )
+    chunk_overlap: int | None = Field(None, description="tokens shared by consecutive windows (default: an eighth of a window)")
+    max_tokens_per_passage: int | None = Field(None, description="cut each document to this many of its tokens first")
 
     def score_options(self, use_activation: bool | None = None) -> dict[str, Any]:
         """The options that were set, as ``BGEReranker`` keyword arguments (``normalize`` from the raw flags)."""
@@ -79,6 +87,7 @@ class TEIRank(BaseModel):
     index: int
     score: float
     text: str | None = None
+    span: list[int] | None = Field(None, description="[start, end] characters of the best window (long texts scored in windows)")
 
 
 class DocumentObject(BaseModel):
@@ -98,6 +107,25 @@ class RerankRequest(BGEOptions):
     top_n: int | None = Field(None, ge=0, description="keep the best N; 0 or absent keeps all")
     return_documents: bool = True
     use_activation: bool | None = Field(None, description="vLLM's spelling: false gives raw scores")
+    max_chunks_per_doc: int | None = Field(None, description="Cohere v1's spelling of max_chunks_per_passage")
+    max_tokens_per_doc: int | None = Field(
+        None, ge=0, description="Cohere v2's and vLLM's: cut each document to this many tokens (0: no cut, as vLLM)"
+    )
+
+    def score_options(self, use_activation: bool | None = None) -> dict[str, Any]:
+        """``BGEOptions.score_options`` plus Cohere's and vLLM's names for the long-document options."""
+        options = super().score_options(use_activation)
+        tokens = self.max_tokens_per_doc or None  # vLLM: 0 = off
+        for theirs, value, ours in (
+            ("max_chunks_per_doc", self.max_chunks_per_doc, "max_chunks_per_passage"),
+            ("max_tokens_per_doc", tokens, "max_tokens_per_passage"),
+        ):
+            if value is None:
+                continue
+            if options.get(ours, value) != value:
+                raise ValueError(f"{theirs}={value} contradicts {ours}={options[ours]}: give one of them.")
+            options[ours] = value
+        return options
 
     def texts(self) -> list[str]:
         return [document if isinstance(document, str) else document.text for document in self.documents]
@@ -111,6 +139,9 @@ class RerankResult(BaseModel):
     index: int
     relevance_score: float
     document: Document | None = None
+    relevance_span: list[int] | None = Field(
+        None, description="[start, end] characters of the best window (long documents scored in windows)"
+    )
 
 
 class Usage(BaseModel):

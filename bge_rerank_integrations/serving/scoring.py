@@ -30,10 +30,12 @@ class Overloaded(Exception):
 
 @dataclass(frozen=True)
 class ScoredPairs:
-    """One job's result: a score per pair (raw or normalized, as its options asked) and the tokens each pair used."""
+    """One job's result: a score per pair (raw or normalized, as its options asked), the tokens each pair used
+    (every window of a long passage), and each pair's best window (``None``: scored whole; see ``GroupScores``)."""
 
     scores: list[float]
     tokens: list[int]
+    spans: list[tuple[int, int] | None] | None = None
 
 
 @dataclass
@@ -86,7 +88,7 @@ def score_jobs(reranker: BGEReranker, jobs: Sequence[Job]) -> list[ScoredPairs |
                 results[position] = error
             continue
         for position, group in zip(positions, scored):
-            results[position] = ScoredPairs(group.scores, group.tokens)
+            results[position] = ScoredPairs(group.scores, group.tokens, group.spans)
     return results
 
 

@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     scoring.add_argument("--compress-layers", type=_int_list, help="lightweight: layers that compress, e.g. 24,40")
     scoring.add_argument("--max-chunks-per-passage", type=int, help="score long passages as up to N windows, keep the best (default 1: truncate)")
     scoring.add_argument("--chunk-overlap", type=int, help="tokens shared by consecutive windows (default: an eighth of a window)")
+    scoring.add_argument("--max-tokens-per-passage", type=int, help="cut each passage to this many of its tokens first")
     scoring.add_argument("--query-instruction", dest="query_instruction_for_rerank", help="text put before each query (decoders default to 'A: ')")
     scoring.add_argument("--query-instruction-format", default="{}{}", help="how instruction and query join (default {}{})")
     scoring.add_argument("--passage-instruction", dest="passage_instruction_for_rerank", help="text put before each passage (decoders default to 'B: ')")
