@@ -26,6 +26,7 @@ from pydantic import (
     SerializerFunctionWrapHandler,
     StrictBool,
     StrictInt,
+    ValidationError,
     WithJsonSchema,
     field_serializer,
     field_validator,
@@ -49,7 +50,8 @@ SCORE_SETTINGS = tuple(option.name for option in dataclasses.fields(ScoreOptions
 ScoreThreshold = Annotated[Optional[float], BeforeValidator(check_score_threshold)]
 #: Settings of a ``RemoteReranker`` built from a server URL (``model="http://..."``); ``remote_model`` is its ``model``.
 REMOTE_SETTINGS = (
-    "api", "api_key", "remote_model", "timeout", "max_documents_per_request", "retries", "max_concurrent_requests"
+    "api", "api_key", "remote_model", "timeout", "max_documents_per_request", "retries", "max_concurrent_requests",
+    "max_response_bytes",
 )
 
 SharedReranker = Annotated[BGEReranker, WithJsonSchema({"type": "object", "title": "BGEReranker"})]
@@ -72,8 +74,14 @@ class RerankerSettings(BaseModel):
     API key is never serialized: it comes back from ``api_key=`` or ``BGE_RERANK_API_KEY``.
     """
 
+    # hide_input_in_errors: a validation error never echoes a value (a misspelled apikey="sk-..." is an
+    # "extra input" whose value would otherwise be printed); it names the field and the problem.
     model_config = ConfigDict(
-        arbitrary_types_allowed=True, extra="forbid", validate_assignment=True, protected_namespaces=()
+        arbitrary_types_allowed=True,
+        extra="forbid",
+        validate_assignment=True,
+        protected_namespaces=(),
+        hide_input_in_errors=True,
     )
 
     model: Union[str, SharedReranker, SharedRemoteReranker] = Field(
@@ -112,7 +120,7 @@ class RerankerSettings(BaseModel):
     remote_model: Optional[str] = Field(
         default=None, frozen=True, description="Model name sent to servers that take one (required by Cohere)."
     )
-    timeout: Optional[float] = Field(default=None, gt=0, frozen=True, description="Seconds to wait for an answer (60).")
+    timeout: Optional[float] = Field(default=None, gt=0, frozen=True, description="Deadline of a whole call in seconds (60).")
     max_documents_per_request: Optional[StrictInt] = Field(
         default=None, ge=1, frozen=True, description="Split larger calls (default: the API's limit, 32 for TEI)."
     )
@@ -121,6 +129,12 @@ class RerankerSettings(BaseModel):
     )
     max_concurrent_requests: Optional[StrictInt] = Field(
         default=None, ge=1, frozen=True, description="Requests of one call in flight at once (4)."
+    )
+    max_response_bytes: Optional[StrictInt] = Field(
+        default=None,
+        ge=1,
+        frozen=True,
+        description="Most decompressed bytes of one answer (default: 1 MiB + 1 KiB per document + 8x their UTF-8 size).",
     )
 
     # Scoring settings (SCORE_SETTINGS): forwarded to every call; None keeps the reranker's own default.
@@ -174,8 +188,13 @@ class RerankerSettings(BaseModel):
 
     def __setattr__(self, name: str, value: Any) -> None:
         """Assignments are checked like construction; a rejected value leaves the previous one in place."""
-        if name not in type(self).model_fields:
+        field = type(self).model_fields.get(name)
+        if field is None:
             return super().__setattr__(name, value)
+        if field.frozen:  # pydantic's own frozen-field error would show the value, whatever hide_input_in_errors says
+            raise ValidationError.from_exception_data(
+                type(self).__name__, [{"type": "frozen_field", "loc": (name,), "input": value}], hide_input=True
+            )
         previous = self.__dict__.get(name)
         try:
             super().__setattr__(name, value)

@@ -45,7 +45,8 @@ class BGERerank(RerankSettings, BaseNodePostprocessor):
 
     Scores the text LlamaIndex embeds (``MetadataMode.EMBED``), keeps nodes scoring at least
     ``score_threshold``, then the best ``top_n``, and returns new ``NodeWithScore`` objects whose
-    ``score`` is the rerank score; the input nodes are left untouched. The settings are
+    ``score`` is the rerank score and whose ``node`` is a deep copy of yours: the input nodes are left
+    untouched, also by later edits of the returned ones (the cost: one copy per kept node). The settings are
     ``RerankSettings``' fields, shared with the LangChain adapter, plus ``keep_retrieval_score``.
     Scoring settings left at ``None`` use the reranker's own defaults and may be changed later;
     ``model`` and the load settings are fixed once built. ``model`` may be a server URL (scored
@@ -116,20 +117,24 @@ class BGERerank(RerankSettings, BaseNodePostprocessor):
         )
 
     def _to_nodes(self, nodes: List[NodeWithScore], results: List[RerankResult]) -> List[NodeWithScore]:
-        """New ``NodeWithScore`` objects for ``results``; with ``keep_retrieval_score``, or a best window
-        (``max_chunks_per_passage``: ``[start, end]`` of the node's text under ``relevance_span``), the node is a copy."""
+        """New ``NodeWithScore`` objects for ``results``, each holding a deep copy of its node.
+
+        The copy (``model_copy(deep=True)``: metadata, relationships, key lists, embedding) keeps a
+        later step's edits off the caller's nodes; only the kept nodes are copied. A node scored in
+        windows (``max_chunks_per_passage``) gets ``[start, end]`` of its text under ``relevance_span``.
+        """
         reranked = []
         for result in results:
             source = nodes[result.index]
-            node = source.node
-            added = {RETRIEVAL_SCORE_KEY: source.score} if self.keep_retrieval_score else {}
+            node = source.node.model_copy(deep=True)
+            if self.keep_retrieval_score:
+                node.metadata[RETRIEVAL_SCORE_KEY] = source.score
+                node.excluded_embed_metadata_keys = _with_key(node.excluded_embed_metadata_keys, RETRIEVAL_SCORE_KEY)
+                node.excluded_llm_metadata_keys = _with_key(node.excluded_llm_metadata_keys, RETRIEVAL_SCORE_KEY)
             if result.span is not None:
-                added[SPAN_KEY] = _span_in_text(node, result.span)
-            if added:
-                node = node.model_copy()
-                node.metadata = {**source.node.metadata, **added}
-                node.excluded_embed_metadata_keys = _with_keys(node.excluded_embed_metadata_keys, added)
-                node.excluded_llm_metadata_keys = _with_keys(node.excluded_llm_metadata_keys, added)
+                node.metadata[SPAN_KEY] = _span_in_text(source.node, result.span)
+                node.excluded_embed_metadata_keys = _with_key(node.excluded_embed_metadata_keys, SPAN_KEY)
+                node.excluded_llm_metadata_keys = _with_key(node.excluded_llm_metadata_keys, SPAN_KEY)
             reranked.append(NodeWithScore(node=node, score=result.score))
         return reranked
 
@@ -170,5 +175,5 @@ def _span_in_text(node: Any, span: tuple[int, int]) -> List[int]:
     return [min(max(position - offset, 0), len(text)) for position in span]
 
 
-def _with_keys(keys: List[str], added: dict) -> List[str]:
-    return [*keys, *(key for key in added if key not in keys)]
+def _with_key(keys: List[str], key: str) -> List[str]:
+    return list(keys) if key in keys else [*keys, key]

@@ -220,6 +220,29 @@ def test_input_nodes_are_not_mutated(keep):
     assert [item.score for item in result] != [item.score for item in nodes]
 
 
+@pytest.mark.parametrize("keep", [False, True])
+@pytest.mark.parametrize("use_async", [False, True])
+def test_edits_of_the_returned_nodes_never_reach_the_callers_nodes(keep, use_async):
+    nodes = scored(make_nodes())
+    for item in nodes:
+        item.node.metadata["tags"] = ["panda"]  # a nested value, shared by a shallow copy (not scored)
+        item.node.excluded_embed_metadata_keys.append("tags")
+    before = copy.deepcopy([item.model_dump() for item in nodes])
+    rerank = BGERerank(model=ENCODER, device="cpu", top_n=None, keep_retrieval_score=keep)
+    if use_async:
+        result = asyncio.run(rerank.apostprocess_nodes(nodes, query_str=QUERY))
+    else:
+        result = rerank.postprocess_nodes(nodes, query_str=QUERY)
+    assert ids_scores(result) == expected(QUERY, top_n=None)
+    for item in result:  # what a later step may do to the nodes it gets
+        item.node.metadata["title"] = "edited"
+        item.node.metadata["tags"].append("edited")
+        item.node.excluded_embed_metadata_keys.append("title")
+        item.node.text = "edited"
+    assert [item.model_dump() for item in nodes] == before
+    assert not any(new.node is old.node for new in result for old in nodes)
+
+
 def test_serialization_round_trip_rebuilds_a_working_postprocessor():
     options = dict(normalize=True, batch_size=2, max_length=40, query_max_length=16)
     threshold = expected(QUERY, top_n=None, **options)[1][1]  # keeps two of five
