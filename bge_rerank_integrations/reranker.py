@@ -186,7 +186,8 @@ class BGEReranker(Ranking):
         Keyword options (``normalize``, ``max_length``, ``query_max_length``, ``batch_size``,
         instructions, ``prompt``, ``cutoff_layers``, ``compress_ratio``, ``compress_layers``,
         ``max_chunks_per_passage``, ``chunk_overlap``, ``max_tokens_per_passage``) override the
-        constructor's for this call only. Several ``cutoff_layers`` give one list of scores per layer, in ascending layer order.
+        constructor's for this call only. Several ``cutoff_layers`` give one list of scores per
+        layer, in ascending layer order.
         With ``max_chunks_per_passage=N > 1`` a passage longer than its pair's room is scored as up
         to N overlapping windows and gets its best window's score (still one score per pair).
 
@@ -330,8 +331,8 @@ def best_windows(scores: torch.Tensor, encoded: Sequence[Any]) -> tuple[torch.Te
         windows = scores[:, start:end]
         for output in range(scores.shape[0]):
             row = windows[output]
-            index = int(torch.argmax(row)) if not bool(torch.isnan(row).any()) else 0
-            best[output, pair] = row.max() if not bool(torch.isnan(row).any()) else float("nan")
+            index = 0 if bool(torch.isnan(row).any()) else int(torch.argmax(row))  # argmax: the first of equal maxima
+            best[output, pair] = row.max()  # NaN when any window is NaN
             spans[output].append(encoded[start + index].span)
     tokens = [sum(len(item) for item in encoded[start:end]) for start, end in zip(starts, ends)]
     return best, tokens, spans

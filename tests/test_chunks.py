@@ -89,11 +89,6 @@ def test_windows_overlap_cover_the_passage_and_stop_at_n(reranker):
     assert two[-1].span[1] < len(LONG)  # the rest of the passage is dropped
 
 
-def _passage_text(reranker: BGEReranker, passage: str) -> str:
-    instruction = reranker.load().family.default_passage_instruction or ""
-    return instruction + passage
-
-
 def test_the_text_at_a_span_is_the_windows_text(reranker):
     """The window's passage tokens are exactly the passage's tokens whose characters lie in its span."""
     family = reranker.load().family
