@@ -69,7 +69,7 @@ def build_base_checkpoint(directory: Path) -> Path:
 def passage_of(tokenizer, tokens: int, start: int) -> str:
     """A text of exactly ``tokens`` tokens (cut at a token's end), from the sentences starting at ``start``."""
     text, i = "", start
-    while len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= tokens:
+    while len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]) <= tokens:
         text += SENTENCES[i % len(SENTENCES)] + " "
         i += 1
     offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]

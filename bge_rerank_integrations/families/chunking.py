@@ -16,10 +16,12 @@ reads the whole text.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..inputs import MAX_INT
+from .base import Encoded
 
 #: The default overlap, as a share of a window: one eighth (see :func:`default_overlap`).
 DEFAULT_OVERLAP_DIVISOR = 8
@@ -124,6 +126,33 @@ def split_windows(
             break
         start = end - overlap
     return windows
+
+
+def passage_windows(
+    first: Encoded,
+    kept: int,
+    ids: Sequence[int],
+    offsets: Sequence[tuple[int, int]],
+    passage_start: int,
+    passage_length: int,
+    max_chunks: int,
+    overlap: int | None,
+    assemble: Callable[[list[int]], tuple[Encoded, bool]],
+) -> list[tuple[Encoded, bool, int]]:
+    """Every window of one passage as a pair: ``(Encoded, capped, passage-segment length)`` each.
+
+    ``first`` is the truncated pair (window 0, its ``capped`` flag already counted: ``False`` here);
+    when truncation keeps the passage whole it is the only one (span ``None``). Later windows are
+    ``assemble(window ids)``, the family's own pair assembly.
+    """
+    windows = split_windows(ids, offsets, kept, passage_start, passage_length, max_chunks, overlap)
+    if windows is None:
+        return [(first, False, kept)]
+    pairs = [(dataclasses.replace(first, span=windows[0].span), False, kept)]
+    for number, window in enumerate(windows[1:], start=1):
+        item, capped = assemble(window.ids)
+        pairs.append((dataclasses.replace(item, window=number, span=window.span), capped, len(window.ids)))
+    return pairs
 
 
 def _clamp(value: int, length: int) -> int:

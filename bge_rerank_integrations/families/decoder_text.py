@@ -21,7 +21,7 @@ from typing import Any, Literal, Sequence
 import torch
 
 from .base import Encoded
-from .chunking import split_windows, token_bound, tokenize_passages
+from .chunking import passage_windows, token_bound, tokenize_passages
 
 logger = logging.getLogger(__name__)
 
@@ -183,19 +183,18 @@ def encode_pairs(
         first_window = passage[:max_length]
         item, cut = _assemble(query, first_window, template, max_length, max_positions, side)
         results.append((item, cut))
-        keys.append(len(query) + len(first_window))
+        keys.append(len(query) + len(first_window))  # window 0 is keyed as the truncated pair
         if offsets is None:
             continue
-        kept = max(len(item) - item.query_length - item.prompt_length, 0)
         start = passage_starts[index] if passage_starts is not None else 0
-        windows = split_windows(passage, offsets[index], kept, start, len(texts[index]) - start, max_chunks, chunk_overlap)
-        if windows is None:
-            continue
-        results[-1] = (dataclasses.replace(item, span=windows[0].span), cut)
-        for number, window in enumerate(windows[1:], start=1):
-            item, cut = _assemble(query, window.ids, template, max_length, max_positions, side)
-            results.append((dataclasses.replace(item, window=number, span=window.span), cut))
-            keys.append(len(query) + len(window.ids))
+        windows = passage_windows(
+            item, max(len(item) - item.query_length - item.prompt_length, 0), passage, offsets[index], start,
+            len(texts[index]) - start, max_chunks, chunk_overlap,
+            lambda ids, query=query: _assemble(query, ids, template, max_length, max_positions, side),
+        )
+        results[-1] = (windows[0][0], cut)
+        results.extend(window[:2] for window in windows[1:])
+        keys.extend(len(query) + length for _, _, length in windows[1:])
     capped = sum(cut for _, cut in results)
     if capped:
         logger.warning(

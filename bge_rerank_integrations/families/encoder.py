@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Sequence
@@ -12,7 +11,7 @@ import torch
 from ..loading import check_loading_info, transformers_load_kwargs
 from ..tokenization import load_tokenizer
 from .base import Encoded, RerankerFamily, ScoreOptions
-from .chunking import split_windows, token_bound, tokenize_passages
+from .chunking import passage_windows, token_bound, tokenize_passages
 
 logger = logging.getLogger(__name__)
 
@@ -125,21 +124,17 @@ class EncoderFamily(RerankerFamily):
         for index, (query, passage) in enumerate(zip(queries, passages)):
             item, cut = self._assemble(query, passage[: options.max_length], options.max_length)
             capped += cut
-            windows = None
-            if offsets is not None:
-                kept = len(item) - item.query_length - len(self.template.suffix)
-                start = passage_starts[index] if passage_starts is not None else 0
-                windows = split_windows(
-                    passage, offsets[index], kept, start, len(texts[index]) - start, chunks, options.chunk_overlap
-                )
-            if windows is None:
+            if offsets is None:
                 encoded.append(item)
                 continue
-            encoded.append(dataclasses.replace(item, span=windows[0].span))
-            for number, window in enumerate(windows[1:], start=1):
-                item, cut = self._assemble(query, window.ids, options.max_length)
-                capped += cut
-                encoded.append(dataclasses.replace(item, window=number, span=window.span))
+            start = passage_starts[index] if passage_starts is not None else 0
+            windows = passage_windows(
+                item, len(item) - item.query_length - len(self.template.suffix), passage, offsets[index], start,
+                len(texts[index]) - start, chunks, options.chunk_overlap,
+                lambda ids, query=query: self._assemble(query, ids, options.max_length),
+            )
+            capped += sum(cut for _, cut, _ in windows)
+            encoded.extend(window for window, _, _ in windows)
         if capped:
             logger.warning(
                 "%d of %d pairs were longer than the model's %d positions and were cut (the query was capped); "
