@@ -54,9 +54,11 @@ class BGERerank(RerankSettings, BaseNodePostprocessor):
     existing ``BGEReranker`` to share: it then serializes as its name or path plus its own settings, so
     ``from_dict`` rebuilds an equivalent postprocessor (sharing the same loaded model via the cache).
 
+    >>> from llama_index.core.schema import NodeWithScore, TextNode
     >>> rerank = BGERerank(model="tests/fixtures/checkpoints/encoder", top_n=1, device="cpu")
-    >>> rerank.postprocess_nodes(nodes, query_str="what is panda?")   # doctest: +SKIP
-    [NodeWithScore(node=TextNode(text='The giant panda is a bear.', ...), score=0.41)]
+    >>> nodes = [NodeWithScore(node=TextNode(text=text)) for text in ("hi", "The giant panda is a bear.")]
+    >>> [(item.node.text, item.score) for item in rerank.postprocess_nodes(nodes, query_str="what is panda?")]
+    [('The giant panda is a bear.', 2.26...)]
     >>> BGERerank.from_dict(rerank.to_dict()).top_n
     1
     """

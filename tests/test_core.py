@@ -195,11 +195,27 @@ def test_bad_options_are_clear_errors(reranker, options, error, message):
         reranker.compute_score(PAIRS, **options)
 
 
-def test_family_options_that_do_not_apply_fail_at_construction(encoder_path):
-    with pytest.raises(ValueError, match="cutoff_layers do\\(es\\) not apply to the encoder family"):
-        BGEReranker(encoder_path, device="cpu", cutoff_layers=[2])
-    with pytest.raises(ValueError, match="compress_ratio do\\(es\\) not apply to the llm family"):
-        BGEReranker("BAAI/bge-reranker-v2-gemma", device="cpu", compress_ratio=2)
+def _build(builder: str, model: str, **options):
+    """A reranker or adapter of kind ``builder`` on ``model``; the adapters' tests skip where their extra is missing."""
+    if builder == "core":
+        return BGEReranker(model, device="cpu", **options)
+    if builder == "llama_index":
+        return pytest.importorskip("bge_rerank_integrations.llama_index", exc_type=ImportError).BGERerank(model=model, **options)
+    langchain = pytest.importorskip("bge_rerank_integrations.langchain", exc_type=ImportError)
+    return (langchain.BGECrossEncoder if builder == "langchain_cross_encoder" else langchain.BGERerank)(model=model, **options)
+
+
+@pytest.mark.parametrize("builder", ["core", "langchain", "langchain_cross_encoder", "llama_index"])
+@pytest.mark.parametrize(
+    "model, option, family",
+    [(checkpoint("encoder"), {"cutoff_layers": [2]}, "encoder"), ("BAAI/bge-reranker-v2-gemma", {"compress_ratio": 2}, "llm")],
+    ids=["encoder", "llm"],
+)
+def test_an_option_the_family_lacks_fails_at_construction(builder, model, option, family):
+    """The core and every adapter refuse it before loading anything (pydantic's ValidationError is a ValueError)."""
+    (name,) = option
+    with pytest.raises(ValueError, match=f"{name} do\\(es\\) not apply to the {family} family"):
+        _build(builder, model, **option)
 
 
 def test_unknown_model_class():

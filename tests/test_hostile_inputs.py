@@ -192,6 +192,22 @@ def test_unexpected_weights_are_named(tmp_path, family):
         score(path)
 
 
+@pytest.mark.parametrize(
+    "family, extra",
+    [
+        ("encoder", "roberta.pooler.dense.bias"),  # the classification head reads the CLS state, not the pooler
+        ("layerwise", "adapter.extra.weight"),  # our own models read only the weights they have
+        ("lightweight", "lm_head.weight"),  # tied output embeddings; the score heads are lm_head.N
+    ],
+)
+def test_weights_the_model_never_reads_are_logged_not_refused(tmp_path, family, extra, clean_scores, caplog):
+    path = copy_checkpoint(tmp_path, family)
+    edit_weights(path, lambda state: state.update({extra: torch.zeros(2)}))
+    with caplog.at_level(logging.INFO, logger="bge_rerank_integrations"):
+        assert score(path) == pytest.approx(clean_scores[family], abs=1e-5)
+    assert f"Ignoring 1 weights in {path} that the {family} model does not read, e.g. ['{extra}']" in caplog.text
+
+
 def test_llm_model_class_on_an_encoder_checkpoint_is_an_error(encoder_path):
     with pytest.raises(CheckpointError, match="does not fit a llm reranker: it lacks .*lm_head"):
         score(encoder_path, model_class="llm")

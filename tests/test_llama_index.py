@@ -264,33 +264,6 @@ def test_serialization_round_trip_rebuilds_a_working_postprocessor():
         assert [item.node.metadata for item in again] == [item.node.metadata for item in result]
 
 
-def test_shared_reranker_serializes_as_its_path_and_settings(caplog):
-    shared = BGEReranker(ENCODER, device="cpu", normalize=True, max_length=64)
-    rerank = BGERerank(model=shared, top_n=2, batch_size=2)
-    assert rerank.reranker is shared
-    data = rerank.to_dict()
-    assert data["model"] == ENCODER
-    assert (data["device"], data["normalize"], data["max_length"], data["batch_size"]) == ("cpu", True, 64, 2)
-
-    rebuilt = BGERerank.from_json(rerank.to_json())
-    assert rebuilt.reranker is not shared and rebuilt.to_dict() == data
-    assert rebuilt.reranker.load() is shared.load()  # the same loaded model, via the cache
-    nodes = scored(make_nodes())
-    assert ids_scores(rebuilt.postprocess_nodes(nodes, query_str=QUERY)) == ids_scores(
-        rerank.postprocess_nodes(nodes, query_str=QUERY)
-    )
-
-    instructed = BGERerank(model=BGEReranker(ENCODER, device="cpu", query_instruction_for_rerank="Q: "))
-    assert instructed.to_dict()["query_instruction_for_rerank"] == "Q: "
-    rebuilt = BGERerank.from_dict(instructed.to_dict())
-    assert ids_scores(rebuilt.postprocess_nodes(nodes, query_str=QUERY)) == ids_scores(
-        instructed.postprocess_nodes(nodes, query_str=QUERY)
-    )
-    assert ids_scores(rebuilt.postprocess_nodes(nodes, query_str=QUERY)) != ids_scores(
-        rerank.postprocess_nodes(nodes, query_str=QUERY)
-    )
-
-
 def test_load_settings_are_frozen_and_assignments_are_checked():
     rerank = BGERerank(model=ENCODER, device="cpu")
     frozen = [("model", BGEReranker(ENCODER)), ("device", "cuda"), ("use_fp16", True), ("model_class", "llm")]
@@ -422,8 +395,3 @@ def test_decoder_families_with_their_settings(family):
     for name in options:  # each setting changes the scores, so each one was really forwarded
         without = {key: value for key, value in options.items() if key != name}
         assert core.compute_score(pairs, **without) != scores, name
-
-
-def test_option_the_family_lacks_fails_at_construction():
-    with pytest.raises(ValueError, match="cutoff_layers do\\(es\\) not apply to the encoder family"):
-        BGERerank(model=checkpoint("encoder"), device="cpu", cutoff_layers=[3])

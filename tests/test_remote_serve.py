@@ -38,7 +38,7 @@ from bge_rerank_integrations.remote import SERVER_OPTIONS  # noqa: E402
 from .conftest import checkpoint  # noqa: E402
 from .serve_support import ServerProcess  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.server, pytest.mark.usefixtures("one_torch_thread")]
 
 KEY = "serve-test-key"
 TOLERANCE = 1e-4

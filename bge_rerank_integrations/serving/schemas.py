@@ -6,9 +6,37 @@ the engines whose clients we serve send fields of their own (``model``, ``rank_f
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictBool, StrictInt, StrictStr, Tag, model_validator
+
+from ..inputs import MAX_INT
+
+#: Most layer numbers one request may list in ``cutoff_layers`` / ``compress_layers`` (no model has more layers).
+MAX_LAYERS_LISTED = 128
+
+
+#: Integer fields: JSON Schema's integers include ``6.0``, so an integral float counts as its int;
+#: ``true``, ``"6"`` and ``6.5`` are 422s (types are strict: nothing else is coerced).
+INTEGER_FIELDS = (
+    "max_length", "query_max_length", "compress_ratio", "top_n", "cutoff_layers", "compress_layers",
+    "max_chunks_per_passage", "chunk_overlap", "max_tokens_per_passage", "max_chunks_per_doc", "max_tokens_per_doc",
+)
+
+#: The bounds the core checks (``inputs.check_positive_int``), stated in the OpenAPI document; the core's
+#: check gives the message, so in-process and server errors read the same.
+_POSITIVE: dict[str, Any] = {"minimum": 1, "maximum": MAX_INT}
+_NON_NEGATIVE: dict[str, Any] = {"minimum": 0, "maximum": MAX_INT}
+
+Layers = Union[StrictInt, Annotated[list[StrictInt], Field(min_length=1, max_length=MAX_LAYERS_LISTED)], None]
+
+
+def _integral(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_integral(item) if isinstance(item, float) else item for item in value]
+    return value
 
 #: BGE options a request may set, by core option name (``raw_scores`` / ``use_activation`` become ``normalize``).
 REQUEST_OPTIONS = (
@@ -37,22 +65,46 @@ class BGEOptions(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    raw_scores: bool | None = Field(None, description="true: raw logits, as BGEReranker.compute_score; false: sigmoid-normalized")
-    max_length: int | None = Field(None, description="longest pair in tokens (the model's default 512)")
-    query_max_length: int | None = Field(None, description="longest query in tokens (default max_length * 3 // 4)")
-    prompt: str | None = Field(None, description="decoder families (llm, layerwise, lightweight): the instruction prompt")
-    cutoff_layers: Union[int, list[int], None] = Field(None, description="layerwise, lightweight: the one layer that scores")
-    compress_ratio: int | None = Field(None, description="lightweight: passage tokens pooled per group (1, 2, 4, 8)")
-    compress_layers: Union[int, list[int], None] = Field(None, description="lightweight: layers that compress passage tokens")
-    query_instruction_for_rerank: str | None = None
-    query_instruction_format: str | None = None
-    passage_instruction_for_rerank: str | None = None
-    passage_instruction_format: str | None = None
-    max_chunks_per_passage: int | None = Field(
-        None, description="score a long document as up to N overlapping windows and keep the best (1: truncate)"
+    raw_scores: StrictBool | None = Field(None, description="true: raw logits, as BGEReranker.compute_score; false: sigmoid-normalized")
+    max_length: StrictInt | None = Field(
+        None, json_schema_extra=_POSITIVE, description="longest pair in tokens (the model's default 512; at most the model's positions)"
     )
-    chunk_overlap: int | None = Field(None, description="tokens shared by consecutive windows (default: an eighth of a window)")
-    max_tokens_per_passage: int | None = Field(None, description="cut each document to this many of its tokens first")
+    query_max_length: StrictInt | None = Field(
+        None, json_schema_extra=_POSITIVE, description="longest query in tokens (default max_length * 3 // 4)"
+    )
+    prompt: StrictStr | None = Field(
+        None, description="decoder families (llm, layerwise, lightweight): the instruction prompt (it must leave room for a pair)"
+    )
+    cutoff_layers: Layers = Field(None, description="layerwise, lightweight: the one layer that scores")
+    compress_ratio: StrictInt | None = Field(None, json_schema_extra=_POSITIVE, description="lightweight: passage tokens pooled per group (1, 2, 4, 8)")
+    compress_layers: Layers = Field(
+        None, description=f"lightweight: layers that compress passage tokens (at most {MAX_LAYERS_LISTED} listed)"
+    )
+    query_instruction_for_rerank: StrictStr | None = None
+    query_instruction_format: StrictStr | None = Field(
+        None, description="how instruction and query join: exactly two plain '{}' fields (no format spec or conversion)"
+    )
+    passage_instruction_for_rerank: StrictStr | None = None
+    passage_instruction_format: StrictStr | None = Field(
+        None, description="how instruction and passage join: exactly two plain '{}' fields (no format spec or conversion)"
+    )
+    max_chunks_per_passage: StrictInt | None = Field(
+        None, json_schema_extra=_POSITIVE,
+        description="score a long document as up to N overlapping windows and keep the best (1: truncate)",
+    )
+    chunk_overlap: StrictInt | None = Field(
+        None, json_schema_extra=_NON_NEGATIVE, description="tokens shared by consecutive windows (default: an eighth of a window)"
+    )
+    max_tokens_per_passage: StrictInt | None = Field(
+        None, json_schema_extra=_POSITIVE, description="cut each document to this many of its tokens first"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _integral_floats(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(isinstance(data.get(name), (float, list)) for name in INTEGER_FIELDS):
+            data = {**data, **{name: _integral(data[name]) for name in INTEGER_FIELDS if name in data}}
+        return data
 
     def score_options(self, use_activation: bool | None = None) -> dict[str, Any]:
         """The options that were set, as ``BGEReranker`` keyword arguments (``normalize`` from the raw flags)."""
@@ -72,10 +124,10 @@ class BGEOptions(BaseModel):
 class TEIRerankRequest(BGEOptions):
     """``POST /rerank``, text-embeddings-inference's schema."""
 
-    query: str
-    texts: list[str]
-    return_text: bool = False
-    truncate: bool | None = Field(None, description="accepted for TEI clients; pairs are always truncated as the reference does")
+    query: StrictStr
+    texts: list[StrictStr]
+    return_text: StrictBool = False
+    truncate: StrictBool | None = Field(None, description="accepted for TEI clients; pairs are always truncated as the reference does")
     truncation_direction: Literal["right", "Right"] | None = Field(
         None, description="only right truncation (the reference's) exists"
     )
@@ -95,21 +147,25 @@ class DocumentObject(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    text: str
+    text: StrictStr
 
 
 class RerankRequest(BGEOptions):
-    """``POST /v1/rerank`` and ``/v2/rerank``: the Cohere, Jina and vLLM schema."""
+    """``POST /v1/rerank`` and ``/v2/rerank`` (and ``POST /rerank`` with ``documents``): the Cohere, Jina, vLLM and Infinity schema."""
 
-    model: str | None = Field(None, description="accepted and echoed as the served model's name")
-    query: str
-    documents: list[Union[str, DocumentObject]]
-    top_n: int | None = Field(None, ge=0, description="keep the best N; 0 or absent keeps all")
-    return_documents: bool = True
-    use_activation: bool | None = Field(None, description="vLLM's spelling: false gives raw scores")
-    max_chunks_per_doc: int | None = Field(None, description="Cohere v1's spelling of max_chunks_per_passage")
-    max_tokens_per_doc: int | None = Field(
-        None, ge=0, description="Cohere v2's and vLLM's: cut each document to this many tokens (0: no cut, as vLLM)"
+    model: StrictStr | None = Field(None, description="accepted; responses give the served model's name")
+    query: StrictStr
+    documents: list[Union[StrictStr, DocumentObject]]
+    top_n: StrictInt | None = Field(None, ge=0, le=MAX_INT, description="keep the best N; 0 or absent keeps all")
+    return_documents: StrictBool | None = Field(
+        None, description="give each result's text: default true on /v1/rerank and /v2/rerank (Cohere, vLLM), false on /rerank (Infinity)"
+    )
+    use_activation: StrictBool | None = Field(None, description="vLLM's spelling: false gives raw scores")
+    max_chunks_per_doc: StrictInt | None = Field(
+        None, json_schema_extra=_POSITIVE, description="Cohere v1's spelling of max_chunks_per_passage"
+    )
+    max_tokens_per_doc: StrictInt | None = Field(
+        None, ge=0, le=MAX_INT, description="Cohere v2's and vLLM's: cut each document to this many tokens (0: no cut, as vLLM)"
     )
 
     def score_options(self, use_activation: bool | None = None) -> dict[str, Any]:
@@ -159,7 +215,27 @@ class RerankResponse(BaseModel):
 
 
 class ErrorResponse(BaseModel):
-    """Every error: a readable message and its kind (``validation``, ``payload_too_large``, ``overloaded``, ...)."""
+    """Every error: a readable message (``error``, and the same in ``detail`` for FastAPI/Jina-style clients) and its kind."""
 
     error: str
-    error_type: str
+    error_type: str = Field(description="validation, invalid_request, payload_too_large, too_many_documents, unauthorized, overloaded, ...")
+    detail: str
+
+
+def _rerank_schema(body: Any) -> str:
+    """``/rerank`` takes TEI's ``{query, texts}`` or, with ``documents`` and no ``texts``, vLLM's/Infinity's body."""
+    if isinstance(body, dict) and "documents" in body and "texts" not in body:
+        return "vllm"
+    if isinstance(body, BaseModel):
+        return "vllm" if isinstance(body, RerankRequest) else "tei"
+    return "tei"
+
+
+#: ``POST /rerank``'s body: TEI's, or the vLLM/Infinity one (chosen by ``documents`` without ``texts``).
+AnyRerankRequest = Annotated[
+    Union[Annotated[TEIRerankRequest, Tag("tei")], Annotated[RerankRequest, Tag("vllm")]],
+    Discriminator(_rerank_schema),
+]
+
+#: The location part pydantic puts first for the union's branch (left out of error messages).
+SCHEMA_TAGS = frozenset({"tei", "vllm"})
