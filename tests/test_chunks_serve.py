@@ -20,7 +20,7 @@ from bge_rerank_integrations.remote import RemoteReranker
 from .conftest import checkpoint
 from .serve_support import ServerProcess
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.server, pytest.mark.usefixtures("one_torch_thread")]
 
 ENCODER = checkpoint("encoder")
 QUERY = "What is the capital of France?"
