@@ -213,7 +213,7 @@ class BGEReranker(Ranking):
 
         >>> reranker = BGEReranker("tests/fixtures/checkpoints/encoder", device="cpu")
         >>> reranker.score_groups([[("what is panda?", "hi")], [("q", "a"), ("q", "b")]])
-        [GroupScores(scores=[1.73...], tokens=[12]), GroupScores(scores=[1.08..., 0.89...], tokens=[7, 7])]
+        [GroupScores(scores=[1.73...], tokens=[12], spans=[None]), GroupScores(scores=[1.08..., 0.89...], tokens=[7, 7], spans=[None, None])]
         """
         checked = [as_pairs(group)[0] for group in groups]
         merged = _merge(self._defaults, options, constructor_query_max_length=self._query_max_length)
