@@ -272,3 +272,24 @@ def test_llama_index_span_is_in_the_nodes_text_when_metadata_is_embedded(one_tor
     (result,) = BGEReranker(checkpoint("encoder"), device="cpu", max_length=64).rerank(QUERY, [scored], max_chunks_per_passage=4)
     offset = len(scored) - len(LONG)
     assert ranked.node.metadata["relevance_span"] == [max(result.span[0] - offset, 0), result.span[1] - offset]
+
+
+@pytest.mark.parametrize("span", ["[0]", "[3, 1]", "[0, 999]", "[true, 2]", '"0-2"', "[0.0, 2]"])
+def test_a_span_from_a_server_that_is_not_within_its_text_is_an_error(span):
+    from bge_rerank_integrations.remote import RemoteRerankError, RemoteReranker
+
+    from .stand_in_servers import StandInServer
+
+    server = StandInServer().start()
+    try:
+        good = b'[{"index": 0, "score": 1.5, "span": [0, 2]}, {"index": 1, "score": 0.5}]'
+        server.fail_next(1, 200, good)
+        remote = RemoteReranker(f"{server.url}/tei/rerank", api="bge")
+        results = remote.rerank(QUERY, ["abc", "d"], max_chunks_per_passage=2)
+        assert [(r.index, r.score, r.span) for r in results] == [(0, 1.5, (0, 2)), (1, 0.5, None)]
+        server.fail_next(1, 200, b'[{"index": 0, "score": 1.5, "span": %s}, {"index": 1, "score": 0.5}]' % span.encode())
+        with pytest.raises(RemoteRerankError, match="has span .* not \\[start, end\\] within its text"):
+            remote.rerank(QUERY, ["abc", "d"], max_chunks_per_passage=2)
+        remote.close()
+    finally:
+        server.stop()

@@ -127,3 +127,22 @@ def _close(got, want, tolerance=1e-4) -> bool:
     return [(i, s) for i, _, s in got] == [(i, s) for i, _, s in want] and all(
         abs(a - b) <= tolerance for (_, a, _), (_, b, _) in zip(got, want)
     )
+
+
+def test_the_remote_client_and_adapters_on_a_url_report_the_servers_best_window(core):
+    pytest.importorskip("langchain_core")
+    from langchain_core.documents import Document
+
+    from bge_rerank_integrations.langchain import BGERerank
+
+    process = ServerProcess(ENCODER, "--max-length", "64", "--no-normalize")
+    try:
+        want = _expected(core, max_chunks_per_passage=4)
+        with RemoteReranker(process.url, normalize=False) as remote:
+            got = [(r.index, r.score, None if r.span is None else list(r.span)) for r in remote.rerank(QUERY, TEXTS, max_chunks_per_passage=4)]
+        assert _close(got, want) and any(span for _, _, span in got)
+        compressor = BGERerank(model=process.url, normalize=False, top_n=None, max_chunks_per_passage=4)
+        docs = compressor.compress_documents([Document(text) for text in TEXTS], QUERY)
+        assert [d.metadata.get("relevance_span") for d in docs] == [span for _, _, span in want]
+    finally:
+        assert process.terminate() == 0, process.output()
