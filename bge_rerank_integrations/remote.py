@@ -15,7 +15,6 @@ on first use.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import email.utils
 import json
 import logging
@@ -30,10 +29,17 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Optional, Sequence
 from urllib.parse import urlsplit
 
-from .families import ScoreOptions
+from .contract import Reranker, Scores
 from .inputs import as_pairs, check_positive_int
-from .ranking import Ranking, RerankResult, rank, rerank_pairs
-from .reranker import Scores, checked_options
+from .options import (
+    DEFAULT_OPTIONS,
+    REQUEST_OPTIONS,
+    ScoreOptions,
+    check_defaults,
+    check_single_score,
+    parse_score_options,
+    signature_with_options,
+)
 
 __all__ = ["RemoteReranker", "RemoteRerankError", "RemoteRerankTimeout", "API_KEY_ENV", "APIS"]
 
@@ -59,9 +65,6 @@ ERROR_BODY_BYTES = 64 * 1024
 #: The encodings the client asks for; it decodes them itself, in pieces of at most DECODE_PIECE_BYTES, within the limit.
 ACCEPT_ENCODING = "gzip, deflate"
 DECODE_PIECE_BYTES = 64 * 1024
-#: Scoring options our server (api="bge") takes per request, by their ``BGEReranker`` names; ``normalize``
-#: travels as ``raw_scores``, and ``batch_size`` is the server's own setting.
-SERVER_OPTIONS = tuple(f.name for f in dataclasses.fields(ScoreOptions) if f.name not in ("normalize", "batch_size"))
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,7 @@ class RemoteRerankTimeout(RemoteRerankError, TimeoutError):
     """A rerank server did not answer within ``timeout``: the whole call fails, nothing partial is returned."""
 
 
-class RemoteReranker(Ranking):
+class RemoteReranker(Reranker):
     """Score (query, passage) pairs through a rerank server, with ``BGEReranker``'s methods and results.
 
     ``url`` is the server's base URL (``http://host:port``; the API's path is added) or its full
@@ -128,7 +131,7 @@ class RemoteReranker(Ranking):
     up to ``max_response_bytes`` decompressed bytes (default: 1 MiB + 1 KiB per document + 8 times
     the documents' UTF-8 size); anything else raises ``RemoteRerankError``. Scoring options
     (``normalize`` for every API; ``max_length``, ``prompt``, ``cutoff_layers``... for ``"bge"``
-    only) are defaults that each call can override.
+    only: ``options.REQUEST_OPTIONS``) are defaults that each call can override.
 
     >>> reranker = RemoteReranker("http://127.0.0.1:8080", api="tei")
     >>> reranker.compute_score([["what is panda?", "hi"], ["what is panda?", "The giant panda ..."]])  # doctest: +SKIP
@@ -178,8 +181,9 @@ class RemoteReranker(Ranking):
         self.max_response_bytes = max_response_bytes
         self._given_max_documents = max_documents_per_request
         self._api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+        check_defaults(options)
         self._options: dict[str, Any] = {"normalize": False}
-        self._options = self.check_options(**options)
+        self._options = self._checked(options)
         self._setup()
 
     def _setup(self) -> None:
@@ -199,9 +203,9 @@ class RemoteReranker(Ranking):
         self._setup()
 
     @property
-    def options(self) -> dict[str, Any]:
-        """The scoring options calls start from (only those set; ``normalize`` always)."""
-        return dict(self._options)
+    def options(self) -> ScoreOptions:
+        """The scoring options calls start from; those not set are the server's own (shown as ``BGEReranker``'s defaults)."""
+        return ScoreOptions(**self._options)
 
     @property
     def model_name_or_path(self) -> str:
@@ -227,17 +231,22 @@ class RemoteReranker(Ranking):
             **options,
         }
 
-    def check_options(self, **options: Any) -> dict[str, Any]:
-        """Check per-call scoring ``options`` now and return the merged ones that calls send.
+    def check_options(self, **options: Any) -> ScoreOptions:
+        """Check per-call scoring ``options`` now and return the options a call with them would use.
 
         Every API takes ``normalize``; only ``api="bge"`` (our server) takes the BGE options. An
         API without raw scores (Cohere) needs ``normalize=True``.
         """
-        merged = {**self._options, **checked_options(options)}
+        return ScoreOptions(**self._checked(options))
+
+    def _checked(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The constructor's options overridden by a call's, checked: what the call sends (only those set)."""
+        merged = {**self._options, **parse_score_options(options)}
         bge_only = sorted(name for name in merged if name != "normalize")
-        if "batch_size" in merged:
+        not_sent = [name for name in bge_only if name not in REQUEST_OPTIONS]
+        if not_sent:
             raise ValueError(
-                "batch_size is the server's own setting (bge-rerank serve --batch-size, --max-batch-pairs), "
+                f"{', '.join(not_sent)} is the server's own setting (bge-rerank serve --batch-size, --max-batch-pairs), "
                 "not a request option: drop it, or use max_documents_per_request to size requests."
             )
         if bge_only and not self._api.bge_options:
@@ -245,10 +254,7 @@ class RemoteReranker(Ranking):
                 f"{', '.join(bge_only)} are BGE scoring options that only bge-rerank serve (api='bge') takes; "
                 f"a {self.api} server scores with its own settings: drop them."
             )
-        if "cutoff_layers" in merged and len(merged["cutoff_layers"]) > 1:
-            raise ValueError(
-                f"cutoff_layers={list(merged['cutoff_layers'])}: a rerank server returns one score per passage; pass one layer."
-            )
+        check_single_score(merged.get("cutoff_layers"))
         if not merged["normalize"] and self._api.raw_field is None:
             raise ValueError(
                 f"The {self.api} API returns only normalized scores (0 to 1), not the raw scores of normalize=False: "
@@ -265,7 +271,7 @@ class RemoteReranker(Ranking):
         -8.1875
         """
         pairs, single = as_pairs(sentence_pairs)
-        merged = self.check_options(**options)
+        merged = self._checked(options)
         if not pairs:
             return []
         scores, _ = self._run(self._score(pairs, merged))
@@ -274,25 +280,19 @@ class RemoteReranker(Ranking):
     async def acompute_score(self, sentence_pairs: Any, **options: Any) -> Scores:
         """``compute_score`` on the running event loop (no thread): the requests are awaited."""
         pairs, single = as_pairs(sentence_pairs)
-        merged = self.check_options(**options)
+        merged = self._checked(options)
         if not pairs:
             return []
         scores, _ = await self._score(pairs, merged)
         return scores[0] if single else scores
 
-    async def arerank(
-        self, query: str, passages: Sequence[str], top_n: int | None = None, score_threshold: float | None = None, **options: Any
-    ) -> list[RerankResult]:
-        """``rerank`` on the running event loop (no thread)."""
-        pairs = rerank_pairs(query, passages, top_n, score_threshold)
-        merged = self.check_options(**options)
-        scores, spans = await self._score(pairs, merged) if pairs else ([], [])
-        return rank(passages, scores, top_n, score_threshold, spans)
+    def _scores_and_spans(self, pairs: list[tuple[str, str]], **options: Any) -> tuple[list[float], list[Span]]:
+        """``rerank``'s scores with each passage's best window, as ``bge-rerank serve`` reports it."""
+        return self._run(self._score(pairs, self._checked(options))) if pairs else ([], [])
 
-    def _scores_and_spans(self, pairs: list[tuple[str, str]], **options: Any) -> tuple[list[Any], list[Any] | None]:
-        """``rerank``'s scores with each passage's best window, as ``bge-rerank serve`` reports it (``Ranking``)."""
-        merged = self.check_options(**options)
-        return self._run(self._score(pairs, merged)) if pairs else ([], [])
+    async def _ascores_and_spans(self, pairs: list[tuple[str, str]], **options: Any) -> tuple[list[float], list[Span]]:
+        """``_scores_and_spans`` on the running event loop (no thread)."""
+        return await self._score(pairs, self._checked(options)) if pairs else ([], [])
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
@@ -654,6 +654,13 @@ class _Decoder:
     def flush(self) -> bytes:
         """What is left once the body has ended (bounded: everything was fed through ``decode``)."""
         return b"" if self._zlib is None else self._zlib.flush(DECODE_PIECE_BYTES)
+
+
+RemoteReranker.__init__.__signature__ = signature_with_options(  # type: ignore[attr-defined]
+    RemoteReranker.__init__,
+    ["normalize", *(name for name in REQUEST_OPTIONS if name in DEFAULT_OPTIONS)],
+    defaults=dict.fromkeys(REQUEST_OPTIONS),  # None: the server's default
+)
 
 
 class _LoopThread:

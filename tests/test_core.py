@@ -81,7 +81,7 @@ def test_batch_size_does_not_change_scores_or_order(reranker):
 
 
 def test_truncation_follows_the_reference_but_never_exceeds_positions(reranker, caplog):
-    family = reranker.family
+    family = reranker.load().family
     long_query = " ".join(["what is panda?"] * 50)
     options = reranker.options.__class__(max_length=16, query_max_length=8)
     assert [len(item) for item in family.encode([(long_query, PANDA * 30), ("q", "p")], options)][0] == 16
@@ -98,7 +98,7 @@ def test_truncation_follows_the_reference_but_never_exceeds_positions(reranker, 
 
 
 def test_encoder_pair_layout_is_xlm_roberta(reranker):
-    family = reranker.family
+    family = reranker.load().family
     tok = family.tokenizer
     encoded = family.encode([("what is panda?", "hi")], reranker.options)[0]
     q = tok("what is panda?", add_special_tokens=False)["input_ids"]
@@ -151,7 +151,7 @@ def test_bad_input_is_not_mutated(reranker):
 def test_a_blank_encoder_pair_is_its_special_tokens(reranker):
     family = reranker.load().family
     (blank,) = family.encode([("", "   ")], reranker.options)  # this tokenizer drops whitespace
-    template = family.template
+    template = family.layout
     assert blank.input_ids == [*template.prefix, *template.middle, *template.suffix] == [0, 2, 2, 2]
     assert blank.query_length == len(template.prefix + template.middle)
 
@@ -338,10 +338,10 @@ def test_other_errors_propagate_at_once():
 def test_same_checkpoint_shares_one_model(encoder_path):
     first = BGEReranker(encoder_path, device="cpu")
     second = BGEReranker(encoder_path, device="cpu", use_fp16=True)  # CPU runs fp32 either way
-    assert first.family is second.family
+    assert first.load().family is second.load().family
     clear_model_cache()
     third = BGEReranker(encoder_path, device="cpu")
-    assert third.family is not first.family
+    assert third.load().family is not first.load().family
 
 
 def test_concurrent_calls_match_sequential(reranker):
@@ -415,7 +415,7 @@ def test_reference_position_offsets_follow_the_reference_batches():
 
 
 def test_score_groups_counts_what_the_encoder_reads(reranker):
-    tokenizer = reranker.family.tokenizer
+    tokenizer = reranker.load().family.tokenizer
     query, passage = PAIRS[1]
     alone = len(tokenizer(query, add_special_tokens=False)["input_ids"]) + len(tokenizer(passage, add_special_tokens=False)["input_ids"])
 

@@ -367,7 +367,7 @@ def test_lone_surrogate_names_the_pair(encoder):
 
 
 def test_cpu_and_cpu0_share_one_cached_model():
-    assert BGEReranker(checkpoint("encoder"), device="cpu").family is BGEReranker(checkpoint("encoder"), device="cpu:0").family
+    assert BGEReranker(checkpoint("encoder"), device="cpu").load().family is BGEReranker(checkpoint("encoder"), device="cpu:0").load().family
 
 
 def test_mps_float32_fallback_leaves_the_shared_half_model_alone(monkeypatch, caplog, encoder):
@@ -390,7 +390,7 @@ def test_mps_float32_fallback_leaves_the_shared_half_model_alone(monkeypatch, ca
         assert half.compute_score(PAIRS) == encoder.compute_score(PAIRS)
     assert "falling back to float32" in caplog.text
     assert shared.family.dtype == torch.float16 and next(shared.family.model.parameters()).dtype == torch.float16
-    assert half.dtype == torch.float32 and half.family is encoder.family
+    assert half.dtype == torch.float32 and half.load().family is encoder.load().family
 
 
 def test_progress_bar_is_closed_when_scoring_raises(monkeypatch):

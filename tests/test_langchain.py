@@ -225,7 +225,7 @@ def test_two_compressors_share_one_model():
     for compressor in (a, b, c, d):
         compressor.compress_documents(make_docs(), QUERY)
     assert c.reranker.load() is d.reranker.load() is shared.load()  # one cached model behind all four
-    assert c.reranker.family.model is shared.family.model
+    assert c.reranker.load().family.model is shared.load().family.model
 
 
 # --- construction and input errors -------------------------------------------------------------------
@@ -327,7 +327,7 @@ async def test_concurrent_ainvoke_equals_sequential_invoke():
 
 async def test_acompress_runs_off_the_event_loop(monkeypatch):
     shared = BGEReranker(ENCODER, device="cpu")
-    original, seen = shared.rerank, {}
+    original, seen = shared.compute_score, {}
     loop_ran = threading.Event()
 
     def blocking_rerank(*args, **kwargs):
@@ -340,7 +340,7 @@ async def test_acompress_runs_off_the_event_loop(monkeypatch):
         await asyncio.sleep(0)
         loop_ran.set()
 
-    monkeypatch.setattr(shared, "rerank", blocking_rerank)
+    monkeypatch.setattr(shared, "compute_score", blocking_rerank)
     docs = make_docs()
     result, _ = await asyncio.gather(BGERerank(model=shared).acompress_documents(docs, QUERY), on_the_loop())
     assert seen["loop_free"] and seen["thread"] is not threading.main_thread()
@@ -453,10 +453,10 @@ def test_cross_encoder_in_langchains_cross_encoder_reranker():
 
 
 def test_cross_encoder_settings_and_errors():
-    from bge_rerank_integrations.adapter_support import RerankerSettings
+    from bge_rerank_integrations.adapter_support import ScoringSettings
     from bge_rerank_integrations.langchain import BGECrossEncoder
 
-    assert set(BGECrossEncoder.model_fields) == set(RerankerSettings.model_fields)
+    assert set(BGECrossEncoder.model_fields) == set(ScoringSettings.model_fields)
     assert "top_n" not in BGECrossEncoder.model_fields  # CrossEncoderReranker keeps its own
     shared = BGEReranker(ENCODER, device="cpu")
     encoder = BGECrossEncoder(model=shared)

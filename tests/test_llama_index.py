@@ -150,13 +150,13 @@ def test_query_engine_reranks_source_nodes():
 
 async def test_aquery_runs_the_model_off_the_event_loop(monkeypatch):
     threads = []
-    original = BGEReranker.rerank
+    original = BGEReranker.compute_score
 
     def recording(self, *args, **kwargs):
         threads.append(threading.current_thread())
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(BGEReranker, "rerank", recording)
+    monkeypatch.setattr(BGEReranker, "compute_score", recording)
     rerank = BGERerank(model=ENCODER, device="cpu", top_n=2)
     response = await query_engine(rerank).aquery(QUERY)
     assert ids_scores(response.source_nodes) == expected(QUERY, top_n=2)

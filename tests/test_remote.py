@@ -464,7 +464,7 @@ def test_max_concurrent_requests_bounds_the_halves_of_a_413_too():
         ({"url": "http://h", "api": "tei", "model": "m"}, "takes no model="),
         ({"url": "http://h", "api": "tei", "max_length": 256}, "max_length are BGE scoring options"),
         ({"url": "http://h", "api": "vllm", "prompt": "p", "cutoff_layers": [8]}, "cutoff_layers, prompt are BGE"),
-        ({"url": "http://h", "api": "bge", "cutoff_layers": [8, 12]}, "one score per passage"),
+        ({"url": "http://h", "api": "bge", "cutoff_layers": [8, 12]}, "one score per document"),
         ({"url": "http://h", "api": "bge", "batch_size": 0}, "batch_size must be a positive integer"),
         ({"url": "http://h", "api": "bge", "batch_size": 8}, "batch_size is the server's own setting"),
         ({"url": "http://h", "api": "bge", "colour": "red"}, "Unknown scoring option"),
@@ -702,3 +702,10 @@ def test_the_command_line_reports_a_server_error(server, capsys):
 
     assert main(["--url", f"{server.url}/nowhere", "--api", "tei", "-q", QUERY, "hi"]) == 1
     assert "404 Not Found" in capsys.readouterr().err
+
+
+def test_the_command_line_bounds_the_answer_with_max_response_bytes(server, capsys):
+    from bge_rerank_integrations.cli import main
+
+    assert main(["--url", f"{server.url}/tei", "--api", "tei", "-q", QUERY, "--max-response-bytes", "10", *TEXTS]) == 1
+    assert "more than 10 bytes (decompressed)" in capsys.readouterr().err

@@ -142,7 +142,7 @@ def test_info_health_and_metrics(served):
         assert client.post("/rerank", json={"query": "q", "texts": TEXTS[:5]}).status_code == 200
         after = client.get("/metrics").text
     assert (info["family"], info["device"], info["dtype"]) == (family, "cpu", "float32")
-    assert info["max_positions"] == reranker.family.max_positions
+    assert info["max_positions"] == reranker.load().family.max_positions
     assert info["defaults"]["normalize"] is True and info["defaults"]["max_length"] == 512
     assert metric(after, "bge_rerank_pairs_total") - metric(before, "bge_rerank_pairs_total") == 5
     requests = metric(after, "bge_rerank_requests_total", path="/rerank", status="200")

@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class PairTemplate:
+class SpecialTokenLayout:
     """Where a tokenizer puts its special tokens around a (query, passage) pair, and their token types."""
 
     prefix: list[int]
@@ -31,7 +31,7 @@ class PairTemplate:
         return len(self.prefix) + len(self.middle) + len(self.suffix)
 
 
-def learn_pair_template(tokenizer) -> PairTemplate:
+def learn_special_token_layout(tokenizer) -> SpecialTokenLayout:
     """Read the special-token layout of a pair off the tokenizer itself.
 
     Tokenizes two single-token texts alone and as a pair, and finds them inside the pair:
@@ -45,7 +45,7 @@ def learn_pair_template(tokenizer) -> PairTemplate:
     start_a = _find(ids, first, 0)
     start_b = _find(ids, second, start_a + len(first))
     types = pair.get("token_type_ids") or [0] * len(ids)
-    return PairTemplate(
+    return SpecialTokenLayout(
         prefix=ids[:start_a],
         middle=ids[start_a + len(first) : start_b],
         suffix=ids[start_b + len(second) :],
@@ -78,7 +78,7 @@ class EncoderFamily(RerankerFamily):
 
     def __init__(self, model: torch.nn.Module, tokenizer, device: torch.device, dtype: torch.dtype):
         super().__init__(model, tokenizer, device, dtype)
-        self.template = learn_pair_template(tokenizer)
+        self.layout = learn_special_token_layout(tokenizer)
         self.uses_token_types = "token_type_ids" in tokenizer.model_input_names and model.config.type_vocab_size > 1
         self._last_layer = _cls_only_last_layer(model)
 
@@ -129,7 +129,7 @@ class EncoderFamily(RerankerFamily):
                 continue
             start = passage_starts[index] if passage_starts is not None else 0
             windows = passage_windows(
-                item, len(item) - item.query_length - len(self.template.suffix), passage, offsets[index], start,
+                item, len(item) - item.query_length - len(self.layout.suffix), passage, offsets[index], start,
                 len(texts[index]) - start, chunks, options.chunk_overlap,
                 lambda ids, query=query: self._assemble(query, ids, options.max_length),
             )
@@ -144,15 +144,15 @@ class EncoderFamily(RerankerFamily):
 
     def _assemble(self, query: list[int], passage: list[int], max_length: int) -> tuple[Encoded, bool]:
         """One pair from query and passage ids (each already cut to its own length), and whether it was capped."""
-        template = self.template
-        special = template.special_count
+        layout = self.layout
+        special = layout.special_count
         passage = _truncate_second(len(query) + special, passage, max_length)
         capped = len(query) + len(passage) + special > self.max_positions
         if capped:
             query = query[: self.max_positions - special - 1]
             passage = passage[: self.max_positions - special - len(query)]
-        before = template.prefix + query + template.middle
-        return Encoded(before + passage + template.suffix, query_length=len(before)), capped
+        before = layout.prefix + query + layout.middle
+        return Encoded(before + passage + layout.suffix, query_length=len(before)), capped
 
     def _token_ids(self, texts: list[str], max_length: int) -> list[list[int]]:
         return self.tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
@@ -162,11 +162,11 @@ class EncoderFamily(RerankerFamily):
         pad = self.tokenizer.pad_token_id
         input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
         attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-        token_types = torch.full((len(batch), width), self.template.passage_type, dtype=torch.long)
+        token_types = torch.full((len(batch), width), self.layout.passage_type, dtype=torch.long)
         for row, item in enumerate(batch):
             input_ids[row, : len(item)] = torch.tensor(item.input_ids)
             attention_mask[row, : len(item)] = 1
-            token_types[row, : item.query_length] = self.template.query_type
+            token_types[row, : item.query_length] = self.layout.query_type
         inputs = {"input_ids": input_ids.to(self.device), "attention_mask": attention_mask.to(self.device)}
         if self.uses_token_types:
             inputs["token_type_ids"] = token_types.to(self.device)

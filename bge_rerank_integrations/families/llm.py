@@ -8,7 +8,6 @@ with the single ``lm_head`` row of the "Yes" token: the same value without the
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Sequence
 
 import torch
@@ -18,8 +17,6 @@ from ..tokenization import load_tokenizer
 from .base import Encoded, ScoreOptions
 from .decoder import DecoderFamily
 from .decoder_text import pad_batch, pad_token_id, padding_side
-
-logger = logging.getLogger(__name__)
 
 
 def load_causal_lm(path: str, dtype: torch.dtype) -> tuple[Any, Any]:
@@ -40,7 +37,6 @@ class LLMFamily(DecoderFamily):
     """Gemma-style causal LM reranker: score = logit of "Yes" after the prompt."""
 
     name = "llm"
-    extra_options = frozenset({"prompt"})
     bos = "auto"
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, device: torch.device, dtype: torch.dtype):

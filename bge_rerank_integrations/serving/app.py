@@ -21,8 +21,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..adapter_support import check_single_score
 from ..inputs import check_text
+from ..options import check_single_score, options_not_taken
 from ..ranking import rank
 from .guard import DEFAULT_BODY_TIMEOUT, Guard, error_body
 from .metrics import Metrics
@@ -32,7 +32,7 @@ from .schemas import (
     ErrorResponse,
     RerankRequest,
     RerankResponse,
-    RerankResult,
+    RankedDocument,
     TEIRank,
     TEIRerankRequest,
     Usage,
@@ -195,7 +195,7 @@ def create_app(scorer: Scorer, *, settings: ServerSettings | None = None, metric
         if body.return_documents is not None:
             return_documents = body.return_documents
         results = [
-            RerankResult(
+            RankedDocument(
                 index=ranked.index, relevance_score=ranked.score, document={"text": ranked.text} if return_documents else None,
                 relevance_span=_span(ranked),
             )
@@ -223,7 +223,7 @@ def create_app(scorer: Scorer, *, settings: ServerSettings | None = None, metric
     @app.get("/info", responses={401: _ERRORS[401]})
     async def info() -> dict[str, Any]:
         """Model, family, device, dtype, max positions, scoring defaults, limits and version."""
-        family = reranker.family
+        family = reranker.load().family
         defaults = {name: list(value) if isinstance(value, tuple) else value for name, value in dataclasses.asdict(reranker.options).items()}
         limits = {"max_documents": settings.max_documents, "max_request_bytes": settings.max_request_bytes}
         limits.update(getattr(scorer, "describe", dict)())
@@ -260,7 +260,7 @@ def create_app(scorer: Scorer, *, settings: ServerSettings | None = None, metric
             _declare_bearer_auth(schema)
         loaded = getattr(scorer, "ready", True)
         if loaded:
-            _declare_model_bounds(schema, reranker.family, settings.max_documents)
+            _declare_model_bounds(schema, reranker.load().family, settings.max_documents)
             app.openapi_schema = schema
         return schema
 
@@ -282,11 +282,9 @@ def _declare_bearer_auth(schema: dict[str, Any]) -> None:
 def _declare_model_bounds(schema: dict[str, Any], family: Any, max_documents: int) -> None:
     """State what the served model takes: ``max_length`` up to its positions, only its family's options
     (the others may only be null), and at most ``max_documents`` documents (413 beyond)."""
-    from ..families.base import FAMILY_SPECIFIC_OPTIONS
-
     for name in ("TEIRerankRequest", "RerankRequest"):
         properties = schema.get("components", {}).get("schemas", {}).get(name, {}).get("properties", {})
-        for option in FAMILY_SPECIFIC_OPTIONS - family.extra_options:
+        for option in options_not_taken(family.name):
             if option in properties:
                 properties[option] = {"type": "null", "description": f"not taken by the {family.name} family served here"}
         for option in ("max_length", "query_max_length"):
@@ -315,7 +313,7 @@ def readable_validation_error(errors: Sequence[dict[str, Any]]) -> str:
 
 def _options(body: TEIRerankRequest | RerankRequest, use_activation: bool | None = None) -> dict[str, Any]:
     try:
-        return body.score_options(use_activation)
+        return body.call_options(use_activation)
     except ValueError as error:
         raise ApiError(422, "invalid_request", str(error)) from None
 

@@ -1,16 +1,17 @@
 """Request and response bodies of the rerank endpoints (TEI's, and Cohere/Jina/vLLM's), as pydantic models.
 
-Both request schemas take the same BGE options (``BGEOptions``); unknown fields are ignored, as
+Both request schemas take the same BGE options (``BGEOptions``, derived from ``options.OPTIONS``); unknown fields are ignored, as
 the engines whose clients we serve send fields of their own (``model``, ``rank_fields``, ...).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictBool, StrictInt, StrictStr, Tag, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictBool, StrictInt, StrictStr, Tag, create_model, model_validator
 
 from ..inputs import MAX_INT
+from ..options import BY_NAME, REQUEST_OPTIONS
 
 #: Most layer numbers one request may list in ``cutoff_layers`` / ``compress_layers`` (no model has more layers).
 MAX_LAYERS_LISTED = 128
@@ -19,8 +20,8 @@ MAX_LAYERS_LISTED = 128
 #: Integer fields: JSON Schema's integers include ``6.0``, so an integral float counts as its int;
 #: ``true``, ``"6"`` and ``6.5`` are 422s (types are strict: nothing else is coerced).
 INTEGER_FIELDS = (
-    "max_length", "query_max_length", "compress_ratio", "top_n", "cutoff_layers", "compress_layers",
-    "max_chunks_per_passage", "chunk_overlap", "max_tokens_per_passage", "max_chunks_per_doc", "max_tokens_per_doc",
+    *(name for name in REQUEST_OPTIONS if BY_NAME[name].kind in ("int", "count", "layers")), "top_n",
+    "max_chunks_per_doc", "max_tokens_per_doc",
 )
 
 #: The bounds the core checks (``inputs.check_positive_int``), stated in the OpenAPI document; the core's
@@ -30,6 +31,10 @@ _NON_NEGATIVE: dict[str, Any] = {"minimum": 0, "maximum": MAX_INT}
 
 Layers = Union[StrictInt, Annotated[list[StrictInt], Field(min_length=1, max_length=MAX_LAYERS_LISTED)], None]
 
+#: Request field types of the options' kinds (strict: nothing is coerced), and their OpenAPI bounds.
+_FIELD_TYPES: dict[str, Any] = {"int": Optional[StrictInt], "count": Optional[StrictInt], "text": Optional[StrictStr], "format": Optional[StrictStr], "layers": Layers}
+_FIELD_BOUNDS: dict[str, Any] = {"int": _POSITIVE, "count": _NON_NEGATIVE}
+
 
 def _integral(value: Any) -> Any:
     if isinstance(value, float) and value.is_integer():
@@ -38,66 +43,11 @@ def _integral(value: Any) -> Any:
         return [_integral(item) if isinstance(item, float) else item for item in value]
     return value
 
-#: BGE options a request may set, by core option name (``raw_scores`` / ``use_activation`` become ``normalize``).
-REQUEST_OPTIONS = (
-    "max_length",
-    "query_max_length",
-    "prompt",
-    "cutoff_layers",
-    "compress_ratio",
-    "compress_layers",
-    "query_instruction_for_rerank",
-    "query_instruction_format",
-    "passage_instruction_for_rerank",
-    "passage_instruction_format",
-    "max_chunks_per_passage",
-    "chunk_overlap",
-    "max_tokens_per_passage",
-)
 
-
-class BGEOptions(BaseModel):
-    """Per-request scoring options; ``None`` (or absent) keeps the server's default.
-
-    They are checked exactly as ``BGEReranker`` checks them: an option the model's family
-    lacks, or a value it cannot take, is a 422 that says so.
-    """
-
+class _RawScores(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     raw_scores: StrictBool | None = Field(None, description="true: raw logits, as BGEReranker.compute_score; false: sigmoid-normalized")
-    max_length: StrictInt | None = Field(
-        None, json_schema_extra=_POSITIVE, description="longest pair in tokens (the model's default 512; at most the model's positions)"
-    )
-    query_max_length: StrictInt | None = Field(
-        None, json_schema_extra=_POSITIVE, description="longest query in tokens (default max_length * 3 // 4)"
-    )
-    prompt: StrictStr | None = Field(
-        None, description="decoder families (llm, layerwise, lightweight): the instruction prompt (it must leave room for a pair)"
-    )
-    cutoff_layers: Layers = Field(None, description="layerwise, lightweight: the one layer that scores")
-    compress_ratio: StrictInt | None = Field(None, json_schema_extra=_POSITIVE, description="lightweight: passage tokens pooled per group (1, 2, 4, 8)")
-    compress_layers: Layers = Field(
-        None, description=f"lightweight: layers that compress passage tokens (at most {MAX_LAYERS_LISTED} listed)"
-    )
-    query_instruction_for_rerank: StrictStr | None = None
-    query_instruction_format: StrictStr | None = Field(
-        None, description="how instruction and query join: exactly two plain '{}' fields (no format spec or conversion)"
-    )
-    passage_instruction_for_rerank: StrictStr | None = None
-    passage_instruction_format: StrictStr | None = Field(
-        None, description="how instruction and passage join: exactly two plain '{}' fields (no format spec or conversion)"
-    )
-    max_chunks_per_passage: StrictInt | None = Field(
-        None, json_schema_extra=_POSITIVE,
-        description="score a long document as up to N overlapping windows and keep the best (1: truncate)",
-    )
-    chunk_overlap: StrictInt | None = Field(
-        None, json_schema_extra=_NON_NEGATIVE, description="tokens shared by consecutive windows (default: an eighth of a window)"
-    )
-    max_tokens_per_passage: StrictInt | None = Field(
-        None, json_schema_extra=_POSITIVE, description="cut each document to this many of its tokens first"
-    )
 
     @model_validator(mode="before")
     @classmethod
@@ -106,7 +56,7 @@ class BGEOptions(BaseModel):
             data = {**data, **{name: _integral(data[name]) for name in INTEGER_FIELDS if name in data}}
         return data
 
-    def score_options(self, use_activation: bool | None = None) -> dict[str, Any]:
+    def call_options(self, use_activation: bool | None = None) -> dict[str, Any]:
         """The options that were set, as ``BGEReranker`` keyword arguments (``normalize`` from the raw flags)."""
         options = {name: getattr(self, name) for name in REQUEST_OPTIONS if getattr(self, name) is not None}
         if self.raw_scores is not None and use_activation is not None and self.raw_scores == use_activation:
@@ -119,6 +69,27 @@ class BGEOptions(BaseModel):
         elif use_activation is not None:
             options["normalize"] = use_activation
         return options
+
+
+if TYPE_CHECKING:  # pragma: no cover - type checkers see the base; the fields are derived below
+    BGEOptions = _RawScores
+else:
+    BGEOptions = create_model(
+        "BGEOptions",
+        __base__=_RawScores,
+        __doc__="""Per-request scoring options (``options.REQUEST_OPTIONS``); ``None`` (or absent) keeps the server's default.
+
+        They are checked exactly as ``BGEReranker`` checks them: an option the model's family
+        lacks, or a value it cannot take, is a 422 that says so.
+        """,
+        **{
+            name: (
+                _FIELD_TYPES[BY_NAME[name].kind],
+                Field(None, json_schema_extra=_FIELD_BOUNDS.get(BY_NAME[name].kind), description=BY_NAME[name].help),
+            )
+            for name in REQUEST_OPTIONS
+        },
+    )
 
 
 class TEIRerankRequest(BGEOptions):
@@ -191,7 +162,9 @@ class Document(BaseModel):
     text: str
 
 
-class RerankResult(BaseModel):
+class RankedDocument(BaseModel):
+    """One result of a Cohere/Jina/vLLM response."""
+
     index: int
     relevance_score: float
     document: Document | None = None
@@ -210,7 +183,7 @@ class RerankResponse(BaseModel):
 
     id: str
     model: str
-    results: list[RerankResult]
+    results: list[RankedDocument]
     usage: Usage
 
 

@@ -20,53 +20,40 @@ import socket
 import sys
 from typing import Sequence
 
-from ..cli import _int_list
+from ..options import DEFAULT_OPTIONS, LOAD_OPTIONS, add_flags, check_single_score, given_options
 from .connections import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS, http_protocol
 from .guard import DEFAULT_BODY_TIMEOUT
 
 logger = logging.getLogger(__name__)
 
 API_KEY_VARIABLE = "BGE_RERANK_API_KEY"
+DESCRIPTION = "Serve a BGE reranker over HTTP: TEI's POST /rerank and Cohere/Jina/vLLM's POST /v1/rerank, /v2/rerank."
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="bge-rerank serve",
-        description="Serve a BGE reranker over HTTP: TEI's POST /rerank and Cohere/Jina/vLLM's POST /v1/rerank, /v2/rerank.",
-    )
+    """``bge-rerank serve``'s parser on its own (``main``); the command line adds the same arguments to its subcommand."""
+    parser = argparse.ArgumentParser(prog="bge-rerank serve", description=DESCRIPTION)
+    add_arguments(parser)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``bge-rerank serve``'s arguments: the load and scoring options' flags (``options.OPTIONS``), then the server's own."""
     parser.add_argument("--model", "-m", required=True, help="Hub id (e.g. BAAI/bge-reranker-v2-m3) or local checkpoint directory")
     parser.add_argument("--served-model-name", help="the name responses and /info give (default: --model)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one, logged at start)")
 
     model = parser.add_argument_group("model (load options)")
-    model.add_argument("--model-class", help="family override: encoder, llm, layerwise, lightweight")
-    model.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: best available)")
-    model.add_argument("--fp16", action="store_true", help="half precision on CUDA/MPS")
-    model.add_argument("--bf16", action="store_true", help="bfloat16 on CUDA/MPS")
-    model.add_argument("--cache-dir", help="where Hub downloads go")
-    model.add_argument("--local-files-only", action="store_true", help="never reach the Hub")
+    add_flags(model, LOAD_OPTIONS)
     model.add_argument("--torch-threads", type=int, help="torch intra-op threads (default: torch's)")
 
     scoring = parser.add_argument_group("scoring defaults (requests may override them)")
-    scoring.add_argument(
-        "--normalize", dest="normalize", action=argparse.BooleanOptionalAction, default=True,
-        help="sigmoid scores unless a request asks raw_scores (default, as TEI/Cohere); --no-normalize: raw by default",
-    )
-    scoring.add_argument("--batch-size", type=int, default=128, help="pairs per forward pass (default 128)")
-    scoring.add_argument("--max-length", type=int, default=512, help="longest pair in tokens (default 512)")
-    scoring.add_argument("--query-max-length", type=int, help="longest query in tokens (default max_length * 3 // 4)")
-    scoring.add_argument("--prompt", help="decoder families: the instruction prompt")
-    scoring.add_argument("--cutoff-layers", type=_int_list, help="layerwise/lightweight: the layer to score at, e.g. 28")
-    scoring.add_argument("--compress-ratio", type=int, help="lightweight: passage compression ratio (1, 2, 4, 8)")
-    scoring.add_argument("--compress-layers", type=_int_list, help="lightweight: layers that compress, e.g. 24,40")
-    scoring.add_argument("--max-chunks-per-passage", type=int, help="score long passages as up to N windows, keep the best (default 1: truncate)")
-    scoring.add_argument("--chunk-overlap", type=int, help="tokens shared by consecutive windows (default: an eighth of a window)")
-    scoring.add_argument("--max-tokens-per-passage", type=int, help="cut each passage to this many of its tokens first")
-    scoring.add_argument("--query-instruction", dest="query_instruction_for_rerank", help="text put before each query (decoders default to 'A: ')")
-    scoring.add_argument("--query-instruction-format", default="{}{}", help="how instruction and query join (default {}{})")
-    scoring.add_argument("--passage-instruction", dest="passage_instruction_for_rerank", help="text put before each passage (decoders default to 'B: ')")
-    scoring.add_argument("--passage-instruction-format", default="{}{}", help="how instruction and passage join (default {}{})")
+    normalize = {
+        "action": argparse.BooleanOptionalAction, "default": True,
+        "help": "sigmoid scores unless a request asks raw_scores (default, as TEI/Cohere); --no-normalize: raw by default",
+    }
+    add_flags(scoring, DEFAULT_OPTIONS, overrides={"normalize": normalize})
 
     limits = parser.add_argument_group("batching and limits")
     limits.add_argument(
@@ -108,7 +95,6 @@ def build_parser() -> argparse.ArgumentParser:
     ray.add_argument("--cpus-per-replica", type=float, default=1, help="CPUs each replica gets (default 1)")
     ray.add_argument("--max-batch-requests", type=int, default=16, help="most requests merged into one model call per replica (default 16)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level (default info)")
-    return parser
 
 
 def _seconds(value: str) -> float:
@@ -164,8 +150,11 @@ def _replicas(value: str) -> int | str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the server until SIGTERM/SIGINT; returns the exit status (0 after a clean shutdown, 2 bad options)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the server the parsed ``args`` describe (``bge-rerank serve``); returns the exit status."""
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
         import uvicorn
@@ -176,7 +165,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError as error:
         print(f"bge-rerank serve: {error}; install the server with: pip install 'bge-rerank-integrations[serve]'", file=sys.stderr)
         return 2
-    from ..adapter_support import SCORE_SETTINGS, check_single_score
     from ..reranker import BGEReranker
 
     if args.torch_threads:
@@ -188,9 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--max-connections must be at least 1, got {args.max_connections}.")
         key = api_key(args, dict(os.environ))
         check_single_score(args.cutoff_layers)
-        load = {"model_class": args.model_class, "device": args.device, "use_fp16": args.fp16, "use_bf16": args.bf16}
-        scoring = {name: getattr(args, name) for name in SCORE_SETTINGS}
-        options = dict(load, **scoring, cache_dir=args.cache_dir, local_files_only=args.local_files_only)
+        options = given_options(vars(args), (*LOAD_OPTIONS, *DEFAULT_OPTIONS))
         reranker = BGEReranker(args.model, **options)
         metrics = Metrics()
         batcher = DynamicBatcher(
