@@ -139,9 +139,9 @@ class RerankRequest(BGEOptions):
         None, ge=0, le=MAX_INT, description="Cohere v2's and vLLM's: cut each document to this many tokens (0: no cut, as vLLM)"
     )
 
-    def score_options(self, use_activation: bool | None = None) -> dict[str, Any]:
-        """``BGEOptions.score_options`` plus Cohere's and vLLM's names for the long-document options."""
-        options = super().score_options(use_activation)
+    def call_options(self, use_activation: bool | None = None) -> dict[str, Any]:
+        """``BGEOptions.call_options`` plus Cohere's and vLLM's names for the long-document options."""
+        options = super().call_options(use_activation)
         tokens = self.max_tokens_per_doc or None  # vLLM: 0 = off
         for theirs, value, ours in (
             ("max_chunks_per_doc", self.max_chunks_per_doc, "max_chunks_per_passage"),
