@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Annotated, Any, List, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Annotated, Any, List, Mapping, Optional, Union
 
 from pydantic import (
     BaseModel,
@@ -94,9 +94,12 @@ class _Model(BaseModel):
 
 
 #: ``model`` and one field per option of ``options.OPTIONS``.
-_OptionFields = create_model(
-    "_OptionFields", __base__=_Model, **{option.name: _option_field(option) for option in OPTIONS}
-)
+if TYPE_CHECKING:  # fields made at run time are invisible to a type checker: it sees the base
+    _OptionFields = _Model
+else:
+    _OptionFields = create_model(
+        "_OptionFields", __base__=_Model, **{option.name: _option_field(option) for option in OPTIONS}
+    )
 
 
 class ScoringSettings(_OptionFields):
@@ -210,6 +213,7 @@ class ScoringSettings(_OptionFields):
     @property
     def reranker(self) -> Reranker:
         """The ``BGEReranker`` or ``RemoteReranker`` that scores (pass it as ``model`` to another adapter to share it)."""
+        assert self._reranker is not None  # built at construction by _build_reranker
         return self._reranker
 
     def reranker_settings(self) -> dict[str, Any]:
@@ -241,7 +245,7 @@ class RerankSettings(ScoringSettings):
     @model_validator(mode="after")
     def _warn_raw_threshold(self) -> "RerankSettings":
         """Warn once when ``score_threshold`` applies to raw logits, which have no fixed scale."""
-        raw = self.score_threshold is not None and not self._reranker.check_options(**self.call_options()).normalize
+        raw = self.score_threshold is not None and not self.reranker.check_options(**self.call_options()).normalize
         if raw and not self._warned_raw_threshold:
             logger.warning(
                 "score_threshold=%s is compared with raw scores (logits, unbounded and model-dependent); "
@@ -253,7 +257,7 @@ class RerankSettings(ScoringSettings):
 
     def rank_texts(self, query: str, texts: list[str]) -> list[RerankResult]:
         """``texts`` ranked for ``query`` with this adapter's settings (``top_n``, ``score_threshold``, scoring)."""
-        return self._reranker.rerank(query, texts, **self._rank_options())
+        return self.reranker.rerank(query, texts, **self._rank_options())
 
     async def arank_texts(self, query: str, texts: list[str]) -> list[RerankResult]:
         """``rank_texts`` without blocking the event loop (the reranker's ``arerank``).
@@ -261,7 +265,7 @@ class RerankSettings(ScoringSettings):
         A ``RemoteReranker`` awaits its requests on the loop (no thread); an in-process model runs
         in a worker thread.
         """
-        return await self._reranker.arerank(query, texts, **self._rank_options())
+        return await self.reranker.arerank(query, texts, **self._rank_options())
 
     def _rank_options(self) -> dict[str, Any]:
         return {"top_n": self.top_n, "score_threshold": self.score_threshold, **self.call_options()}
@@ -276,7 +280,7 @@ def build_reranker(model: str | Reranker, settings: Mapping[str, Any]) -> Rerank
     model's family (or the server's API) lacks fails at construction whenever that is known.
     """
     load = {name: settings.get(name) for name in LOAD_SETTINGS if settings.get(name) not in (None, False)}
-    remote = {name: settings.get(name) for name in REMOTE_SETTINGS if settings.get(name) is not None}
+    remote: dict[str, Any] = {name: settings.get(name) for name in REMOTE_SETTINGS if settings.get(name) is not None}
     if isinstance(model, Reranker):
         if load or remote:
             raise ValueError(
@@ -295,8 +299,9 @@ def build_reranker(model: str | Reranker, settings: Mapping[str, Any]) -> Rerank
                 "set them on the server, or drop them."
             )
         remote["model"] = remote.pop("remote_model", None)
-        if isinstance(remote.get("api_key"), SecretStr):
-            remote["api_key"] = remote["api_key"].get_secret_value()
+        api_key = remote.get("api_key")
+        if isinstance(api_key, SecretStr):
+            remote["api_key"] = api_key.get_secret_value()
         reranker = RemoteReranker(model, **remote, **given_options(settings, DEFAULT_OPTIONS))
     else:
         if remote:

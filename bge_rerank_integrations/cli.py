@@ -9,9 +9,9 @@
     $ bge-rerank serve --model BAAI/bge-reranker-v2-m3 --port 8080
 
 Subcommands (``SUBCOMMANDS``): ``rank`` (the default when none is named, so ``bge-rerank
-[rank] --model ... --query ...``) and ``serve`` (``serving.serve``). ``--url`` ranks through a
-rerank server instead of a local model (``--api``: bge, tei, infinity, vllm, cohere; the API key
-comes from ``BGE_RERANK_API_KEY``).
+[rank] --model ... --query ...``), ``serve`` (``serving.serve``) and ``eval`` (``evaluation.cli``).
+``--url`` ranks through a rerank server instead of a local model (``--api``: bge, tei, infinity,
+vllm, cohere; the API key comes from ``BGE_RERANK_API_KEY``).
 
 Passages come from the arguments, from ``--file`` or from standard input: one per line, or
 JSON Lines with a ``text`` field (``--text-field`` names another); with ``--json`` each JSONL
@@ -46,6 +46,7 @@ PROGRESS_FROM = 256
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "rank": (__name__, "rank passages for a query (the default: bge-rerank --model M --query Q PASSAGE ...)"),
     "serve": ("bge_rerank_integrations.serving.serve", "serve a reranker over HTTP (TEI and Cohere/Jina/vLLM rerank APIs)"),
+    "eval": ("bge_rerank_integrations.evaluation.cli", "quality and latency of models and settings on BEIR data"),
 }
 DEFAULT_COMMAND = "rank"
 DESCRIPTION = "Rerank passages for a query with a BGE reranker (FlagEmbedding-exact scores)."

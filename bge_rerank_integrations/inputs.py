@@ -60,7 +60,7 @@ def check_text(text: Any, what: str) -> str:
 
 def check_positive_int(value: Any, name: str) -> int:
     """Return ``value`` if it is an integer in ``[1, MAX_INT]``, else raise ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= MAX_INT:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= int(value) <= MAX_INT:
         raise ValueError(f"{name} must be a positive integer (at most {MAX_INT}), got {value!r:.60}.")
     return int(value)
 

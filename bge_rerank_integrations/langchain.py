@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Optional, Sequence
+from typing import Optional, Sequence, cast
 
 from .extras import needs_extra
 
@@ -145,7 +145,8 @@ class BGECrossEncoder(ScoringSettings, BaseCrossEncoder):
             raise TypeError(f"text_pairs must be a list of (query, text) pairs, got {text_pairs!r:.120}.")
         if not text_pairs:
             return []
-        return self._reranker.compute_score(list(text_pairs), **self.call_options())
+        # A list of pairs and at most one cutoff layer (checked by the settings): one float per pair.
+        return cast("list[float]", self.reranker.compute_score(list(text_pairs), **self.call_options()))
 
 
 def _scored_copy(document: Document, result: RerankResult) -> Document:

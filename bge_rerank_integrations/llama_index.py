@@ -80,6 +80,7 @@ class BGERerank(RerankSettings, BaseNodePostprocessor):
         query = _query_str(query_bundle)
         if not _check_nodes(nodes):
             return []
+        assert query_bundle is not None  # _query_str raised otherwise
         with self._reranking_event(nodes, query_bundle) as event:
             reranked = self._to_nodes(nodes, self._rerank(query, nodes))
             event.on_end(payload={EventPayload.NODES: reranked})
@@ -92,6 +93,7 @@ class BGERerank(RerankSettings, BaseNodePostprocessor):
         query = _query_str(query_bundle)
         if not _check_nodes(nodes):
             return []
+        assert query_bundle is not None  # _query_str raised otherwise
         with self._reranking_event(nodes, query_bundle) as event:
             results = await self.arank_texts(query, _texts(nodes))
             reranked = self._to_nodes(nodes, results)
@@ -152,7 +154,7 @@ def _query_str(query_bundle: Optional[QueryBundle]) -> str:
     return check_text(query_bundle.query_str, "query")
 
 
-def _check_nodes(nodes: Any) -> List[NodeWithScore]:
+def _check_nodes(nodes: Any) -> Sequence[NodeWithScore]:
     """``nodes`` if it is a list of ``NodeWithScore``, else a clear error (before any event is emitted)."""
     if isinstance(nodes, (str, bytes)) or not isinstance(nodes, Sequence):
         raise TypeError(f"nodes must be a list of NodeWithScore, got {type(nodes).__name__}.")

@@ -59,7 +59,7 @@ def resolve_checkpoint(model: str, cache_dir: str | None = None, local_files_onl
         path = Path(snapshot_download(model, cache_dir=cache_dir, local_files_only=local_files_only, allow_patterns=_CHECKPOINT_FILES))
         if not any(path.glob("*.safetensors")):
             path = Path(snapshot_download(model, cache_dir=cache_dir, local_files_only=local_files_only, allow_patterns=[*_CHECKPOINT_FILES, "*.bin"]))
-    except Exception as error:  # noqa: BLE001 - every Hub failure becomes one actionable message
+    except Exception as error:  # every Hub failure becomes one actionable message
         raise ModelNotFoundError(
             f"Could not load {model!r}: it is not a local directory, and the Hugging Face Hub could not provide it "
             f"({type(error).__name__}: {error}). Where you are online, download it once "

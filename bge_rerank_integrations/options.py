@@ -31,7 +31,7 @@ import inspect
 import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .inputs import MAX_INT, check_instruction_format, check_layers, check_positive_int
 
@@ -275,6 +275,7 @@ _ANNOTATIONS = {
 if TYPE_CHECKING:  # pragma: no cover - what type checkers see: every option is an attribute
 
     class ScoreOptions:
+        __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]  # a dataclass at run time
         def __init__(self, **options: Any) -> None: ...
         def __getattr__(self, name: str) -> Any: ...
 

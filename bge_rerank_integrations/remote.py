@@ -26,7 +26,7 @@ import time
 import weakref
 import zlib
 from dataclasses import dataclass
-from typing import Any, Awaitable, Optional, Sequence
+from typing import Any, Awaitable, Coroutine, Optional, Sequence
 from urllib.parse import urlsplit
 
 from .contract import Reranker, Scores
@@ -327,7 +327,7 @@ class RemoteReranker(Reranker):
 
     # --- requests ------------------------------------------------------------------------------------
 
-    def _run(self, coroutine: Awaitable[Any]) -> Any:
+    def _run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
         """Run ``coroutine`` on this reranker's own event loop thread (one per reranker, not per call)."""
         with self._lock:
             if self._loop_thread is None:
@@ -509,7 +509,7 @@ class RemoteReranker(Reranker):
         left = call.deadline - asyncio.get_running_loop().time()
         if wait > left:
             status = answer.status if answer is not None else None
-            if asked is not None:
+            if asked is not None and answer is not None:  # asked comes from answer
                 message = (
                     f"{self.endpoint} ({self.api} API) answered {answer.status} {answer.reason}: "
                     f"{_server_message(answer.content)} and asked to retry after {asked:g}s (Retry-After: {answer.retry_after}), more than the {max(left, 0):.1f}s "
@@ -671,7 +671,7 @@ class _LoopThread:
         self.thread = threading.Thread(target=self.loop.run_forever, name="bge-rerank-remote", daemon=True)
         self.thread.start()
 
-    def run(self, coroutine: Awaitable[Any]) -> Any:
+    def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
         future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
         try:
             return future.result()
@@ -688,7 +688,7 @@ class _LoopThread:
             self.loop.close()
 
 
-async def _gather_or_cancel(coroutines: list[Awaitable[Any]]) -> list[Any]:
+async def _gather_or_cancel(coroutines: Sequence[Awaitable[Any]]) -> list[Any]:
     """Results of ``coroutines`` run concurrently; the first failure cancels the rest (never a partial result)."""
     tasks = [asyncio.ensure_future(coroutine) for coroutine in coroutines]
     try:

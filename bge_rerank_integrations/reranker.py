@@ -180,7 +180,8 @@ class BGEReranker(Reranker):
         scores = scored.scores
         if not isinstance(scores[0] if scores else None, list):
             return scores[0] if single else scores
-        return [layer[0] for layer in scores] if single else scores
+        layers = cast("list[list[float]]", scores)  # the check above: one score list per cutoff layer
+        return [layer[0] for layer in layers] if single else layers
 
     async def acompute_score(self, sentence_pairs: Any, **options: Any) -> Scores:
         """``compute_score`` in a worker thread, so the running event loop is not blocked."""
@@ -230,6 +231,7 @@ class BGEReranker(Reranker):
             # The cached half-precision model stays as it is for others; this reranker moves to a float32 copy.
             logger.warning("MPS refused %s for this model (%s): falling back to float32.", model.family.dtype, error)
             self.dtype = torch.float32
+            assert self._path is not None  # set by load(), which gave us model
             self._model = get_model(self._path, model.family.name, self.device, torch.float32)
             scores, encoded = self._run(self._model, groups, options)
         nan = int(torch.isnan(scores).sum())

@@ -45,7 +45,8 @@ COMMITTED_BYTES = 400_000
 LANGCHAIN = "01_langchain_rag.ipynb"
 LLAMA_INDEX = "02_llama_index_rag.ipynb"
 MODEL_TOUR = "03_model_tour.ipynb"
-ALL = [LANGCHAIN, LLAMA_INDEX, MODEL_TOUR]
+CHOOSING = "04_choosing_settings.ipynb"
+ALL = [LANGCHAIN, LLAMA_INDEX, MODEL_TOUR, CHOOSING]
 FALLBACK_NOTE = "using the random test checkpoint ../tests/fixtures/checkpoints/encoder instead"
 
 # Appended to a copy of each notebook: prints what the notebook computed, for the checks below.
@@ -87,6 +88,16 @@ print("{marker}" + json.dumps({{
     "shape": SHAPE,
     "compression_ms": {{str(r): ms for r, ms in compression_ms.items()}},
     "compression_scores": {{str(r): s for r, s in compression_scores.items()}},
+}}))
+""",
+    CHOOSING: """
+print("{marker}" + json.dumps({{
+    "data": str(Path(DATA).resolve()),
+    "models": {{family: str(Path(model).resolve()) for family, model in MODELS.items()}},
+    "layers": LAYERS,
+    "output": str(OUT),
+    "results": results.data,
+    "table": results.table(),
 }}))
 """,
 }
@@ -158,6 +169,7 @@ def executed(tmp_path_factory) -> dict:
         LLAMA_INDEX: (LLAMA_INDEX, {**base, "BGE_RERANK_MODEL": ENCODER}),
         MODEL_TOUR: (MODEL_TOUR, {**base, **tour, "BGE_RERANK_CHECKPOINTS": full}),
         "tour_encoder_only": (MODEL_TOUR, {**base, **tour, "BGE_RERANK_CHECKPOINTS": str(encoder_only)}),
+        CHOOSING: (CHOOSING, {**base, "BGE_RERANK_CHECKPOINTS": full}),
     }
 
     async def run_all() -> dict:
@@ -265,6 +277,8 @@ def test_committed_notebook_is_executed_with_outputs(name):
     if name == MODEL_TOUR:
         assert _images(notebook.cells) == 4  # families, layerwise, lightweight scores, compression timing
         assert "SKIPPED" not in printed
+    elif name == CHOOSING:
+        assert _images(notebook.cells) == 1 and _markdown_outputs(notebook.cells)[0].startswith("First stage: **bm25**")
     else:
         assert _printed_ranking(notebook.cells, "Before reranking") and _printed_ranking(notebook.cells, "After reranking")
 
@@ -412,3 +426,35 @@ def _assert_compression_section(probe: dict, cells) -> None:
     uncompressed = probe["compression_scores"]["1"]
     for ratio in ("2", "4", "8"):
         assert not all(_close(a, b) for a, b in zip(probe["compression_scores"][ratio], uncompressed)), ratio
+
+
+def _markdown_outputs(cells) -> list[str]:
+    return [
+        output["data"]["text/markdown"]
+        for cell in cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+        if "text/markdown" in output.get("data", {})
+    ]
+
+
+def test_choosing_settings_notebook(executed):
+    """The evaluation the notebook ran is the one the API gives; its table and plot are shown."""
+    from bge_rerank_integrations.evaluation import evaluate_run, load_beir, markdown_table, parse_metrics, read_run
+
+    result = _result(executed, CHOOSING)
+    probe = result["probe"]
+    assert probe["models"] == {"encoder": ENCODER, "layerwise": str(Path(checkpoint("layerwise")).resolve())}
+    assert probe["layers"] == [3, 4, 6]  # the fixture's 6 layers: half, 7/10 and all (20, 28, 40 of the real 40)
+    rows = probe["results"]["configurations"]
+    assert [row["options"] for row in rows] == [{"max_length": 128}, {"max_length": 512}] + [
+        {"cutoff_layers": layer} for layer in probe["layers"]
+    ]
+    data = load_beir(probe["data"])
+    measures = parse_metrics("ndcg@10,mrr@10,recall@100")
+    output = Path(probe["output"])
+    for row in rows:
+        run = read_run(output / row["run"], data.query_ids, data.corpus)
+        assert row["metrics"] == evaluate_run(run, data.qrels, measures)
+    assert probe["table"] == markdown_table(probe["results"]) == _markdown_outputs(result["cells"])[0]
+    assert _images(result["cells"]) == 1

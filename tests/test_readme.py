@@ -104,6 +104,8 @@ def test_readme_python_examples_run_verbatim_on_cpu(tmp_path):
     config = next(code for _, code in readme_blocks("yaml") if code.startswith("# config.yaml"))
     (tmp_path / "config.yaml").write_text(config, encoding="utf-8")
     shutil.copytree(checkpoint("encoder"), tmp_path / "bge-reranker-v2-m3")  # what `hf download --local-dir` leaves
+    # The Evaluation example's data, where the README names it.
+    shutil.copytree(CHECKPOINTS.parent / "beir-mini", tmp_path / "tests" / "fixtures" / "beir-mini")
     (tmp_path / "blocks.json").write_text(json.dumps(blocks), encoding="utf-8")
     (tmp_path / "runner.py").write_text(RUNNER, encoding="utf-8")
     env = {

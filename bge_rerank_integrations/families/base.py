@@ -58,7 +58,8 @@ class RerankerFamily(ABC):
     default_passage_instruction: ClassVar[str | None] = None
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, device: torch.device, dtype: torch.dtype):
-        self.model = model
+        # A transformers model: its config and submodules are attributes torch's Module typing cannot see.
+        self.model: Any = model
         self.tokenizer = tokenizer
         self.device = device
         self.dtype = dtype

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -79,7 +79,7 @@ class EncoderFamily(RerankerFamily):
     def __init__(self, model: torch.nn.Module, tokenizer, device: torch.device, dtype: torch.dtype):
         super().__init__(model, tokenizer, device, dtype)
         self.layout = learn_special_token_layout(tokenizer)
-        self.uses_token_types = "token_type_ids" in tokenizer.model_input_names and model.config.type_vocab_size > 1
+        self.uses_token_types = "token_type_ids" in tokenizer.model_input_names and self.model.config.type_vocab_size > 1
         self._last_layer = _cls_only_last_layer(model)
 
     @classmethod
@@ -226,7 +226,7 @@ def _cls_only_last_layer(model: torch.nn.Module):
     cross-attention: their head reads ``features[:, 0]`` and nothing else. Anything else (BERT
     with a pooler, relative positions, adapters replacing the layers) runs the full forward.
     """
-    config = model.config
+    config: Any = model.config  # a transformers config: its attributes depend on the model type
     base = getattr(model, "roberta", None)
     if (
         config.model_type not in {"xlm-roberta", "roberta"}

@@ -8,7 +8,7 @@ with the single ``lm_head`` row of the "Yes" token: the same value without the
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import torch
 
@@ -28,7 +28,8 @@ def load_causal_lm(path: str, dtype: torch.dtype) -> tuple[Any, Any]:
     config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     if config.model_type == "gemma":  # the reference's activation on every transformers version
         config.hidden_act = config.hidden_activation = reference_gemma_activation(read_config(path))
-    model, info = AutoModelForCausalLM.from_pretrained(path, config=config, **load_kwargs)
+    # output_loading_info=True (in load_kwargs) makes it return (model, info); transformers' stubs say a model.
+    model, info = cast(Any, AutoModelForCausalLM.from_pretrained(path, config=config, **load_kwargs))
     check_loading_info(info, path, LLMFamily.name)
     return tokenizer, model.eval()
 

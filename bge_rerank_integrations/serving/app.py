@@ -29,6 +29,7 @@ from .metrics import Metrics
 from .schemas import (
     SCHEMA_TAGS,
     AnyRerankRequest,
+    Document,
     ErrorResponse,
     RerankRequest,
     RerankResponse,
@@ -196,7 +197,7 @@ def create_app(scorer: Scorer, *, settings: ServerSettings | None = None, metric
             return_documents = body.return_documents
         results = [
             RankedDocument(
-                index=ranked.index, relevance_score=ranked.score, document={"text": ranked.text} if return_documents else None,
+                index=ranked.index, relevance_score=ranked.score, document=Document(text=ranked.text) if return_documents else None,
                 relevance_span=_span(ranked),
             )
             for ranked in rank(texts, scored.scores, body.top_n or None, None, scored.spans)
@@ -357,7 +358,7 @@ async def _until_disconnected(request: Request, work: Awaitable[ScoredPairs]) ->
     raise _ClientGone()
 
 
-async def _disconnect(receive: Callable[[], Awaitable[dict]]) -> None:
+async def _disconnect(receive: Callable[[], Awaitable[object]]) -> None:
     """Return when the client disconnects (never, if the server cannot tell)."""
     while True:
         try:

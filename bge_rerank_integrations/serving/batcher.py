@@ -73,7 +73,7 @@ class DynamicBatcher:
         self.ready = False
         self.queued_pairs = 0
         self._queue: collections.deque[_Pending] = collections.deque()
-        self._wakeup: asyncio.Event | None = None
+        self._wakeup = asyncio.Event()  # replaced by start()'s, made on the serving loop
         self._dispatcher: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
 
