@@ -66,7 +66,7 @@ FIELD_NAMES = {"model_name_or_path": "model", "url": "model", "model": "remote_m
 SharedReranker = Annotated[Reranker, WithJsonSchema({"type": "object", "title": "Reranker"})]
 Layers = Optional[Union[StrictInt, List[StrictInt]]]
 #: Pydantic types of the scoring options' kinds (every scoring field is optional: ``None`` = the reranker's default).
-_FIELD_TYPES: dict[str, Any] = {"bool": StrictBool, "int": StrictInt, "text": str, "format": str, "layers": Union[StrictInt, List[StrictInt]]}
+_FIELD_TYPES: dict[str, Any] = {"bool": StrictBool, "int": StrictInt, "count": StrictInt, "text": str, "format": str, "layers": Union[StrictInt, List[StrictInt]]}
 
 
 def _option_field(option: Option) -> tuple[Any, Any]:
@@ -74,7 +74,7 @@ def _option_field(option: Option) -> tuple[Any, Any]:
     if option.scope == LOAD:
         annotation = StrictBool if option.kind == "bool" else Optional[str]
         return annotation, Field(default=option.default, frozen=True, description=option.help)
-    minimum = 1 if option.kind == "int" else None
+    minimum = {"int": 1, "count": 0}.get(option.kind)
     return Optional[_FIELD_TYPES[option.kind]], Field(default=None, ge=minimum, description=option.help)
 
 

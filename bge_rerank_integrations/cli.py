@@ -235,9 +235,12 @@ def _gather_records(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]
 
 
 def _json_record(result: RerankResult, fields: dict[str, Any]) -> dict[str, Any]:
-    """``{index, score, text}`` then the input record's other fields; one named like ours becomes ``input_<name>``."""
+    """``{index, score, text}`` (and ``span``, the best window, when the passage was scored in windows) then the
+    input record's other fields; one named like ours becomes ``input_<name>``."""
     score = None if math.isnan(result.score) else result.score  # a NaN score (a broken model) is null: JSON has no NaN
     record: dict[str, Any] = {"index": result.index, "score": score, "text": result.text}
+    if result.span is not None:
+        record["span"] = list(result.span)
     for key, value in fields.items():
         while key in record:
             key = f"input_{key}"

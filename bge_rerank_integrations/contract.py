@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any, Optional, cast
 
 from .options import ScoreOptions, check_single_score
 from .ranking import RerankResult, rank, rerank_pairs
@@ -70,7 +70,8 @@ class Reranker(ABC):
         [RerankResult(index=1, score=5.26171875, text='The giant panda ...')]
         """
         pairs = self._rerank_pairs(query, passages, top_n, score_threshold, options)
-        return rank(passages, cast(list[float], self.compute_score(pairs, **options)), top_n, score_threshold)
+        scores, spans = self._scores_and_spans(pairs, **options)
+        return rank(passages, scores, top_n, score_threshold, spans)
 
     async def arerank(
         self,
@@ -82,8 +83,17 @@ class Reranker(ABC):
     ) -> list[RerankResult]:
         """``rerank`` without blocking the running event loop."""
         pairs = self._rerank_pairs(query, passages, top_n, score_threshold, options)
-        scores = cast(list[float], await self.acompute_score(pairs, **options))  # one per passage: checked above
-        return rank(passages, scores, top_n, score_threshold)
+        scores, spans = await self._ascores_and_spans(pairs, **options)
+        return rank(passages, scores, top_n, score_threshold, spans)
+
+    def _scores_and_spans(self, pairs: list[tuple[str, str]], **options: Any) -> tuple[list[float], Optional[list[Any]]]:
+        """One score per pair (checked by ``_rerank_pairs``) and, where the reranker knows them, each passage's
+        best window (``RerankResult.span``), else ``None``."""
+        return cast(list[float], self.compute_score(pairs, **options)), None
+
+    async def _ascores_and_spans(self, pairs: list[tuple[str, str]], **options: Any) -> tuple[list[float], Optional[list[Any]]]:
+        """``_scores_and_spans`` without blocking the running event loop."""
+        return cast(list[float], await self.acompute_score(pairs, **options)), None
 
     def _rerank_pairs(
         self, query: Any, passages: Any, top_n: Any, score_threshold: Any, options: dict[str, Any]

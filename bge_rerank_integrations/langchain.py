@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 #: Metadata key that holds each returned document's score.
 SCORE_KEY = "relevance_score"
+#: Metadata key that holds ``[start, end]``, the characters of the best window, for a document scored in windows.
+SPAN_KEY = "relevance_span"
 
 
 class BGERerank(RerankSettings, BaseDocumentCompressor):
@@ -44,7 +46,8 @@ class BGERerank(RerankSettings, BaseDocumentCompressor):
 
     Every returned document is a new ``Document`` (the caller's are never changed) with the
     same ``id`` and a copy of its metadata, plus the score under ``metadata["relevance_score"]``,
-    best first. Documents scoring below ``score_threshold`` are dropped first, then at most
+    best first. With ``max_chunks_per_passage > 1`` a long document is scored as windows, and
+    ``metadata["relevance_span"]`` holds ``[start, end]``: ``page_content[start:end]`` scored best. Documents scoring below ``score_threshold`` are dropped first, then at most
     ``top_n`` are kept (``None`` keeps all). ``page_content`` is what is scored.
 
     The settings (``model``, ``top_n``, ``score_threshold``, the load settings ``model_class``,
@@ -147,7 +150,10 @@ class BGECrossEncoder(ScoringSettings, BaseCrossEncoder):
 
 
 def _scored_copy(document: Document, result: RerankResult) -> Document:
-    """A new document like ``document`` (same id, type and a deep copy of its metadata) plus its score."""
+    """A new document like ``document`` (same id, type and a deep copy of its metadata) plus its score and,
+    when it was scored in windows (``max_chunks_per_passage``), its best window's ``[start, end]``."""
     metadata = copy.deepcopy(document.metadata)
     metadata[SCORE_KEY] = float(result.score)
+    if result.span is not None:
+        metadata[SPAN_KEY] = list(result.span)
     return document.model_copy(update={"metadata": metadata})

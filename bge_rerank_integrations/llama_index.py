@@ -29,13 +29,15 @@ from .adapter_support import RerankSettings
 from .inputs import check_text
 from .ranking import RerankResult
 
-__all__ = ["BGERerank", "RETRIEVAL_SCORE_KEY"]
+__all__ = ["BGERerank", "RETRIEVAL_SCORE_KEY", "SPAN_KEY"]
 
 logger = logging.getLogger(__name__)
 dispatcher = get_dispatcher(__name__)
 
 #: Metadata key that holds a node's retrieval score when ``keep_retrieval_score`` is set.
 RETRIEVAL_SCORE_KEY = "retrieval_score"
+#: Metadata key that holds ``[start, end]``, the characters of the best window, for a node scored in windows.
+SPAN_KEY = "relevance_span"
 
 
 class BGERerank(RerankSettings, BaseNodePostprocessor):
@@ -122,7 +124,8 @@ class BGERerank(RerankSettings, BaseNodePostprocessor):
         """New ``NodeWithScore`` objects for ``results``, each holding a deep copy of its node.
 
         The copy (``model_copy(deep=True)``: metadata, relationships, key lists, embedding) keeps a
-        later step's edits off the caller's nodes; only the kept nodes are copied.
+        later step's edits off the caller's nodes; only the kept nodes are copied. A node scored in
+        windows (``max_chunks_per_passage``) gets ``[start, end]`` of its text under ``relevance_span``.
         """
         reranked = []
         for result in results:
@@ -130,8 +133,12 @@ class BGERerank(RerankSettings, BaseNodePostprocessor):
             node = source.node.model_copy(deep=True)
             if self.keep_retrieval_score:
                 node.metadata[RETRIEVAL_SCORE_KEY] = source.score
-                node.excluded_embed_metadata_keys = _with_key(node.excluded_embed_metadata_keys)
-                node.excluded_llm_metadata_keys = _with_key(node.excluded_llm_metadata_keys)
+                node.excluded_embed_metadata_keys = _with_key(node.excluded_embed_metadata_keys, RETRIEVAL_SCORE_KEY)
+                node.excluded_llm_metadata_keys = _with_key(node.excluded_llm_metadata_keys, RETRIEVAL_SCORE_KEY)
+            if result.span is not None:
+                node.metadata[SPAN_KEY] = _span_in_text(source.node, result.span)
+                node.excluded_embed_metadata_keys = _with_key(node.excluded_embed_metadata_keys, SPAN_KEY)
+                node.excluded_llm_metadata_keys = _with_key(node.excluded_llm_metadata_keys, SPAN_KEY)
             reranked.append(NodeWithScore(node=node, score=result.score))
         return reranked
 
@@ -160,5 +167,17 @@ def _check_nodes(nodes: Any) -> Sequence[NodeWithScore]:
     return nodes
 
 
-def _with_key(keys: List[str]) -> List[str]:
-    return list(keys) if RETRIEVAL_SCORE_KEY in keys else [*keys, RETRIEVAL_SCORE_KEY]
+def _span_in_text(node: Any, span: tuple[int, int]) -> List[int]:
+    """``span`` (in the scored text: metadata header + text) moved into the node's own text (``get_content()``).
+
+    When the text cannot be found in the scored text (a custom template), the span stays in the scored one.
+    """
+    scored, text = node.get_content(metadata_mode=MetadataMode.EMBED), node.get_content(metadata_mode=MetadataMode.NONE)
+    offset = len(scored) - len(text) if scored.endswith(text) else scored.find(text)
+    if offset < 0:
+        return list(span)
+    return [min(max(position - offset, 0), len(text)) for position in span]
+
+
+def _with_key(keys: List[str], key: str) -> List[str]:
+    return list(keys) if key in keys else [*keys, key]

@@ -28,11 +28,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .inputs import check_instruction_format, check_layers, check_positive_int, describe_layers
+from .inputs import MAX_INT, check_instruction_format, check_layers, check_positive_int, describe_layers
 
 __all__ = [
     "DEFAULT_OPTIONS",
@@ -65,7 +66,7 @@ LIGHTWEIGHT = frozenset({"lightweight"})
 class Option:
     """One option.
 
-    ``kind`` is ``"bool"``, ``"int"`` (a positive integer), ``"text"``, ``"format"`` (an
+    ``kind`` is ``"bool"``, ``"int"`` (a positive integer), ``"count"`` (a non-negative integer), ``"text"``, ``"format"`` (an
     instruction format, see ``inputs.check_instruction_format``), ``"layers"`` (layer numbers: one
     int or a list) or ``"path"``. ``families`` is ``None`` when every family takes the option.
     ``flag`` is the command-line flag (``""``: ``--name-with-dashes``; ``None``: none).
@@ -165,6 +166,19 @@ OPTIONS: tuple[Option, ...] = (
         "lightweight: layers where passage tokens are compressed, e.g. 24,40",
         families=LIGHTWEIGHT,
     ),
+    Option(
+        "max_chunks_per_passage",
+        "int",
+        1,
+        "score a passage longer than its pair's room as up to N overlapping windows and keep the best (default 1: truncate)",
+    ),
+    Option("chunk_overlap", "count", None, "tokens shared by consecutive windows (default: an eighth of a window)"),
+    Option(
+        "max_tokens_per_passage",
+        "int",
+        None,
+        "cut each passage to this many of its own tokens first (Cohere's and vLLM's max_tokens_per_doc)",
+    ),
     Option("cache_dir", "path", None, "where Hub downloads go (default: the Hugging Face cache)", LOAD),
     Option("local_files_only", "bool", False, "never reach the Hub: use the local cache or a directory only", LOAD),
     Option("show_progress", "bool", False, "a progress bar over the pairs", LOAD, flag=None),
@@ -199,9 +213,17 @@ def _check_text(value: Any, name: str) -> str:
     return value
 
 
+def _check_count(value: Any, name: str) -> int:
+    """A non-negative integer (``chunk_overlap``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value <= MAX_INT:
+        raise ValueError(f"{name} must be a non-negative integer (at most {MAX_INT}), got {value!r:.60}.")
+    return int(value)
+
+
 _CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "bool": _check_flag,
     "int": check_positive_int,
+    "count": _check_count,
     "text": _check_text,
     "format": check_instruction_format,
     "layers": check_layers,
@@ -237,11 +259,17 @@ def given_options(values: Mapping[str, Any], names: Iterable[str] = SCORE_OPTION
 def _derive_query_max_length(self: Any) -> None:
     if self.query_max_length is None:
         object.__setattr__(self, "query_max_length", default_query_max_length(self.max_length))
+    if self.chunk_overlap is not None and self.chunk_overlap >= self.max_length:
+        raise ValueError(
+            f"chunk_overlap={self.chunk_overlap} leaves a window no room: windows hold fewer than max_length="
+            f"{self.max_length} passage tokens; pass a smaller chunk_overlap (or none: an eighth of a window)."
+        )
 
 
 _ANNOTATIONS = {
     "bool": "bool",
     "int": "Optional[int]",
+    "count": "Optional[int]",
     "text": "Optional[str]",
     "format": "str",
     "layers": "Optional[tuple[int, ...]]",
@@ -386,7 +414,7 @@ def add_flags(parser: Any, names: Iterable[str], overrides: Mapping[str, Mapping
             keywords: dict[str, Any] = {"action": "store_true", "default": None}
         else:
             metavar = option.flag_name.lstrip("-").replace("-", "_").upper()
-            keywords = {"type": {"int": int, "layers": int_list}.get(option.kind), "default": None, "metavar": metavar}
+            keywords = {"type": {"int": int, "count": int, "layers": int_list}.get(option.kind), "default": None, "metavar": metavar}
         keywords.update(dest=name, help=option.help)
         keywords.update((overrides or {}).get(name, {}))
         parser.add_argument(option.flag_name, **{k: v for k, v in keywords.items() if v is not None or k == "default"})

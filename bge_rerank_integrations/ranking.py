@@ -15,11 +15,21 @@ from .inputs import check_score_threshold, check_text
 
 @dataclass(frozen=True)
 class RerankResult:
-    """One passage of a ``rerank`` call: its position in the input, its score and its text."""
+    """One passage of a ``rerank`` call: its position in the input, its score and its text.
+
+    ``span`` is the ``(start, end)`` character range of the passage's best window, so that
+    ``text[start:end]`` is the part that scored, when the passage was scored in windows
+    (``max_chunks_per_passage > 1``); ``None`` when it was scored whole (or truncated, with one window).
+    """
 
     index: int
     score: float
     text: str
+    span: tuple[int, int] | None = None
+
+    def __repr__(self) -> str:
+        span = "" if self.span is None else f", span={self.span!r}"
+        return f"RerankResult(index={self.index!r}, score={self.score!r}, text={self.text!r}{span})"
 
 
 def rerank_pairs(query: Any, passages: Any, top_n: Any, score_threshold: Any) -> list[tuple[str, str]]:
@@ -35,12 +45,16 @@ def rerank_pairs(query: Any, passages: Any, top_n: Any, score_threshold: Any) ->
 
 
 def rank(
-    passages: Sequence[str], scores: Sequence[Any], top_n: int | None, score_threshold: float | None
+    passages: Sequence[str],
+    scores: Sequence[Any],
+    top_n: int | None,
+    score_threshold: float | None,
+    spans: Sequence[tuple[int, int] | None] | None = None,
 ) -> list[RerankResult]:
     """``passages`` best first by ``scores``: below ``score_threshold`` dropped first, then at most ``top_n`` kept.
 
     Ties keep input order; NaN scores (a broken model, logged where they are computed) rank last
-    and pass no threshold.
+    and pass no threshold. ``spans`` (one per passage, or ``None``) become the results' ``span``.
 
     >>> rank(["a", "b", "c"], [0.1, 0.9, 0.5], top_n=2, score_threshold=None)
     [RerankResult(index=1, score=0.9, text='b'), RerankResult(index=2, score=0.5, text='c')]
@@ -49,7 +63,7 @@ def rank(
     ranked = best_first(scores)
     if score_threshold is not None:
         ranked = [i for i in ranked if scores[i] >= score_threshold]
-    return [RerankResult(i, scores[i], passages[i]) for i in ranked[:top_n]]
+    return [RerankResult(i, scores[i], passages[i], None if spans is None else spans[i]) for i in ranked[:top_n]]
 
 
 def best_first(scores: Sequence[float]) -> list[int]:

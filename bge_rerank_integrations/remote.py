@@ -26,7 +26,7 @@ import time
 import weakref
 import zlib
 from dataclasses import dataclass
-from typing import Any, Awaitable, Coroutine, Sequence
+from typing import Any, Awaitable, Coroutine, Optional, Sequence
 from urllib.parse import urlsplit
 
 from .contract import Reranker, Scores
@@ -44,6 +44,9 @@ from .options import (
 __all__ = ["RemoteReranker", "RemoteRerankError", "RemoteRerankTimeout", "API_KEY_ENV", "APIS"]
 
 logger = logging.getLogger(__name__)
+
+#: A passage's best window as ``(start, end)`` characters, or ``None`` (scored whole; see ``RerankResult.span``).
+Span = Optional[tuple[int, int]]
 
 #: Environment variable read for the API key when ``api_key`` is not given.
 API_KEY_ENV = "BGE_RERANK_API_KEY"
@@ -271,7 +274,7 @@ class RemoteReranker(Reranker):
         merged = self._checked(options)
         if not pairs:
             return []
-        scores = self._run(self._score(pairs, merged))
+        scores, _ = self._run(self._score(pairs, merged))
         return scores[0] if single else scores
 
     async def acompute_score(self, sentence_pairs: Any, **options: Any) -> Scores:
@@ -280,8 +283,16 @@ class RemoteReranker(Reranker):
         merged = self._checked(options)
         if not pairs:
             return []
-        scores = await self._score(pairs, merged)
+        scores, _ = await self._score(pairs, merged)
         return scores[0] if single else scores
+
+    def _scores_and_spans(self, pairs: list[tuple[str, str]], **options: Any) -> tuple[list[float], list[Span]]:
+        """``rerank``'s scores with each passage's best window, as ``bge-rerank serve`` reports it."""
+        return self._run(self._score(pairs, self._checked(options))) if pairs else ([], [])
+
+    async def _ascores_and_spans(self, pairs: list[tuple[str, str]], **options: Any) -> tuple[list[float], list[Span]]:
+        """``_scores_and_spans`` on the running event loop (no thread)."""
+        return await self._score(pairs, self._checked(options)) if pairs else ([], [])
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
@@ -316,7 +327,7 @@ class RemoteReranker(Reranker):
 
     # --- requests ------------------------------------------------------------------------------------
 
-    def _run(self, coroutine: Coroutine[Any, Any, list[float]]) -> list[float]:
+    def _run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
         """Run ``coroutine`` on this reranker's own event loop thread (one per reranker, not per call)."""
         with self._lock:
             if self._loop_thread is None:
@@ -339,8 +350,9 @@ class RemoteReranker(Reranker):
                 self._clients[loop] = client
         return client
 
-    async def _score(self, pairs: list[tuple[str, str]], options: dict[str, Any]) -> list[float]:
-        """Scores of ``pairs`` in input order, within ``timeout`` for the whole call (requests, retries, waits)."""
+    async def _score(self, pairs: list[tuple[str, str]], options: dict[str, Any]) -> tuple[list[float], list[Span]]:
+        """Scores of ``pairs`` in input order, and each passage's best window (``None``: scored whole, or an API
+        without windows), within ``timeout`` for the whole call (requests, retries, waits)."""
         deadline = asyncio.get_running_loop().time() + self.timeout
         try:
             return await asyncio.wait_for(self._score_all(pairs, options, deadline), self.timeout)
@@ -349,7 +361,9 @@ class RemoteReranker(Reranker):
         except (asyncio.TimeoutError, TimeoutError):
             raise RemoteRerankTimeout(self._timeout_message("the deadline passed")) from None
 
-    async def _score_all(self, pairs: list[tuple[str, str]], options: dict[str, Any], deadline: float) -> list[float]:
+    async def _score_all(
+        self, pairs: list[tuple[str, str]], options: dict[str, Any], deadline: float
+    ) -> tuple[list[float], list[Span]]:
         """Scores of ``pairs`` in input order: one request per query and chunk, sent concurrently."""
         by_query: dict[str, list[int]] = {}
         for index, (query, _) in enumerate(pairs):
@@ -363,12 +377,13 @@ class RemoteReranker(Reranker):
             [self._post(call, query, [pairs[i][1] for i in indices]) for query, indices in chunks]
         )
         scores: list[float] = [0.0] * len(pairs)
+        spans: list[Span] = [None] * len(pairs)
         for (_, indices), values in zip(chunks, chunk_scores):
-            for index, value in zip(indices, values):
-                scores[index] = value
-        return scores
+            for index, (value, span) in zip(indices, values):
+                scores[index], spans[index] = value, span
+        return scores, spans
 
-    async def _post(self, call: "_Call", query: str, texts: list[str]) -> list[float]:
+    async def _post(self, call: "_Call", query: str, texts: list[str]) -> list[tuple[float, Span]]:
         """One request's scores, in ``texts`` order; retried on connection errors, 429 and 503; halved on 413.
 
         Each attempt holds one of the call's ``max_concurrent_requests`` slots while it is in flight
@@ -405,7 +420,7 @@ class RemoteReranker(Reranker):
                 continue
             if answer.status != 200:
                 raise self._status_error(answer, attempt)
-            return self._scores(answer.content, len(texts))
+            return self._scores(answer.content, texts)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _request(self, call: "_Call", body: dict[str, Any], limit: int, count: int) -> "_Answer":
@@ -520,13 +535,16 @@ class RemoteReranker(Reranker):
             message += ". One document is larger than the server accepts."
         return RemoteRerankError(message, status)
 
-    def _scores(self, content: bytes, count: int) -> list[float]:
-        """The scores of a 200 answer, in request order; anything malformed, incomplete or ambiguous is an error.
+    def _scores(self, content: bytes, texts: list[str]) -> list[tuple[float, Span]]:
+        """The scores (and spans) of a 200 answer, in request order; anything malformed, incomplete or ambiguous is an error.
 
-        Exactly ``count`` results, each an object whose index is an integer (not a bool, not a
-        float) in ``range(count)`` given once, and whose score is a number (not a bool) that is
-        finite as a float.
+        Exactly ``len(texts)`` results, each an object whose index is an integer (not a bool, not a
+        float) in ``range(len(texts))`` given once, and whose score is a number (not a bool) that is
+        finite as a float. From ``bge-rerank serve`` (``api="bge"``), a result's ``span`` (its best
+        window, for a text scored in windows) is ``[start, end]``, integers with
+        ``0 <= start <= end <= len(text)``, or absent.
         """
+        count = len(texts)
         try:
             body = json.loads(content)
         except (ValueError, RecursionError) as error:
@@ -541,6 +559,7 @@ class RemoteReranker(Reranker):
         if not isinstance(items, list):
             raise self._bad_answer(f"it is not {shape}, as the {self.api} API answers. Check api=", content)
         scores: list[float | None] = [None] * count
+        spans: list[Span] = [None] * count
         for position, item in enumerate(items):
             where = f"result {position}"
             if not isinstance(item, dict):
@@ -555,10 +574,17 @@ class RemoteReranker(Reranker):
             value = _finite_float(score)
             if value is None:
                 raise self._bad_answer(f"{where} has {score_key} {_short(score)}, not a finite number that fits a float", content)
+            span = item.get("span") if self._api.bge_options else None
+            if span is not None and not (
+                isinstance(span, list) and len(span) == 2 and all(type(x) is int for x in span)
+                and 0 <= span[0] <= span[1] <= len(texts[index])
+            ):
+                raise self._bad_answer(f"{where} has span {_short(span)}, not [start, end] within its text", content)
             scores[index] = value
+            spans[index] = None if span is None else (span[0], span[1])
         if len(items) != count:  # fewer: some index is missing (more would have repeated one)
             raise self._bad_answer(f"it has {len(items)} result(s) for {count} document(s)", content)
-        return scores  # type: ignore[return-value]  # every index in range(count) was given exactly once
+        return list(zip(scores, spans))  # type: ignore[arg-type]  # every index in range(count) was given exactly once
 
     def _bad_answer(self, problem: str, content: bytes) -> RemoteRerankError:
         start = content[:200].decode("utf-8", "replace")

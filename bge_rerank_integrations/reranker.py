@@ -15,7 +15,7 @@ from .batching import run_batches
 from .contract import Reranker, Scores
 from .device import is_mps_dtype_error, resolve_device, resolve_dtype
 from .families import KNOWN_MODELS, RerankerFamily, ScoreOptions, canonical_family, detect_family, family_class
-from .inputs import as_pairs, check_bool, check_cache_dir
+from .inputs import MAX_INT, as_pairs, check_bool, check_cache_dir
 from .loading import cached_config, check_not_a_bare_official_name, read_config, resolve_checkpoint
 from .model_cache import CachedModel, get_model
 from .options import (
@@ -213,6 +213,8 @@ class BGEReranker(Reranker):
         ``batch_size``, instructions, ``prompt``, ``cutoff_layers``...) override the constructor's
         for this call only. Several ``cutoff_layers`` give one list
         of scores per layer, in ascending layer order.
+        With ``max_chunks_per_passage=N > 1`` a passage longer than its pair's room is scored as up
+        to N overlapping windows and gets its best window's score (still one score per pair).
 
         >>> reranker = BGEReranker("tests/fixtures/checkpoints/encoder", device="cpu")
         >>> reranker.compute_score([["what is panda?", "hi"], ["what is panda?", "The giant panda is a bear."]])
@@ -236,34 +238,38 @@ class BGEReranker(Reranker):
         Each list keeps what a call of its own would give it (truncation and, for the decoders,
         the positions of the reference's batches), so merging the pairs of concurrent requests
         never moves their scores. Returns, per list, its scores (one list per cutoff layer when
-        several are asked for) and the number of tokens the model read for each pair.
+        several are asked for), the number of tokens the model read for each pair (every window
+        of a long passage counted) and where each pair's best window lies (``GroupScores.spans``).
 
         >>> reranker = BGEReranker("tests/fixtures/checkpoints/encoder", device="cpu")
         >>> reranker.score_groups([[("what is panda?", "hi")], [("q", "a"), ("q", "b")]])
-        [GroupScores(scores=[1.73...], tokens=[12]), GroupScores(scores=[1.08..., 0.89...], tokens=[7, 7])]
+        [GroupScores(scores=[1.73...], tokens=[12], spans=[None]), GroupScores(scores=[1.08..., 0.89...], tokens=[7, 7], spans=[None, None])]
         """
         checked = [as_pairs(group)[0] for group in groups]
         merged = self._merged(options)
         if not any(checked):
-            return [GroupScores([], []) for _ in checked]
+            return [GroupScores([], [], []) for _ in checked]
         model = self.load()
         if options:
             _check_against_model(model.family, merged)
-        scores, tokens = self._score(model, checked, merged)
+        scores, tokens, spans = self._score(model, checked, merged)
         results, start = [], 0
         for pairs in checked:
             end = start + len(pairs)
             layers = [layer[start:end] for layer in scores]
-            results.append(GroupScores(layers[0] if len(layers) == 1 else layers, tokens[start:end]))
+            layer_spans = [layer[start:end] for layer in spans]
+            one = len(layers) == 1
+            results.append(GroupScores(layers[0] if one else layers, tokens[start:end], layer_spans[0] if one else layer_spans))
             start = end
         return results
 
     def _score(
         self, model: CachedModel, groups: list[list[tuple[str, str]]], options: ScoreOptions
-    ) -> tuple[list[list[float]], list[int]]:
-        """Raw or normalized scores (one list per output, all groups' pairs in order) and each pair's token count."""
+    ) -> tuple[list[list[float]], list[int], list[list[tuple[int, int] | None]]]:
+        """Raw or normalized scores (one list per output, all groups' pairs in order), each pair's token count,
+        and each pair's best window per output (see :func:`best_windows`)."""
         try:
-            scores, tokens = self._run(model, groups, options)
+            scores, encoded = self._run(model, groups, options)
         except RuntimeError as error:
             if not is_mps_dtype_error(error, model.family.device) or model.family.dtype == torch.float32:
                 raise
@@ -272,25 +278,27 @@ class BGEReranker(Reranker):
             self.dtype = torch.float32
             assert self._path is not None  # set by load(), which gave us model
             self._model = get_model(self._path, model.family.name, self.device, torch.float32)
-            scores, tokens = self._run(self._model, groups, options)
+            scores, encoded = self._run(self._model, groups, options)
         nan = int(torch.isnan(scores).sum())
         if nan:
             logger.warning(
                 "%d of %d scores are NaN: the model's weights or its precision are broken (try float32).", nan, scores.numel()
             )
+        scores, tokens, spans = best_windows(scores, encoded)
         if options.normalize:
             scores = torch.sigmoid(scores.double())
-        return scores.tolist(), tokens
+        return scores.tolist(), tokens, spans
 
-    def _run(
-        self, model: CachedModel, groups: list[list[tuple[str, str]]], options: ScoreOptions
-    ) -> tuple[torch.Tensor, list[int]]:
+    def _run(self, model: CachedModel, groups: list[list[tuple[str, str]]], options: ScoreOptions) -> tuple[torch.Tensor, list]:
+        """Raw scores of every window (one row per output) and the windows (``Encoded``), all groups in order."""
         family = model.family
-        total = sum(len(pairs) for pairs in groups)
-        progress = _progress_bar(total) if self.show_progress else None
+        encoded: list = []
+        progress = None
         try:
             with model.lock, torch.inference_mode():
                 encoded = [item for pairs in groups if pairs for item in self._encode(family, pairs, options)]
+                if self.show_progress:
+                    progress = _progress_bar(len(encoded))
                 lengths = [len(item) for item in encoded]
                 scores = run_batches(
                     encoded,
@@ -300,22 +308,71 @@ class BGEReranker(Reranker):
                     progress.update if progress is not None else None,
                     max_padding=CPU_MAX_PADDING if family.device.type == "cpu" else None,
                 )
-                return scores, lengths
+                return scores, encoded
         finally:
             if progress is not None:
                 progress.close()
 
+    def _scores_and_spans(self, pairs: list[tuple[str, str]], **options: Any) -> tuple[list[Any], list[Any] | None]:
+        """``rerank``'s scores with each passage's best window (``contract.Reranker``)."""
+        (scored,) = self.score_groups([pairs], **options)
+        return cast(list, scored.scores), cast(list, scored.spans)
+
+    async def _ascores_and_spans(self, pairs: list[tuple[str, str]], **options: Any) -> tuple[list[Any], list[Any] | None]:
+        """``_scores_and_spans`` in a worker thread."""
+        return await asyncio.to_thread(self._scores_and_spans, pairs, **options)
+
     def _encode(self, family: RerankerFamily, pairs: list[tuple[str, str]], options: ScoreOptions) -> list:
+        if options.max_tokens_per_passage is not None:
+            pairs = cut_passages(family.tokenizer, pairs, options.max_tokens_per_passage)
         texts = [_apply_instructions(family, query, passage, options) for query, passage in pairs]
-        return family.encode(texts, options)
+        if options.max_chunks_per_passage == 1:
+            return family.encode(texts, options)
+        starts = [_passage_start(family, passage, text, options) for (_, passage), (_, text) in zip(pairs, texts)]
+        return family.encode(texts, options, passage_starts=starts)
 
 
 @dataclass(frozen=True)
 class GroupScores:
-    """One list of pairs scored by ``score_groups``: its scores and the tokens the model read for each pair."""
+    """One list of pairs scored by ``score_groups``: its scores, the tokens the model read for each pair, and spans.
+
+    ``spans`` has the shape of ``scores``: for each pair the ``(start, end)`` characters of its best
+    window in the passage, ``None`` when the passage was scored whole (always, with
+    ``max_chunks_per_passage=1``). With several cutoff layers each layer's score is that layer's
+    best window, so each layer has its own list of spans.
+    """
 
     scores: list[float] | list[list[float]]
     tokens: list[int]
+    spans: list[tuple[int, int] | None] | list[list[tuple[int, int] | None]] | None = None
+
+
+def best_windows(scores: torch.Tensor, encoded: Sequence[Any]) -> tuple[torch.Tensor, list[int], list[list[tuple[int, int] | None]]]:
+    """Per pair (a run of windows starting at ``window == 0``): the best window's score and span per output,
+    and the tokens of all its windows.
+
+    Ties go to the earliest window; a NaN window makes the pair NaN (a broken model, logged by the caller).
+
+    >>> from bge_rerank_integrations.families import Encoded
+    >>> windows = [Encoded([1, 2]), Encoded([1, 2, 3], span=(0, 9)), Encoded([1, 4], window=1, span=(7, 12))]
+    >>> best_windows(torch.tensor([[0.5, 1.0, 2.0]]), windows)
+    (tensor([[0.5000, 2.0000]]), [2, 5], [[None, (7, 12)]])
+    """
+    starts = [index for index, item in enumerate(encoded) if item.window == 0]
+    if len(starts) == len(encoded):
+        return scores, [len(item) for item in encoded], [[item.span for item in encoded] for _ in range(scores.shape[0])]
+    ends = [*starts[1:], len(encoded)]
+    best = torch.empty(scores.shape[0], len(starts), dtype=scores.dtype)
+    spans: list[list[tuple[int, int] | None]] = [[] for _ in range(scores.shape[0])]
+    for pair, (start, end) in enumerate(zip(starts, ends)):
+        windows = scores[:, start:end]
+        for output in range(scores.shape[0]):
+            row = windows[output]
+            index = 0 if bool(torch.isnan(row).any()) else int(torch.argmax(row))  # argmax: the first of equal maxima
+            best[output, pair] = row.max()  # NaN when any window is NaN
+            spans[output].append(encoded[start + index].span)
+    tokens = [sum(len(item) for item in encoded[start:end]) for start, end in zip(starts, ends)]
+    return best, tokens, spans
 
 
 def config_without_loading(
@@ -363,6 +420,45 @@ def _apply_instructions(family: RerankerFamily, query: str, passage: str, option
     if passage_instruction is not None:
         passage = _instruction_format(options.passage_instruction_format).format(passage_instruction, passage)
     return query, passage
+
+
+def cut_passages(tokenizer: Any, pairs: list[tuple[str, str]], limit: int) -> list[tuple[str, str]]:
+    """``pairs`` with each passage cut after its ``limit``-th token (of the passage alone, no instruction).
+
+    The cut is at the character where that token ends, so spans and texts stay those of the passage.
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("max_tokens_per_passage needs a fast tokenizer (a tokenizer.json) for the cut's character offset.")
+    encoded = tokenizer(
+        [passage for _, passage in pairs], add_special_tokens=False, truncation=True,
+        max_length=min(limit + 1, MAX_INT), return_offsets_mapping=True,
+    )
+    cut = []
+    for (query, passage), offsets in zip(pairs, encoded["offset_mapping"]):
+        cut.append((query, passage[: offsets[limit - 1][1]] if len(offsets) > limit else passage))
+    return cut
+
+
+def _passage_start(family: RerankerFamily, passage: str, text: str, options: ScoreOptions) -> int:
+    """Where ``passage`` starts in ``text``, the passage with its instruction applied (windows need it).
+
+    A window is the instruction followed by part of the passage, so the instruction format must put
+    the passage last, once (the default ``"{}{}"`` does).
+    """
+    instruction = options.passage_instruction_for_rerank
+    if instruction is None:
+        instruction = family.default_passage_instruction
+    if instruction is None:
+        return 0
+    marker = "\x00passage\x00"
+    parts = _instruction_format(options.passage_instruction_format).format(instruction, marker).split(marker)
+    if len(parts) != 2 or parts[1] or text != parts[0] + passage:
+        raise ValueError(
+            f"max_chunks_per_passage > 1 needs a passage_instruction_format that ends with the passage, once "
+            f"(such as '{{}}{{}}'), got {options.passage_instruction_format!r}: each window is the instruction "
+            "followed by part of the passage."
+        )
+    return len(parts[0])
 
 
 def _instruction_format(template: str) -> str:

@@ -327,7 +327,7 @@ async def test_concurrent_ainvoke_equals_sequential_invoke():
 
 async def test_acompress_runs_off_the_event_loop(monkeypatch):
     shared = BGEReranker(ENCODER, device="cpu")
-    original, seen = shared.compute_score, {}
+    original, seen = shared.score_groups, {}  # rerank scores through score_groups (scores and best windows)
     loop_ran = threading.Event()
 
     def blocking_rerank(*args, **kwargs):
@@ -340,7 +340,7 @@ async def test_acompress_runs_off_the_event_loop(monkeypatch):
         await asyncio.sleep(0)
         loop_ran.set()
 
-    monkeypatch.setattr(shared, "compute_score", blocking_rerank)
+    monkeypatch.setattr(shared, "score_groups", blocking_rerank)
     docs = make_docs()
     result, _ = await asyncio.gather(BGERerank(model=shared).acompress_documents(docs, QUERY), on_the_loop())
     assert seen["loop_free"] and seen["thread"] is not threading.main_thread()

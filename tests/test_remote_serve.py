@@ -99,6 +99,7 @@ def test_the_client_sends_exactly_the_options_the_server_takes():
         max_length=64, query_max_length=16, prompt="p", cutoff_layers=[2], compress_ratio=2, compress_layers=[1],
         query_instruction_for_rerank="q: ", query_instruction_format="{}{}",
         passage_instruction_for_rerank="p: ", passage_instruction_format="{}{}",
+        max_chunks_per_passage=2, chunk_overlap=4, max_tokens_per_passage=100,
     )
     assert set(every) == set(REQUEST_OPTIONS)  # every option a request may carry, once
     remote = RemoteReranker("http://127.0.0.1:1", api="bge", **every)

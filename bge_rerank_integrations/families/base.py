@@ -27,12 +27,17 @@ class Encoded:
     only families that treat the passage segment specially (lightweight compression) use them.
     ``position_offset`` is the position of the first token: the left padding the reference's
     batching gives this pair, since it numbers left-padded rows from the first pad (decoders).
+    ``window`` numbers the windows of one passage (0 for the first, or only, one: the windows of a
+    passage follow each other in ``encode``'s result) and ``span`` is the window's character range in
+    the passage (``None`` when the passage is scored whole), see ``chunking``.
     """
 
     input_ids: list[int]
     query_length: int = 0
     prompt_length: int = 0
     position_offset: int = 0
+    window: int = 0
+    span: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -78,9 +83,14 @@ class RerankerFamily(ABC):
         this ``config.json`` cannot take (what can be told from the config alone)."""
 
     @abstractmethod
-    def encode(self, pairs: Sequence[tuple[str, str]], options: ScoreOptions) -> list[Encoded]:
+    def encode(
+        self, pairs: Sequence[tuple[str, str]], options: ScoreOptions, passage_starts: Sequence[int] | None = None
+    ) -> list[Encoded]:
         """Tokenize pairs whose instructions are already applied, truncating as the reference does.
 
+        With ``options.max_chunks_per_passage > 1`` a passage that truncation would cut gives up to
+        that many windows (consecutive ``Encoded`` with ``window`` 0, 1, ...); ``passage_starts``
+        says where each passage starts in its text, after its instruction (0 when not given).
         No returned sequence may exceed ``max_positions``.
         """
 

@@ -25,12 +25,16 @@ class DecoderFamily(RerankerFamily):
     #: When a BOS token starts the sequence (see ``decoder_text.bos_ids``).
     bos: ClassVar[BosRule] = "always"
 
-    def encode(self, pairs: Sequence[tuple[str, str]], options: ScoreOptions) -> list[Encoded]:
-        """Assemble each pair with the reference's truncation; never longer than ``max_positions``."""
+    def encode(
+        self, pairs: Sequence[tuple[str, str]], options: ScoreOptions, passage_starts: Sequence[int] | None = None
+    ) -> list[Encoded]:
+        """Assemble each pair (or each window of a long passage) with the reference's truncation and prompt;
+        never longer than ``max_positions``."""
         prompt = self.default_prompt if options.prompt is None else options.prompt
         return encode_pairs(
             self.tokenizer, pairs, prompt, options.max_length, options.query_max_length, self.max_positions, bos=self.bos,
-            batch_size=options.batch_size,
+            batch_size=options.batch_size, max_chunks=options.max_chunks_per_passage, chunk_overlap=options.chunk_overlap,
+            passage_starts=passage_starts,
         )
 
 

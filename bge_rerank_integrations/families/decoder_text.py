@@ -21,6 +21,7 @@ from typing import Any, Literal, Sequence
 import torch
 
 from .base import Encoded
+from .chunking import passage_windows, token_bound, tokenize_passages
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +140,9 @@ def encode_pairs(
     bos: BosRule = "auto",
     separator: str = SEPARATOR,
     batch_size: int | None = None,
+    max_chunks: int = 1,
+    chunk_overlap: int | None = None,
+    passage_starts: Sequence[int] | None = None,
 ) -> list[Encoded]:
     """Tokenize and assemble ``pairs`` (instructions already applied) for a decoder reranker.
 
@@ -147,14 +151,39 @@ def encode_pairs(
     ``max_positions`` when it is given. With ``batch_size`` and left padding, each pair also
     carries the position offset the reference's batches of that size give it
     (:func:`reference_position_offsets`), so that scores do not depend on how we batch.
+
+    With ``max_chunks > 1`` a passage that truncation cuts gives up to that many windows
+    (:mod:`.chunking`), each assembled as the pair (query, window ids), prompt and all; position
+    offsets are then those of the reference's batches over every window as its own pair, window 0
+    keyed as the truncated pair (the reference given the whole passage), the others by their ids.
     """
     if not pairs:
         return []
     template = PromptPieces.build(tokenizer, prompt, bos=bos, separator=separator)
     queries = tokenizer([q for q, _ in pairs], add_special_tokens=False, truncation=True, max_length=query_max_length)["input_ids"]
-    passages = tokenizer([p for _, p in pairs], add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
+    texts = [p for _, p in pairs]
+    if max_chunks == 1:
+        passages, offsets = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"], None
+    else:
+        passages, offsets = tokenize_passages(tokenizer, texts, token_bound(max_chunks, max_length))
     side = getattr(tokenizer, "truncation_side", "right")
-    results = [assemble(q, p, template, max_length, max_positions, side) for q, p in zip(queries, passages)]
+    results, keys = [], []
+    for index, (query, passage) in enumerate(zip(queries, passages)):
+        first_window = passage[:max_length]
+        item, cut = assemble(query, first_window, template, max_length, max_positions, side)
+        results.append((item, cut))
+        keys.append(len(query) + len(first_window))  # window 0 is keyed as the truncated pair
+        if offsets is None:
+            continue
+        start = passage_starts[index] if passage_starts is not None else 0
+        windows = passage_windows(
+            item, max(len(item) - item.query_length - item.prompt_length, 0), passage, offsets[index], start,
+            len(texts[index]) - start, max_chunks, chunk_overlap,
+            lambda ids, query=query: assemble(query, ids, template, max_length, max_positions, side),
+        )
+        results[-1] = (windows[0][0], cut)
+        results.extend(window[:2] for window in windows[1:])
+        keys.extend(len(query) + length for _, _, length in windows[1:])
     capped = sum(cut for _, cut in results)
     if capped:
         logger.warning(
@@ -164,9 +193,8 @@ def encode_pairs(
     encoded = [item for item, _ in results]
     if batch_size is None or padding_side(tokenizer) != "left":
         return encoded
-    keys = [len(q) + len(p) for q, p in zip(queries, passages)]
-    offsets = reference_position_offsets(keys, [len(item) for item in encoded], batch_size)
-    return [dataclasses.replace(item, position_offset=offset) for item, offset in zip(encoded, offsets)]
+    offsets_ = reference_position_offsets(keys, [len(item) for item in encoded], batch_size)
+    return [dataclasses.replace(item, position_offset=offset) for item, offset in zip(encoded, offsets_)]
 
 
 def reference_position_offsets(keys: Sequence[int], lengths: Sequence[int], batch_size: int) -> list[int]:

@@ -11,6 +11,7 @@ import torch
 from ..loading import check_loading_info, transformers_load_kwargs
 from ..tokenization import load_tokenizer
 from .base import Encoded, RerankerFamily, ScoreOptions
+from .chunking import passage_windows, token_bound, tokenize_passages
 
 logger = logging.getLogger(__name__)
 
@@ -101,32 +102,57 @@ class EncoderFamily(RerankerFamily):
             positions -= config.pad_token_id + 1  # RoBERTa positions start after the padding index
         return positions
 
-    def encode(self, pairs: Sequence[tuple[str, str]], options: ScoreOptions) -> list[Encoded]:
+    def encode(
+        self, pairs: Sequence[tuple[str, str]], options: ScoreOptions, passage_starts: Sequence[int] | None = None
+    ) -> list[Encoded]:
         """``<s> q </s></s> p </s>``: query cut to query_max_length, then only the passage cut to fit max_length.
 
         As in the reference, a passage no longer than the overflow is left whole (the pair then
         exceeds max_length). Beyond the model's positions, where the reference would fail, the
-        passage and then the query are cut so the pair fits, with a warning.
+        passage and then the query are cut so the pair fits, with a warning. With
+        ``max_chunks_per_passage > 1`` a cut passage gives windows (``chunking``), each assembled here
+        as the pair (query, window ids).
         """
-        layout = self.layout
-        special = layout.special_count
         queries = self._token_ids([q for q, _ in pairs], options.query_max_length)
-        passages = self._token_ids([p for _, p in pairs], options.max_length)
+        texts = [p for _, p in pairs]
+        chunks = options.max_chunks_per_passage
+        if chunks == 1:
+            passages, offsets = self._token_ids(texts, options.max_length), None
+        else:
+            passages, offsets = tokenize_passages(self.tokenizer, texts, token_bound(chunks, options.max_length))
         encoded, capped = [], 0
-        for query, passage in zip(queries, passages):
-            passage = _truncate_second(len(query) + special, passage, options.max_length)
-            if len(query) + len(passage) + special > self.max_positions:
-                capped += 1
-                query = query[: self.max_positions - special - 1]
-                passage = passage[: self.max_positions - special - len(query)]
-            before = layout.prefix + query + layout.middle
-            encoded.append(Encoded(before + passage + layout.suffix, query_length=len(before)))
+        for index, (query, passage) in enumerate(zip(queries, passages)):
+            item, cut = self._assemble(query, passage[: options.max_length], options.max_length)
+            capped += cut
+            if offsets is None:
+                encoded.append(item)
+                continue
+            start = passage_starts[index] if passage_starts is not None else 0
+            windows = passage_windows(
+                item, len(item) - item.query_length - len(self.layout.suffix), passage, offsets[index], start,
+                len(texts[index]) - start, chunks, options.chunk_overlap,
+                lambda ids, query=query: self._assemble(query, ids, options.max_length),
+            )
+            capped += sum(cut for _, cut, _ in windows)
+            encoded.extend(window for window, _, _ in windows)
         if capped:
             logger.warning(
                 "%d of %d pairs were longer than the model's %d positions and were cut (the query was capped); "
                 "lower query_max_length or max_length to avoid it.", capped, len(encoded), self.max_positions
             )
         return encoded
+
+    def _assemble(self, query: list[int], passage: list[int], max_length: int) -> tuple[Encoded, bool]:
+        """One pair from query and passage ids (each already cut to its own length), and whether it was capped."""
+        layout = self.layout
+        special = layout.special_count
+        passage = _truncate_second(len(query) + special, passage, max_length)
+        capped = len(query) + len(passage) + special > self.max_positions
+        if capped:
+            query = query[: self.max_positions - special - 1]
+            passage = passage[: self.max_positions - special - len(query)]
+        before = layout.prefix + query + layout.middle
+        return Encoded(before + passage + layout.suffix, query_length=len(before)), capped
 
     def _token_ids(self, texts: list[str], max_length: int) -> list[list[int]]:
         return self.tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]

@@ -185,8 +185,8 @@ def create_app(scorer: Scorer, *, settings: ServerSettings | None = None, metric
         options = _options(body)
         scored = await score(request, body.query, body.texts, options)
         return [
-            TEIRank(index=ranked.index, score=ranked.score, text=ranked.text if body.return_text else None)
-            for ranked in rank(body.texts, scored.scores, None, None)
+            TEIRank(index=ranked.index, score=ranked.score, text=ranked.text if body.return_text else None, span=_span(ranked))
+            for ranked in rank(body.texts, scored.scores, None, None, scored.spans)
         ]
 
     async def rerank_documents(body: RerankRequest, request: Request, *, return_documents: bool) -> RerankResponse:
@@ -196,8 +196,11 @@ def create_app(scorer: Scorer, *, settings: ServerSettings | None = None, metric
         if body.return_documents is not None:
             return_documents = body.return_documents
         results = [
-            RankedDocument(index=ranked.index, relevance_score=ranked.score, document=Document(text=ranked.text) if return_documents else None)
-            for ranked in rank(texts, scored.scores, body.top_n or None, None)
+            RankedDocument(
+                index=ranked.index, relevance_score=ranked.score, document=Document(text=ranked.text) if return_documents else None,
+                relevance_span=_span(ranked),
+            )
+            for ranked in rank(texts, scored.scores, body.top_n or None, None, scored.spans)
         ]
         tokens = sum(scored.tokens)
         return RerankResponse(
@@ -326,6 +329,11 @@ def _unreadable_body(error: StarletteHTTPException) -> str | None:
     if isinstance(cause, RecursionError):
         return "Malformed JSON body: nested too deeply to parse; send flat JSON (a list of strings per field)."
     return f"The body could not be read as JSON ({type(cause).__name__}): send UTF-8 JSON."
+
+
+def _span(ranked: Any) -> list[int] | None:
+    """A ranked text's best window as ``[start, end]``, or ``None`` when it was scored whole."""
+    return None if ranked.span is None else list(ranked.span)
 
 
 def _error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

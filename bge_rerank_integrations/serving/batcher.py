@@ -49,7 +49,7 @@ class DynamicBatcher:
     ...     finally:
     ...         await batcher.stop()
     >>> asyncio.run(score_once(batcher))
-    ScoredPairs(scores=[0.74..., 0.70...], tokens=[7, 7])
+    ScoredPairs(scores=[0.74..., 0.70...], tokens=[7, 7], spans=[None, None])
     """
 
     def __init__(

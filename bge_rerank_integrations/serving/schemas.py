@@ -19,17 +19,21 @@ MAX_LAYERS_LISTED = 128
 
 #: Integer fields: JSON Schema's integers include ``6.0``, so an integral float counts as its int;
 #: ``true``, ``"6"`` and ``6.5`` are 422s (types are strict: nothing else is coerced).
-INTEGER_FIELDS = (*(name for name in REQUEST_OPTIONS if BY_NAME[name].kind in ("int", "layers")), "top_n")
+INTEGER_FIELDS = (
+    *(name for name in REQUEST_OPTIONS if BY_NAME[name].kind in ("int", "count", "layers")), "top_n",
+    "max_chunks_per_doc", "max_tokens_per_doc",
+)
 
 #: The bounds the core checks (``inputs.check_positive_int``), stated in the OpenAPI document; the core's
 #: check gives the message, so in-process and server errors read the same.
 _POSITIVE: dict[str, Any] = {"minimum": 1, "maximum": MAX_INT}
+_NON_NEGATIVE: dict[str, Any] = {"minimum": 0, "maximum": MAX_INT}
 
 Layers = Union[StrictInt, Annotated[list[StrictInt], Field(min_length=1, max_length=MAX_LAYERS_LISTED)], None]
 
 #: Request field types of the options' kinds (strict: nothing is coerced), and their OpenAPI bounds.
-_FIELD_TYPES: dict[str, Any] = {"int": Optional[StrictInt], "text": Optional[StrictStr], "format": Optional[StrictStr], "layers": Layers}
-_FIELD_BOUNDS: dict[str, Any] = {"int": _POSITIVE}
+_FIELD_TYPES: dict[str, Any] = {"int": Optional[StrictInt], "count": Optional[StrictInt], "text": Optional[StrictStr], "format": Optional[StrictStr], "layers": Layers}
+_FIELD_BOUNDS: dict[str, Any] = {"int": _POSITIVE, "count": _NON_NEGATIVE}
 
 
 def _integral(value: Any) -> Any:
@@ -106,6 +110,7 @@ class TEIRank(BaseModel):
     index: int
     score: float
     text: str | None = None
+    span: list[int] | None = Field(None, description="[start, end] characters of the best window (long texts scored in windows)")
 
 
 class DocumentObject(BaseModel):
@@ -127,6 +132,27 @@ class RerankRequest(BGEOptions):
         None, description="give each result's text: default true on /v1/rerank and /v2/rerank (Cohere, vLLM), false on /rerank (Infinity)"
     )
     use_activation: StrictBool | None = Field(None, description="vLLM's spelling: false gives raw scores")
+    max_chunks_per_doc: StrictInt | None = Field(
+        None, json_schema_extra=_POSITIVE, description="Cohere v1's spelling of max_chunks_per_passage"
+    )
+    max_tokens_per_doc: StrictInt | None = Field(
+        None, ge=0, le=MAX_INT, description="Cohere v2's and vLLM's: cut each document to this many tokens (0: no cut, as vLLM)"
+    )
+
+    def call_options(self, use_activation: bool | None = None) -> dict[str, Any]:
+        """``BGEOptions.call_options`` plus Cohere's and vLLM's names for the long-document options."""
+        options = super().call_options(use_activation)
+        tokens = self.max_tokens_per_doc or None  # vLLM: 0 = off
+        for theirs, value, ours in (
+            ("max_chunks_per_doc", self.max_chunks_per_doc, "max_chunks_per_passage"),
+            ("max_tokens_per_doc", tokens, "max_tokens_per_passage"),
+        ):
+            if value is None:
+                continue
+            if options.get(ours, value) != value:
+                raise ValueError(f"{theirs}={value} contradicts {ours}={options[ours]}: give one of them.")
+            options[ours] = value
+        return options
 
     def texts(self) -> list[str]:
         return [document if isinstance(document, str) else document.text for document in self.documents]
@@ -142,6 +168,9 @@ class RankedDocument(BaseModel):
     index: int
     relevance_score: float
     document: Document | None = None
+    relevance_span: list[int] | None = Field(
+        None, description="[start, end] characters of the best window (long documents scored in windows)"
+    )
 
 
 class Usage(BaseModel):

@@ -30,10 +30,12 @@ class Overloaded(Exception):
 
 @dataclass(frozen=True)
 class ScoredPairs:
-    """One job's result: a score per pair (raw or normalized, as its options asked) and the tokens each pair used."""
+    """One job's result: a score per pair (raw or normalized, as its options asked), the tokens each pair used
+    (every window of a long passage), and each pair's best window (``None``: scored whole; see ``GroupScores``)."""
 
     scores: list[float]
     tokens: list[int]
+    spans: list[tuple[int, int] | None] | None = None
 
 
 @dataclass
@@ -86,8 +88,10 @@ def score_jobs(reranker: BGEReranker, jobs: Sequence[Job]) -> list[ScoredPairs |
                 results[position] = error
             continue
         for position, group in zip(positions, scored):
-            # The server takes at most one cutoff layer (check_single_score): one float per pair.
-            results[position] = ScoredPairs(cast("list[float]", group.scores), group.tokens)
+            # The server takes at most one cutoff layer (check_single_score): one float (and span) per pair.
+            results[position] = ScoredPairs(
+                cast("list[float]", group.scores), group.tokens, cast("list[tuple[int, int] | None]", group.spans)
+            )
     return results
 
 
