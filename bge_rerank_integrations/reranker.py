@@ -26,6 +26,9 @@ Scores = Union[float, list[float], list[list[float]]]
 
 #: On CPU a padded position costs as much as a real one: batches end before padding exceeds this share.
 CPU_MAX_PADDING = 0.2
+#: On CPU a batch holds at most this many padded tokens: it bounds the forward's activations (the
+#: peak memory of the decoders, whose MLPs are 8x wider than the model) and costs no speed there.
+CPU_MAX_BATCH_TOKENS = 1024
 
 
 class BGEReranker(Ranking):
@@ -258,6 +261,7 @@ class BGEReranker(Ranking):
                     lambda batch: family.forward(batch, options),
                     progress.update if progress is not None else None,
                     max_padding=CPU_MAX_PADDING if family.device.type == "cpu" else None,
+                    max_tokens=CPU_MAX_BATCH_TOKENS if family.device.type == "cpu" else None,
                 )
                 return scores, lengths
         finally:
