@@ -1,4 +1,4 @@
-"""Process-wide cache of loaded models: one copy per (checkpoint, family, device, dtype)."""
+"""Process-wide cache of loaded models: one copy per (checkpoint, family, device, dtype, quantization)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from .loading import check_checkpoint, quiet_transformers
 
 logger = logging.getLogger(__name__)
 
-_Key = tuple[str, str, str, torch.dtype]
+_Key = tuple[str, str, str, torch.dtype, "str | None"]
 
 
 @dataclass
@@ -32,9 +32,14 @@ _loading: dict[_Key, threading.Lock] = {}
 _models_lock = threading.Lock()
 
 
-def get_model(path: Path, family: str, device: torch.device, dtype: torch.dtype) -> CachedModel:
-    """Return the cached model for this key, loading it on first use (a broken checkpoint raises ``CheckpointError``)."""
-    key = (str(Path(path).resolve()), family, str(canonical_device(device)), dtype)
+def get_model(
+    path: Path, family: str, device: torch.device, dtype: torch.dtype, quantization: str | None = None
+) -> CachedModel:
+    """Return the cached model for this key, loading it on first use (a broken checkpoint raises ``CheckpointError``).
+
+    ``quantization="int8"`` quantizes the loaded model once, here (see :mod:`.quantization`).
+    """
+    key = (str(Path(path).resolve()), family, str(canonical_device(device)), dtype, quantization)
     with _models_lock:
         cached = _models.get(key)
         if cached is not None:
@@ -44,10 +49,15 @@ def get_model(path: Path, family: str, device: torch.device, dtype: torch.dtype)
         with _models_lock:
             cached = _models.get(key)
         if cached is None:
-            logger.info("Loading %s reranker from %s on %s (%s).", family, path, device, dtype)
+            logger.info("Loading %s reranker from %s on %s (%s%s).", family, path, device, dtype, f", {quantization}" if quantization else "")
             check_checkpoint(path)
             with quiet_transformers():
-                cached = CachedModel(family_class(family).load(str(path), canonical_device(device), dtype))
+                loaded = family_class(family).load(str(path), canonical_device(device), dtype)
+            if quantization == "int8":
+                from .quantization import quantize_family
+
+                quantize_family(loaded)
+            cached = CachedModel(loaded)
             with _models_lock:
                 _models[key] = cached
         return cached

@@ -13,6 +13,7 @@ import torch
 
 from .batching import run_batches
 from .device import is_mps_dtype_error, resolve_device, resolve_dtype
+from .quantization import check_quantization
 from .families.base import FAMILY_SPECIFIC_OPTIONS
 from .families import KNOWN_MODELS, RerankerFamily, ScoreOptions, canonical_family, detect_family, family_class
 from .inputs import as_pairs, check_bool, check_cache_dir, check_instruction_format, check_layers, check_positive_int
@@ -37,7 +38,7 @@ class BGEReranker(Ranking):
     The model family (encoder, llm, layerwise, lightweight) is decided from the six official
     ids, else from the checkpoint's ``config.json``; ``model_class`` overrides it. The model is
     loaded on first use (or by ``load()``) and shared with every reranker that asks for the same
-    checkpoint, device and dtype. Every scoring option can be overridden per call.
+    checkpoint, device, dtype and quantization. Every scoring option can be overridden per call.
 
     >>> reranker = BGEReranker("tests/fixtures/checkpoints/encoder", device="cpu")
     >>> reranker.compute_score(["what is panda?", "hi"])            # doctest: +SKIP
@@ -54,6 +55,7 @@ class BGEReranker(Ranking):
         device: str | torch.device | None = None,
         use_fp16: bool = False,
         use_bf16: bool = False,
+        quantization: str | None = None,
         batch_size: int = 128,
         max_length: int = 512,
         query_max_length: int | None = None,
@@ -78,6 +80,9 @@ class BGEReranker(Ranking):
         self._requested_dtype = (use_fp16, use_bf16)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(self.device, check_bool(use_fp16, "use_fp16"), check_bool(use_bf16, "use_bf16"))
+        self.quantization = check_quantization(quantization, self.device)
+        if self.quantization and (use_fp16 or use_bf16):
+            raise ValueError(f"quantization={quantization!r} and use_fp16/use_bf16 are both set; choose one.")
         self.cache_dir = check_cache_dir(cache_dir)
         self.local_files_only = check_bool(local_files_only, "local_files_only")
         self.show_progress = check_bool(show_progress, "show_progress")
@@ -106,7 +111,8 @@ class BGEReranker(Ranking):
         self.check_options()
 
     def __repr__(self) -> str:
-        return f"BGEReranker({self.model_name_or_path!r}, device={str(self.device)!r}, dtype={self.dtype})"
+        quantized = f", quantization={self.quantization!r}" if self.quantization else ""
+        return f"BGEReranker({self.model_name_or_path!r}, device={str(self.device)!r}, dtype={self.dtype}{quantized})"
 
     @property
     def load_settings(self) -> dict[str, Any]:
@@ -118,7 +124,7 @@ class BGEReranker(Ranking):
         >>> BGEReranker("tests/fixtures/checkpoints/encoder").load_settings["device"] is None
         True
         """
-        return {
+        settings = {
             "model_class": self.model_class,
             "device": self._requested_device,
             "use_fp16": self._requested_dtype[0],
@@ -127,6 +133,9 @@ class BGEReranker(Ranking):
             "local_files_only": self.local_files_only,
             "show_progress": self.show_progress,
         }
+        if self.quantization is not None:  # only when set: adapters' fields gain it with the options table (issue 20)
+            settings["quantization"] = self.quantization
+        return settings
 
     @property
     def options(self) -> ScoreOptions:
@@ -171,7 +180,7 @@ class BGEReranker(Ranking):
         if self._model is None:
             path = resolve_checkpoint(self.model_name_or_path, self.cache_dir, self.local_files_only)
             family = self._family_name or detect_family(self.model_name_or_path, read_config(path))
-            model = get_model(path, family, self.device, self.dtype)
+            model = get_model(path, family, self.device, self.dtype, self.quantization)
             _check_against_model(model.family, self._defaults)
             self._model, self._path = model, path
         return self._model
