@@ -6,7 +6,7 @@ tau against its own float32 scores; ``benchmarks/precision.py``):
 - torch's eager dynamic int8 (per-tensor 7-bit activations): 2.3x, tau 0.74; per-channel weights: tau 0.82;
 - torchao's int8 dynamic-activation/int8-weight (per-token): tau 0.93 but 1.2x in eager mode;
 - here: per-channel int8 weights, activations quantized per token to 8 bits at run time, and
-  SmoothQuant (activation outliers moved into the weights, alpha 0.5, calibrated once at load on a
+  SmoothQuant (activation outliers moved into the weights, alpha 0.6, calibrated once at load on a
   few built-in pairs): tau 0.96 at about 2x, on the same integer kernels (oneDNN / FBGEMM, VNNI/AMX).
 
 The model's heads (classifier, pooler, ``lm_head``, score heads) stay float32: they are a small
@@ -30,7 +30,7 @@ QUANTIZATIONS = ("int8",)
 #: Modules whose name has one of these parts keep their precision (the score is read off them).
 KEPT_MODULES = frozenset({"classifier", "pooler", "lm_head", "score", "linear_head"})
 #: SmoothQuant's migration strength: 0 leaves outliers in the activations, 1 moves them all into the weights.
-SMOOTHING_ALPHA = 0.5
+SMOOTHING_ALPHA = 0.6
 #: Pairs the activation ranges are calibrated on, once per load (general text, not any test or benchmark set).
 CALIBRATION_PAIRS = [
     ("how tall is mount everest?", "Mount Everest is 8,849 metres high, on the border of Nepal and China."),
