@@ -115,7 +115,7 @@ def cpu_fast_half_dtypes() -> frozenset[torch.dtype]:
     to AVX2 by ``ATEN_CPU_CAPABILITY``) and oneDNN is not held below them (``ONEDNN_MAX_CPU_ISA``,
     ``DNNL_MAX_CPU_ISA``), as on a CPU without them: CI emulates an AVX2 CPU that way. Measured: on
     an AVX2 CPU bfloat16 runs 5-200x slower than float32, with AVX-512 BF16 about 2x faster; float16
-    without AVX-512 FP16 is about 5x slower. Other architectures (ARM) stay float32.
+    without AVX-512 FP16 is 5-10x slower. Other architectures (ARM) stay float32 (not measured).
     """
     return cpu_half_support(torch.backends.cpu.get_cpu_capability(), cpu_flags(), os.environ)
 
