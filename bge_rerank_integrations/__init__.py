@@ -5,8 +5,10 @@
 >>> reranker.compute_score(["what is panda?", "hi"])             # doctest: +SKIP
 -8.1875
 
-``RemoteReranker`` has the same methods (plus ``acompute_score`` / ``arerank``) and scores
-through a rerank server: ``bge-rerank serve``, TEI, vLLM, Infinity or a Cohere-compatible one.
+``RemoteReranker`` has the same methods (``Reranker``: ``compute_score``, ``rerank``, their async
+twins ``acompute_score`` / ``arerank``, ``options``, ``check_options``) and scores through a
+rerank server: ``bge-rerank serve``, TEI, vLLM, Infinity or a Cohere-compatible one; it never
+imports torch. Every option is defined once, in ``bge_rerank_integrations.options``.
 
 The adapters live in ``bge_rerank_integrations.langchain`` and
 ``bge_rerank_integrations.llama_index`` and import their framework only there. The public names
@@ -28,7 +30,8 @@ _EXPORTS = {
     "RemoteRerankError": ".remote",
     "RemoteRerankTimeout": ".remote",
     "RerankResult": ".ranking",
-    "ScoreOptions": ".families",
+    "ScoreOptions": ".options",
+    "Reranker": ".contract",
     "KNOWN_MODELS": ".families",
     "ModelNotFoundError": ".loading",
     "CheckpointError": ".loading",
@@ -38,6 +41,7 @@ _EXPORTS = {
 __all__ = [
     "BGEReranker",
     "RemoteReranker",
+    "Reranker",
     "RerankResult",
     "ScoreOptions",
     "ModelNotFoundError",
@@ -49,9 +53,11 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .families import KNOWN_MODELS, ScoreOptions
+    from .contract import Reranker
+    from .families import KNOWN_MODELS
     from .loading import CheckpointError, ModelNotFoundError
     from .model_cache import clear_model_cache
+    from .options import ScoreOptions
     from .ranking import RerankResult
     from .remote import RemoteReranker, RemoteRerankError, RemoteRerankTimeout
     from .reranker import BGEReranker

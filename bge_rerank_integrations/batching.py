@@ -52,7 +52,7 @@ def run_batches(
         chunk = _next_chunk(order, start, size, lengths, max_padding, max_tokens)
         try:
             scores = score([items[i] for i in chunk])
-        except Exception as error:  # noqa: BLE001 - anything but out-of-memory is re-raised
+        except Exception as error:  # anything but out-of-memory is re-raised
             if not is_out_of_memory(error) or len(chunk) == 1:
                 raise
             size = len(chunk) // 2
@@ -66,6 +66,7 @@ def run_batches(
         start += len(chunk)
         if progress is not None:
             progress(len(chunk))
+    assert result is not None  # items is not empty, so the loop scored at least one batch
     return result
 
 

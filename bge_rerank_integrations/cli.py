@@ -1,4 +1,4 @@
-"""``bge-rerank``: score passages against a query from the command line.
+"""``bge-rerank``: score passages against a query from the command line, or serve a reranker.
 
     $ bge-rerank --model BAAI/bge-reranker-v2-m3 --query "what is panda?" "hi" "The giant panda ..."
     rank  index    score  text
@@ -6,21 +6,25 @@
        2      0  -8.1875  hi
 
     $ bge-rerank --url http://127.0.0.1:8080 --api tei --query "what is panda?" "hi" "The giant panda ..."
+    $ bge-rerank serve --model BAAI/bge-reranker-v2-m3 --port 8080
 
-``--url`` ranks through a rerank server instead of a local model (``--api``: bge, tei, infinity,
-vllm, cohere; the API key comes from ``BGE_RERANK_API_KEY``).
+Subcommands (``SUBCOMMANDS``): ``rank`` (the default when none is named, so ``bge-rerank
+[rank] --model ... --query ...``) and ``serve`` (``serving.serve``). ``--url`` ranks through a
+rerank server instead of a local model (``--api``: bge, tei, infinity, vllm, cohere; the API key
+comes from ``BGE_RERANK_API_KEY``).
 
 Passages come from the arguments, from ``--file`` or from standard input: one per line, or
 JSON Lines with a ``text`` field (``--text-field`` names another); with ``--json`` each JSONL
 record's other fields (an ``id``, say) are kept next to ``index``, ``score`` and ``text``.
 
 ``--help`` and ``--version`` answer without importing torch: the model code is imported only
-once there is something to score.
+once there is something to score, and a subcommand's module only when it runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import math
@@ -29,14 +33,22 @@ import sys
 from typing import TYPE_CHECKING, Any, NoReturn, Sequence, TextIO
 
 from . import __version__
+from .options import LOAD_OPTIONS, SCORE_OPTIONS, add_flags, given_options
 
 if TYPE_CHECKING:  # pragma: no cover - the real import waits until there is something to score (torch)
-    from .reranker import RerankResult
-
-logger = logging.getLogger(__name__)
+    from .ranking import RerankResult
 
 #: Inputs at least this long get a progress bar on standard error.
 PROGRESS_FROM = 256
+#: The subcommands: name -> (module, one-line help). The module defines ``add_arguments(parser)`` and
+#: ``run(args) -> int`` (and may define ``DESCRIPTION``); it is imported only when its subcommand is
+#: named. A new subcommand (``eval``, say) is one entry here. ``DEFAULT_COMMAND`` runs when none is named.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "rank": (__name__, "rank passages for a query (the default: bge-rerank --model M --query Q PASSAGE ...)"),
+    "serve": ("bge_rerank_integrations.serving.serve", "serve a reranker over HTTP (TEI and Cohere/Jina/vLLM rerank APIs)"),
+}
+DEFAULT_COMMAND = "rank"
+DESCRIPTION = "Rerank passages for a query with a BGE reranker (FlagEmbedding-exact scores)."
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,10 +58,34 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="bge-rerank", description="Rerank passages for a query with a BGE reranker (FlagEmbedding-exact scores)."
-    )
+class _TopParser(_Parser):
+    """``bge-rerank --help`` lists the subcommands, then the default one's options."""
+
+    def format_help(self) -> str:
+        default = _Parser(prog="bge-rerank [rank]", description=f"{DEFAULT_COMMAND} (the default subcommand):")
+        add_arguments(default)
+        return super().format_help() + "\n" + default.format_help()
+
+
+def build_parser(command: str | None = DEFAULT_COMMAND) -> argparse.ArgumentParser:
+    """The ``bge-rerank`` parser: every subcommand listed, the arguments of ``command`` added (its module imported)."""
+    parser = _TopParser(prog="bge-rerank", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subcommands = parser.add_subparsers(title="subcommands", metavar="{" + ",".join(SUBCOMMANDS) + "}", parser_class=_Parser)
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        prog = "bge-rerank" if name == DEFAULT_COMMAND else f"bge-rerank {name}"
+        if name != command:
+            subcommands.add_parser(name, help=help_text, prog=prog)
+            continue
+        module = importlib.import_module(module_name)
+        subparser = subcommands.add_parser(name, help=help_text, prog=prog, description=getattr(module, "DESCRIPTION", None))
+        module.add_arguments(subparser)
+        subparser.set_defaults(run=module.run, parser=subparser)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``bge-rerank rank``'s arguments: the input, the output, and every option's flag (``options.OPTIONS``)."""
     parser.add_argument("passages", nargs="*", help="passages to score (else --file, else standard input)")
     parser.add_argument("--model", "-m", help="Hub id (e.g. BAAI/bge-reranker-v2-m3) or local checkpoint directory")
     parser.add_argument("--url", help="rank through a rerank server at this URL instead of --model (e.g. http://127.0.0.1:8080)")
@@ -58,7 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the server's API with --url (default bge: bge-rerank serve); API key from $BGE_RERANK_API_KEY",
     )
     parser.add_argument("--remote-model", help="with --url: the model name sent to servers that take one (Cohere needs it)")
-    parser.add_argument("--timeout", type=float, help="with --url: seconds to wait for the server (default 60)")
+    parser.add_argument(
+        "--timeout", type=float, help="with --url: seconds the whole call may take, retries and waits included (default 60)"
+    )
+    parser.add_argument(
+        "--max-response-bytes", type=int,
+        help="with --url: most bytes of one decompressed answer (default: 1 MiB + 1 KiB per passage + 8x the passages' size)",
+    )
     parser.add_argument("--query", "-q", required=True, help="the query")
     parser.add_argument("--file", "-f", help="read passages from this file ('-' = standard input): one per non-blank line, or JSONL")
     parser.add_argument("--text-field", default="text", help="JSONL field holding the passage (default: text)")
@@ -66,24 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--score-threshold", type=float, help="drop passages scoring below this (before --top-n; use with --normalize for a (0, 1) scale)"
     )
-    parser.add_argument("--normalize", action="store_true", help="map scores through a sigmoid into (0, 1)")
-    parser.add_argument("--cutoff-layers", type=_int_list, help="layerwise/lightweight: one layer to score at, e.g. 28")
-    parser.add_argument("--compress-ratio", type=int, help="lightweight: passage compression ratio (1, 2, 4, 8)")
-    parser.add_argument("--compress-layers", type=_int_list, help="lightweight: layers that compress, e.g. 24,40")
-    parser.add_argument("--prompt", help="decoder families: the instruction prompt")
-    parser.add_argument("--max-length", type=int, help="longest pair in tokens (default 512)")
-    parser.add_argument("--query-max-length", type=int, help="longest query in tokens (default: 3/4 of --max-length)")
-    parser.add_argument("--query-instruction", help='text put before the query (decoders default to "A: "; "" for none)')
-    parser.add_argument("--query-instruction-format", help='how instruction and query are joined (default "{}{}")')
-    parser.add_argument("--passage-instruction", help='text put before each passage (decoders default to "B: "; "" for none)')
-    parser.add_argument("--passage-instruction-format", help='how instruction and passage are joined (default "{}{}")')
-    parser.add_argument("--model-class", help="family override: encoder, llm, layerwise, lightweight")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: best available)")
-    parser.add_argument("--fp16", action="store_true", help="half precision on CUDA/MPS")
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 on CUDA/MPS")
-    parser.add_argument("--batch-size", type=int, help="pairs per forward pass (default 128)")
-    parser.add_argument("--cache-dir", help="where Hub downloads go (default: the Hugging Face cache)")
-    parser.add_argument("--local-files-only", action="store_true", help="never reach the Hub: use the cache or a directory")
+    add_flags(parser, SCORE_OPTIONS)
+    add_flags(parser, LOAD_OPTIONS)
     parser.add_argument(
         "--json",
         action="store_true",
@@ -91,15 +117,6 @@ def build_parser() -> argparse.ArgumentParser:
         "(an input field named index, score or text is kept as input_<name>)",
     )
     parser.add_argument("--verbose", "-v", action="store_true", help="log what happens on standard error")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    return parser
-
-
-def _int_list(value: str) -> list[int]:
-    try:
-        return [int(part) for part in value.replace(" ", "").split(",") if part]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") from None
 
 
 def read_records(stream: TextIO, text_field: str = "text") -> list[tuple[str, dict[str, Any]]]:
@@ -130,15 +147,24 @@ def read_records(stream: TextIO, text_field: str = "text") -> list[tuple[str, di
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 failure to score, 2 bad input).
 
-    ``bge-rerank serve ...`` runs the HTTP server instead (see ``serving.serve``).
+    The first argument names the subcommand (``SUBCOMMANDS``); without one, ``rank`` runs.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["serve"]:
-        from .serving.serve import main as serve
-
-        return serve(argv[1:])
-    parser = build_parser()
+    if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help", "--version")):
+        argv = [DEFAULT_COMMAND, *argv]
+    command = argv[0] if argv[0] in SUBCOMMANDS else None
+    try:
+        parser = build_parser(command)
+    except ImportError as error:  # a subcommand whose extra is not installed (serve: fastapi, uvicorn)
+        print(f"bge-rerank {command}: {error}; install the extra it needs, e.g. pip install 'bge-rerank-integrations[{command}]'", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
+    return args.run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Rank the passages the parsed ``args`` give (``bge-rerank [rank]``); returns the exit status."""
+    parser = args.parser
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         records = _gather_records(args)
@@ -152,20 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .loading import CheckpointError, ModelNotFoundError
     from .remote import RemoteRerankError
 
-    options = {
-        "normalize": args.normalize or None,
-        "cutoff_layers": args.cutoff_layers,
-        "compress_ratio": args.compress_ratio,
-        "compress_layers": args.compress_layers,
-        "prompt": args.prompt,
-        "max_length": args.max_length,
-        "query_max_length": args.query_max_length,
-        "query_instruction_for_rerank": args.query_instruction,
-        "query_instruction_format": args.query_instruction_format,
-        "passage_instruction_for_rerank": args.passage_instruction,
-        "passage_instruction_format": args.passage_instruction_format,
-        "batch_size": args.batch_size,
-    }
+    options = given_options(vars(args), SCORE_OPTIONS)
     try:
         reranker = _reranker(args, len(records))
         passages = [text for text, _ in records]
@@ -192,14 +205,7 @@ def _fail(error: BaseException, status: int) -> int:
 
 def _reranker(args: argparse.Namespace, count: int) -> Any:
     """A ``BGEReranker`` for ``--model``, or a ``RemoteReranker`` for ``--url`` (load options are then an error)."""
-    load = {
-        "model_class": args.model_class,
-        "device": args.device,
-        "use_fp16": args.fp16,
-        "use_bf16": args.bf16,
-        "cache_dir": args.cache_dir,
-        "local_files_only": args.local_files_only,
-    }
+    load = given_options(vars(args), LOAD_OPTIONS)
     if args.url is None:
         from .reranker import BGEReranker
 
@@ -209,8 +215,8 @@ def _reranker(args: argparse.Namespace, count: int) -> Any:
         raise ValueError(f"{', '.join(given)} choose how a local model is loaded: set them on the server, not with --url.")
     from .remote import RemoteReranker
 
-    remote = {"model": args.remote_model, "timeout": args.timeout}
-    return RemoteReranker(args.url, api=args.api, normalize=args.normalize, **{k: v for k, v in remote.items() if v is not None})
+    remote = {"model": args.remote_model, "timeout": args.timeout, "max_response_bytes": args.max_response_bytes}
+    return RemoteReranker(args.url, api=args.api, **{k: v for k, v in remote.items() if v is not None})
 
 
 def _gather_records(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:

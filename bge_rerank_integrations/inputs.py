@@ -60,7 +60,7 @@ def check_text(text: Any, what: str) -> str:
 
 def check_positive_int(value: Any, name: str) -> int:
     """Return ``value`` if it is an integer in ``[1, MAX_INT]``, else raise ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= MAX_INT:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= int(value) <= MAX_INT:
         raise ValueError(f"{name} must be a positive integer (at most {MAX_INT}), got {value!r:.60}.")
     return int(value)
 
@@ -89,7 +89,10 @@ def check_score_threshold(value: Any) -> float | None:
 
 
 def check_instruction_format(value: Any, name: str) -> str:
-    """Return ``value`` if it formats exactly ``(instruction, text)``: two ``{}`` fields, any literal ``{{ }}``.
+    """Return ``value`` if it formats exactly ``(instruction, text)``: two plain ``{}`` fields, any literal ``{{ }}``.
+
+    Fields take no name, index, format spec or conversion (a spec such as ``{:>99999999}`` would
+    let a few bytes allocate gigabytes).
 
     >>> check_instruction_format("{}: {}{{x}}", "query_instruction_format")
     '{}: {}{{x}}'
@@ -97,13 +100,19 @@ def check_instruction_format(value: Any, name: str) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a string, got {type(value).__name__}.")
     try:
-        fields = [(field, spec) for _, field, spec, _ in string.Formatter().parse(value) if field is not None]
+        fields = [(field, spec, conversion) for _, field, spec, conversion in string.Formatter().parse(value) if field is not None]
     except ValueError as error:
-        raise ValueError(f"{name}={value!r} is not a valid format string ({error}).") from None
-    if len(fields) != 2 or any(field != "" or "{" in (spec or "") for field, spec in fields):
+        raise ValueError(f"{name}={value!r:.200} is not a valid format string ({error}).") from None
+    if len(fields) != 2 or any(field != "" for field, _, _ in fields):
         raise ValueError(
             f"{name} must have exactly two '{{}}' fields (instruction, then text) and no named or numbered ones; "
-            f"write literal braces as '{{{{' and '}}}}'. Got {value!r}."
+            f"write literal braces as '{{{{' and '}}}}'. Got {value!r:.200}."
+        )
+    if any(spec or conversion is not None for _, spec, conversion in fields):
+        # A spec such as {:>99999999} pads to any size: one short string could exhaust memory.
+        raise ValueError(
+            f"{name} fields take no format spec or conversion (such as '{{:>10}}' or '{{!r}}'): write plain '{{}}'; "
+            f"got {value!r:.200}."
         )
     try:
         value.format("", "")

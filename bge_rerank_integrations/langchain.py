@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Optional, Sequence
+from typing import Optional, Sequence, cast
 
 from .extras import needs_extra
 
@@ -27,7 +27,7 @@ with needs_extra("langchain", __name__):
     from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict
 
-from .adapter_support import RerankerSettings, RerankSettings
+from .adapter_support import ScoringSettings, RerankSettings
 from .inputs import check_text
 from .ranking import RerankResult
 
@@ -116,7 +116,7 @@ class BGERerank(RerankSettings, BaseDocumentCompressor):
         return [_scored_copy(documents[result.index], result) for result in results]
 
 
-class BGECrossEncoder(RerankerSettings, BaseCrossEncoder):
+class BGECrossEncoder(ScoringSettings, BaseCrossEncoder):
     """A LangChain ``BaseCrossEncoder`` over any BGE reranker: scores (query, text) pairs, as FlagEmbedding does.
 
     A drop-in for ``HuggingFaceCrossEncoder`` in ``CrossEncoderReranker`` (from
@@ -142,7 +142,8 @@ class BGECrossEncoder(RerankerSettings, BaseCrossEncoder):
             raise TypeError(f"text_pairs must be a list of (query, text) pairs, got {text_pairs!r:.120}.")
         if not text_pairs:
             return []
-        return self._reranker.compute_score(list(text_pairs), **self.scoring_options())
+        # A list of pairs and at most one cutoff layer (checked by the settings): one float per pair.
+        return cast("list[float]", self.reranker.compute_score(list(text_pairs), **self.call_options()))
 
 
 def _scored_copy(document: Document, result: RerankResult) -> Document:

@@ -43,7 +43,8 @@ class BGERerank(RerankSettings, BaseNodePostprocessor):
 
     Scores the text LlamaIndex embeds (``MetadataMode.EMBED``), keeps nodes scoring at least
     ``score_threshold``, then the best ``top_n``, and returns new ``NodeWithScore`` objects whose
-    ``score`` is the rerank score; the input nodes are left untouched. The settings are
+    ``score`` is the rerank score and whose ``node`` is a deep copy of yours: the input nodes are left
+    untouched, also by later edits of the returned ones (the cost: one copy per kept node). The settings are
     ``RerankSettings``' fields, shared with the LangChain adapter, plus ``keep_retrieval_score``.
     Scoring settings left at ``None`` use the reranker's own defaults and may be changed later;
     ``model`` and the load settings are fixed once built. ``model`` may be a server URL (scored
@@ -51,9 +52,11 @@ class BGERerank(RerankSettings, BaseNodePostprocessor):
     existing ``BGEReranker`` to share: it then serializes as its name or path plus its own settings, so
     ``from_dict`` rebuilds an equivalent postprocessor (sharing the same loaded model via the cache).
 
+    >>> from llama_index.core.schema import NodeWithScore, TextNode
     >>> rerank = BGERerank(model="tests/fixtures/checkpoints/encoder", top_n=1, device="cpu")
-    >>> rerank.postprocess_nodes(nodes, query_str="what is panda?")   # doctest: +SKIP
-    [NodeWithScore(node=TextNode(text='The giant panda is a bear.', ...), score=0.41)]
+    >>> nodes = [NodeWithScore(node=TextNode(text=text)) for text in ("hi", "The giant panda is a bear.")]
+    >>> [(item.node.text, item.score) for item in rerank.postprocess_nodes(nodes, query_str="what is panda?")]
+    [('The giant panda is a bear.', 2.26...)]
     >>> BGERerank.from_dict(rerank.to_dict()).top_n
     1
     """
@@ -75,6 +78,7 @@ class BGERerank(RerankSettings, BaseNodePostprocessor):
         query = _query_str(query_bundle)
         if not _check_nodes(nodes):
             return []
+        assert query_bundle is not None  # _query_str raised otherwise
         with self._reranking_event(nodes, query_bundle) as event:
             reranked = self._to_nodes(nodes, self._rerank(query, nodes))
             event.on_end(payload={EventPayload.NODES: reranked})
@@ -87,6 +91,7 @@ class BGERerank(RerankSettings, BaseNodePostprocessor):
         query = _query_str(query_bundle)
         if not _check_nodes(nodes):
             return []
+        assert query_bundle is not None  # _query_str raised otherwise
         with self._reranking_event(nodes, query_bundle) as event:
             results = await self.arank_texts(query, _texts(nodes))
             reranked = self._to_nodes(nodes, results)
@@ -114,14 +119,17 @@ class BGERerank(RerankSettings, BaseNodePostprocessor):
         )
 
     def _to_nodes(self, nodes: List[NodeWithScore], results: List[RerankResult]) -> List[NodeWithScore]:
-        """New ``NodeWithScore`` objects for ``results``; with ``keep_retrieval_score`` the node is a copy."""
+        """New ``NodeWithScore`` objects for ``results``, each holding a deep copy of its node.
+
+        The copy (``model_copy(deep=True)``: metadata, relationships, key lists, embedding) keeps a
+        later step's edits off the caller's nodes; only the kept nodes are copied.
+        """
         reranked = []
         for result in results:
             source = nodes[result.index]
-            node = source.node
+            node = source.node.model_copy(deep=True)
             if self.keep_retrieval_score:
-                node = node.model_copy()
-                node.metadata = {**source.node.metadata, RETRIEVAL_SCORE_KEY: source.score}
+                node.metadata[RETRIEVAL_SCORE_KEY] = source.score
                 node.excluded_embed_metadata_keys = _with_key(node.excluded_embed_metadata_keys)
                 node.excluded_llm_metadata_keys = _with_key(node.excluded_llm_metadata_keys)
             reranked.append(NodeWithScore(node=node, score=result.score))
@@ -139,7 +147,7 @@ def _query_str(query_bundle: Optional[QueryBundle]) -> str:
     return check_text(query_bundle.query_str, "query")
 
 
-def _check_nodes(nodes: Any) -> List[NodeWithScore]:
+def _check_nodes(nodes: Any) -> Sequence[NodeWithScore]:
     """``nodes`` if it is a list of ``NodeWithScore``, else a clear error (before any event is emitted)."""
     if isinstance(nodes, (str, bytes)) or not isinstance(nodes, Sequence):
         raise TypeError(f"nodes must be a list of NodeWithScore, got {type(nodes).__name__}.")

@@ -11,7 +11,7 @@ import os
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -59,7 +59,7 @@ def resolve_checkpoint(model: str, cache_dir: str | None = None, local_files_onl
         path = Path(snapshot_download(model, cache_dir=cache_dir, local_files_only=local_files_only, allow_patterns=_CHECKPOINT_FILES))
         if not any(path.glob("*.safetensors")):
             path = Path(snapshot_download(model, cache_dir=cache_dir, local_files_only=local_files_only, allow_patterns=[*_CHECKPOINT_FILES, "*.bin"]))
-    except Exception as error:  # noqa: BLE001 - every Hub failure becomes one actionable message
+    except Exception as error:  # every Hub failure becomes one actionable message
         raise ModelNotFoundError(
             f"Could not load {model!r}: it is not a local directory, and the Hugging Face Hub could not provide it "
             f"({type(error).__name__}: {error}). Where you are online, download it once "
@@ -146,7 +146,7 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     return state
 
 
-def _read_weights(file: Path, check_only: bool = False) -> dict[str, torch.Tensor]:
+def _read_weights(file: Path, check_only: bool = False) -> dict[str, Any]:
     """The tensors of one weight file; ``check_only`` reads just enough to know the file is sound (no data).
 
     Pickled objects are refused (``weights_only``): loading them could run code.
@@ -177,6 +177,20 @@ def _read_weights(file: Path, check_only: bool = False) -> dict[str, torch.Tenso
     return state
 
 
+#: The one rule for checkpoint weights a family's model does not have: which of them its scoring never reads.
+#: Those are logged (INFO) and not loaded; any other one is a ``CheckpointError``. An encoder's unused
+#: pooler is harmless (the classification head reads the CLS state itself); the layerwise and lightweight
+#: models are built by name from their own module tree and their heads read only the weights they have,
+#: so any extra tensor (e.g. a tied ``lm_head.weight``) is left unread. For the llm family, built by
+#: transformers, an unknown weight means the checkpoint is another architecture.
+UNREAD_WEIGHTS: dict[str, Callable[[str], bool]] = {
+    "encoder": lambda name: ".pooler." in f".{name}",
+    "llm": lambda name: False,
+    "layerwise": lambda name: True,
+    "lightweight": lambda name: True,
+}
+
+
 def check_weights(
     source: str | os.PathLike[str],
     family: str,
@@ -186,9 +200,23 @@ def check_weights(
 ) -> None:
     """Raise a ``CheckpointError`` naming the weights that do not fit the ``family`` model, if any.
 
-    Missing weights would be freshly (randomly) initialised and unexpected ones ignored: either
-    way the scores would be wrong, and different in every process.
+    Missing weights would be freshly (randomly) initialised: the scores would be wrong, and
+    different in every process. Unexpected weights follow :data:`UNREAD_WEIGHTS`: logged if the
+    family's scoring never reads them, an error otherwise.
+
+    >>> check_weights("ckpt", "encoder", unexpected=["roberta.pooler.dense.bias"])  # logged, not refused
+    >>> check_weights("ckpt", "llm", unexpected=["adapter.weight"])
+    Traceback (most recent call last):
+    ...
+    bge_rerank_integrations.loading.CheckpointError: Checkpoint 'ckpt' does not fit a llm reranker:
+    it has 1 weights the model does not have, e.g. ['adapter.weight']. Check that ...
     """
+    unread_rule = UNREAD_WEIGHTS.get(family, lambda name: False)
+    unread = [name for name in unexpected if unread_rule(name)]
+    if unread:
+        shown, count = sorted(unread)[:3], len(unread)
+        logger.info("Ignoring %d weights in %s that the %s model does not read, e.g. %s", count, source, family, shown)
+    unexpected = [name for name in unexpected if not unread_rule(name)]
     problems = []
     if missing:
         problems.append(f"lacks {len(missing)} weights, e.g. {sorted(missing)[:3]}")
@@ -224,16 +252,14 @@ def compare_state_dict(
 
 
 def check_loading_info(info: dict[str, Any], source: str | os.PathLike[str], family: str) -> None:
-    """Check transformers' ``output_loading_info`` (4.x and 5.x report the same keys) with :func:`check_weights`.
-
-    An unused pooler is allowed (logged): the sequence-classification head never reads it.
-    """
-    unexpected = list(info.get("unexpected_keys") or [])
-    pooler = [name for name in unexpected if ".pooler." in f".{name}"]
-    if pooler:
-        logger.info("Ignoring %d pooler weights in %s (the classification head does not use them).", len(pooler), source)
-    mismatched = list(info.get("mismatched_keys") or [])
-    check_weights(source, family, list(info.get("missing_keys") or []), [n for n in unexpected if n not in pooler], mismatched)
+    """Check transformers' ``output_loading_info`` (4.x and 5.x report the same keys) with :func:`check_weights`."""
+    check_weights(
+        source,
+        family,
+        list(info.get("missing_keys") or []),
+        list(info.get("unexpected_keys") or []),
+        list(info.get("mismatched_keys") or []),
+    )
 
 
 def transformers_load_kwargs(path: str | os.PathLike[str], dtype: torch.dtype) -> dict[str, Any]:

@@ -1,8 +1,7 @@
-"""Turning scores into a ranking: one place for the order, ``score_threshold`` and ``top_n``.
+"""Turning scores into a ranking: one place for the order (best first, NaN last), ``score_threshold`` and ``top_n``.
 
-``Ranking.rerank`` is ``BGEReranker.rerank`` (in-process) and ``RemoteReranker.rerank`` (through
-a server), and ``RemoteReranker.arerank`` ranks with the same steps, so every reranker ranks the
-same scores the same way.
+Every reranker's ``rerank`` and ``arerank`` (``contract.Reranker``) rank with ``rank``, so every
+reranker ranks the same scores the same way; servers order their answers with ``best_first``.
 """
 
 from __future__ import annotations
@@ -21,24 +20,6 @@ class RerankResult:
     index: int
     score: float
     text: str
-
-
-class Ranking:
-    """``rerank`` over the subclass's ``compute_score(sentence_pairs, **options)``."""
-
-    def rerank(
-        self, query: str, passages: Sequence[str], top_n: int | None = None, score_threshold: float | None = None, **options: Any
-    ) -> list[RerankResult]:
-        """Score ``passages`` against ``query`` and return them best first.
-
-        Passages scoring below ``score_threshold`` are dropped first, then at most ``top_n``
-        are kept. Ties keep input order. ``options`` are ``compute_score``'s, for this call.
-
-        >>> reranker.rerank("what is panda?", ["hi", "The giant panda ..."], top_n=1)  # doctest: +SKIP
-        [RerankResult(index=1, score=5.26171875, text='The giant panda ...')]
-        """
-        pairs = rerank_pairs(query, passages, top_n, score_threshold)
-        return rank(passages, self.compute_score(pairs, **options), top_n, score_threshold)
 
 
 def rerank_pairs(query: Any, passages: Any, top_n: Any, score_threshold: Any) -> list[tuple[str, str]]:
@@ -64,10 +45,17 @@ def rank(
     >>> rank(["a", "b", "c"], [0.1, 0.9, 0.5], top_n=2, score_threshold=None)
     [RerankResult(index=1, score=0.9, text='b'), RerankResult(index=2, score=0.5, text='c')]
     """
-    if scores and isinstance(scores[0], list):
-        raise ValueError("rerank needs one score per passage, but several cutoff_layers were asked for: pass one layer.")
     score_threshold = check_score_threshold(score_threshold)
-    ranked = sorted(range(len(passages)), key=lambda i: (math.isnan(scores[i]), -scores[i]))
+    ranked = best_first(scores)
     if score_threshold is not None:
         ranked = [i for i in ranked if scores[i] >= score_threshold]
     return [RerankResult(i, scores[i], passages[i]) for i in ranked[:top_n]]
+
+
+def best_first(scores: Sequence[float]) -> list[int]:
+    """Indices of ``scores``, best first; ties keep input order and NaN scores come last.
+
+    >>> best_first([0.5, float("nan"), 0.9, 0.5])
+    [2, 0, 3, 1]
+    """
+    return sorted(range(len(scores)), key=lambda i: (math.isnan(scores[i]), -scores[i]))

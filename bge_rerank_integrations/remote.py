@@ -15,7 +15,6 @@ on first use.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import email.utils
 import json
 import logging
@@ -25,14 +24,22 @@ import random
 import threading
 import time
 import weakref
+import zlib
 from dataclasses import dataclass
-from typing import Any, Awaitable, Sequence
+from typing import Any, Awaitable, Coroutine, Sequence
 from urllib.parse import urlsplit
 
-from .families import ScoreOptions
+from .contract import Reranker, Scores
 from .inputs import as_pairs, check_positive_int
-from .ranking import Ranking, RerankResult, rank, rerank_pairs
-from .reranker import Scores, checked_options
+from .options import (
+    DEFAULT_OPTIONS,
+    REQUEST_OPTIONS,
+    ScoreOptions,
+    check_defaults,
+    check_single_score,
+    parse_score_options,
+    signature_with_options,
+)
 
 __all__ = ["RemoteReranker", "RemoteRerankError", "RemoteRerankTimeout", "API_KEY_ENV", "APIS"]
 
@@ -45,9 +52,16 @@ RETRY_STATUSES = frozenset({429, 503})
 #: First backoff in seconds (doubled each retry), and the longest wait between two attempts.
 BACKOFF_SECONDS = 0.5
 MAX_WAIT_SECONDS = 30.0
-#: Scoring options our server (api="bge") takes per request, by their ``BGEReranker`` names; ``normalize``
-#: travels as ``raw_scores``, and ``batch_size`` is the server's own setting.
-SERVER_OPTIONS = tuple(f.name for f in dataclasses.fields(ScoreOptions) if f.name not in ("normalize", "batch_size"))
+#: The default limit on a response's decompressed size: this many bytes, plus RESPONSE_BYTES_PER_DOCUMENT per
+#: document and RESPONSE_TEXT_FACTOR times the documents' UTF-8 size (servers that echo documents); see max_response_bytes.
+RESPONSE_BASE_BYTES = 1 << 20
+RESPONSE_BYTES_PER_DOCUMENT = 1024
+RESPONSE_TEXT_FACTOR = 8
+#: An error answer is read up to this many (decompressed) bytes; the rest is not read (only its message is shown).
+ERROR_BODY_BYTES = 64 * 1024
+#: The encodings the client asks for; it decodes them itself, in pieces of at most DECODE_PIECE_BYTES, within the limit.
+ACCEPT_ENCODING = "gzip, deflate"
+DECODE_PIECE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -91,7 +105,7 @@ class RemoteRerankTimeout(RemoteRerankError, TimeoutError):
     """A rerank server did not answer within ``timeout``: the whole call fails, nothing partial is returned."""
 
 
-class RemoteReranker(Ranking):
+class RemoteReranker(Reranker):
     """Score (query, passage) pairs through a rerank server, with ``BGEReranker``'s methods and results.
 
     ``url`` is the server's base URL (``http://host:port``; the API's path is added) or its full
@@ -105,12 +119,16 @@ class RemoteReranker(Ranking):
 
     Calls larger than ``max_documents_per_request`` (TEI: 32, ours: 1024, Cohere: 1000) are split,
     sent at most ``max_concurrent_requests`` at a time, and reassembled in input order; a 413
-    halves a request.
+    halves a request (every request, halves included, counts against ``max_concurrent_requests``).
     Connection errors, 429 and 503 are retried ``retries`` times with backoff (honouring
-    ``Retry-After``); any other error status raises ``RemoteRerankError`` with the server's message,
-    and no answer within ``timeout`` seconds raises ``RemoteRerankTimeout``. Scoring options
+    ``Retry-After``); any other error status raises ``RemoteRerankError`` with the server's message.
+    ``timeout`` is the deadline of the whole call (every request, retry and wait): past it, or when
+    the server asks for a ``Retry-After`` longer than what is left, ``RemoteRerankTimeout`` is
+    raised. Every answer is validated (each index once, finite scores, the right count) and read
+    up to ``max_response_bytes`` decompressed bytes (default: 1 MiB + 1 KiB per document + 8 times
+    the documents' UTF-8 size); anything else raises ``RemoteRerankError``. Scoring options
     (``normalize`` for every API; ``max_length``, ``prompt``, ``cutoff_layers``... for ``"bge"``
-    only) are defaults that each call can override.
+    only: ``options.REQUEST_OPTIONS``) are defaults that each call can override.
 
     >>> reranker = RemoteReranker("http://127.0.0.1:8080", api="tei")
     >>> reranker.compute_score([["what is panda?", "hi"], ["what is panda?", "The giant panda ..."]])  # doctest: +SKIP
@@ -128,6 +146,7 @@ class RemoteReranker(Ranking):
         max_documents_per_request: int | None = None,
         retries: int = 3,
         max_concurrent_requests: int = 4,
+        max_response_bytes: int | None = None,
         **options: Any,
     ) -> None:
         self.url = _check_url(url)
@@ -154,10 +173,14 @@ class RemoteReranker(Ranking):
             raise ValueError(f"retries must be a non-negative integer, got {retries!r}.")
         self.retries = retries
         self.max_concurrent_requests = check_positive_int(max_concurrent_requests, "max_concurrent_requests")
+        if max_response_bytes is not None:
+            check_positive_int(max_response_bytes, "max_response_bytes")
+        self.max_response_bytes = max_response_bytes
         self._given_max_documents = max_documents_per_request
         self._api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+        check_defaults(options)
         self._options: dict[str, Any] = {"normalize": False}
-        self._options = self.check_options(**options)
+        self._options = self._checked(options)
         self._setup()
 
     def _setup(self) -> None:
@@ -177,9 +200,9 @@ class RemoteReranker(Ranking):
         self._setup()
 
     @property
-    def options(self) -> dict[str, Any]:
-        """The scoring options calls start from (only those set; ``normalize`` always)."""
-        return dict(self._options)
+    def options(self) -> ScoreOptions:
+        """The scoring options calls start from; those not set are the server's own (shown as ``BGEReranker``'s defaults)."""
+        return ScoreOptions(**self._options)
 
     @property
     def model_name_or_path(self) -> str:
@@ -190,7 +213,7 @@ class RemoteReranker(Ranking):
         """The constructor's arguments, without the API key: ``RemoteReranker(**settings)`` rebuilds it.
 
         >>> RemoteReranker("http://127.0.0.1:8080", api="tei").settings()
-        {'url': 'http://127.0.0.1:8080', 'api': 'tei', 'model': None, 'timeout': 60.0, 'max_documents_per_request': None, 'retries': 3, 'max_concurrent_requests': 4, 'normalize': False}
+        {'url': 'http://127.0.0.1:8080', 'api': 'tei', 'model': None, 'timeout': 60.0, 'max_documents_per_request': None, 'retries': 3, 'max_concurrent_requests': 4, 'max_response_bytes': None, 'normalize': False}
         """
         options = {name: list(value) if isinstance(value, tuple) else value for name, value in self._options.items()}
         return {
@@ -201,20 +224,26 @@ class RemoteReranker(Ranking):
             "max_documents_per_request": self._given_max_documents,
             "retries": self.retries,
             "max_concurrent_requests": self.max_concurrent_requests,
+            "max_response_bytes": self.max_response_bytes,
             **options,
         }
 
-    def check_options(self, **options: Any) -> dict[str, Any]:
-        """Check per-call scoring ``options`` now and return the merged ones that calls send.
+    def check_options(self, **options: Any) -> ScoreOptions:
+        """Check per-call scoring ``options`` now and return the options a call with them would use.
 
         Every API takes ``normalize``; only ``api="bge"`` (our server) takes the BGE options. An
         API without raw scores (Cohere) needs ``normalize=True``.
         """
-        merged = {**self._options, **checked_options(options)}
+        return ScoreOptions(**self._checked(options))
+
+    def _checked(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The constructor's options overridden by a call's, checked: what the call sends (only those set)."""
+        merged = {**self._options, **parse_score_options(options)}
         bge_only = sorted(name for name in merged if name != "normalize")
-        if "batch_size" in merged:
+        not_sent = [name for name in bge_only if name not in REQUEST_OPTIONS]
+        if not_sent:
             raise ValueError(
-                "batch_size is the server's own setting (bge-rerank serve --batch-size, --max-batch-pairs), "
+                f"{', '.join(not_sent)} is the server's own setting (bge-rerank serve --batch-size, --max-batch-pairs), "
                 "not a request option: drop it, or use max_documents_per_request to size requests."
             )
         if bge_only and not self._api.bge_options:
@@ -222,10 +251,7 @@ class RemoteReranker(Ranking):
                 f"{', '.join(bge_only)} are BGE scoring options that only bge-rerank serve (api='bge') takes; "
                 f"a {self.api} server scores with its own settings: drop them."
             )
-        if "cutoff_layers" in merged and len(merged["cutoff_layers"]) > 1:
-            raise ValueError(
-                f"cutoff_layers={list(merged['cutoff_layers'])}: a rerank server returns one score per passage; pass one layer."
-            )
+        check_single_score(merged.get("cutoff_layers"))
         if not merged["normalize"] and self._api.raw_field is None:
             raise ValueError(
                 f"The {self.api} API returns only normalized scores (0 to 1), not the raw scores of normalize=False: "
@@ -242,7 +268,7 @@ class RemoteReranker(Ranking):
         -8.1875
         """
         pairs, single = as_pairs(sentence_pairs)
-        merged = self.check_options(**options)
+        merged = self._checked(options)
         if not pairs:
             return []
         scores = self._run(self._score(pairs, merged))
@@ -251,18 +277,11 @@ class RemoteReranker(Ranking):
     async def acompute_score(self, sentence_pairs: Any, **options: Any) -> Scores:
         """``compute_score`` on the running event loop (no thread): the requests are awaited."""
         pairs, single = as_pairs(sentence_pairs)
-        merged = self.check_options(**options)
+        merged = self._checked(options)
         if not pairs:
             return []
         scores = await self._score(pairs, merged)
         return scores[0] if single else scores
-
-    async def arerank(
-        self, query: str, passages: Sequence[str], top_n: int | None = None, score_threshold: float | None = None, **options: Any
-    ) -> list[RerankResult]:
-        """``rerank`` on the running event loop (no thread)."""
-        pairs = rerank_pairs(query, passages, top_n, score_threshold)
-        return rank(passages, await self.acompute_score(pairs, **options), top_n, score_threshold)
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
@@ -297,7 +316,7 @@ class RemoteReranker(Ranking):
 
     # --- requests ------------------------------------------------------------------------------------
 
-    def _run(self, coroutine: Awaitable[list[float]]) -> list[float]:
+    def _run(self, coroutine: Coroutine[Any, Any, list[float]]) -> list[float]:
         """Run ``coroutine`` on this reranker's own event loop thread (one per reranker, not per call)."""
         with self._lock:
             if self._loop_thread is None:
@@ -313,12 +332,24 @@ class RemoteReranker(Ranking):
             client = self._clients.get(loop)
             if client is None:
                 httpx = _httpx()
-                headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+                headers = {"Accept-Encoding": ACCEPT_ENCODING}  # only what _Decoder reads within the limit
+                if self._api_key:
+                    headers["Authorization"] = f"Bearer {self._api_key}"
                 client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout), headers=headers)
                 self._clients[loop] = client
         return client
 
     async def _score(self, pairs: list[tuple[str, str]], options: dict[str, Any]) -> list[float]:
+        """Scores of ``pairs`` in input order, within ``timeout`` for the whole call (requests, retries, waits)."""
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        try:
+            return await asyncio.wait_for(self._score_all(pairs, options, deadline), self.timeout)
+        except RemoteRerankError:
+            raise
+        except (asyncio.TimeoutError, TimeoutError):
+            raise RemoteRerankTimeout(self._timeout_message("the deadline passed")) from None
+
+    async def _score_all(self, pairs: list[tuple[str, str]], options: dict[str, Any], deadline: float) -> list[float]:
         """Scores of ``pairs`` in input order: one request per query and chunk, sent concurrently."""
         by_query: dict[str, list[int]] = {}
         for index, (query, _) in enumerate(pairs):
@@ -327,57 +358,116 @@ class RemoteReranker(Ranking):
         chunks = [
             (query, indices[start : start + size]) for query, indices in by_query.items() for start in range(0, len(indices), size)
         ]
-        semaphore = asyncio.Semaphore(self.max_concurrent_requests)
-        client = self._client()
-
-        async def send(query: str, indices: list[int]) -> list[float]:
-            async with semaphore:
-                return await self._post(client, query, [pairs[i][1] for i in indices], options)
-
-        chunk_scores = await _gather_or_cancel([send(query, indices) for query, indices in chunks])
+        call = _Call(self._client(), options, deadline, asyncio.Semaphore(self.max_concurrent_requests))
+        chunk_scores = await _gather_or_cancel(
+            [self._post(call, query, [pairs[i][1] for i in indices]) for query, indices in chunks]
+        )
         scores: list[float] = [0.0] * len(pairs)
         for (_, indices), values in zip(chunks, chunk_scores):
             for index, value in zip(indices, values):
                 scores[index] = value
         return scores
 
-    async def _post(self, client: Any, query: str, texts: list[str], options: dict[str, Any]) -> list[float]:
-        """One request's scores, in ``texts`` order; retried on connection errors, 429 and 503; halved on 413."""
+    async def _post(self, call: "_Call", query: str, texts: list[str]) -> list[float]:
+        """One request's scores, in ``texts`` order; retried on connection errors, 429 and 503; halved on 413.
+
+        Each attempt holds one of the call's ``max_concurrent_requests`` slots while it is in flight
+        (not while it waits to retry, nor while its halves are sent).
+        """
         httpx = _httpx()
-        body = self._body(query, texts, options)
+        body = self._body(query, texts, call.options)
+        limit = self._response_limit(texts)
         for attempt in range(self.retries + 1):
             try:
-                response = await client.post(self.endpoint, json=body)
+                async with call.slots:
+                    answer = await self._request(call, body, limit, len(texts))
             except httpx.TimeoutException as error:
-                raise RemoteRerankTimeout(
-                    f"{self.endpoint} did not answer within timeout={self.timeout:g}s ({type(error).__name__}); "
-                    "nothing was returned. Raise timeout= or lower max_documents_per_request."
-                ) from None
+                raise RemoteRerankTimeout(self._timeout_message(type(error).__name__)) from None
             except httpx.TransportError as error:
+                reason = f"{type(error).__name__}: {error}"
                 if attempt == self.retries:
-                    raise RemoteRerankError(
-                        f"Could not reach {self.endpoint} after {attempt + 1} attempt(s): {type(error).__name__}: {error}"
-                    ) from error
-                await asyncio.sleep(self._wait(attempt, None, f"{type(error).__name__}: {error}"))
+                    message = f"Could not reach {self.endpoint} after {attempt + 1} attempt(s): {reason}"
+                    raise RemoteRerankError(message) from error
+                await self._wait(call, attempt, None, reason)
                 continue
-            if response.status_code == 413 and len(texts) > 1:
+            if answer.status == 413 and len(texts) > 1:
                 half = len(texts) // 2
                 logger.warning(
                     "%s refused %d documents in one request (413); splitting. Set max_documents_per_request to skip this.",
                     self.endpoint,
                     len(texts),
                 )
-                first, second = await _gather_or_cancel(
-                    [self._post(client, query, texts[:half], options), self._post(client, query, texts[half:], options)]
-                )
+                halves = [self._post(call, query, texts[:half]), self._post(call, query, texts[half:])]
+                first, second = await _gather_or_cancel(halves)
                 return first + second
-            if response.status_code in RETRY_STATUSES and attempt < self.retries:
-                await asyncio.sleep(self._wait(attempt, response.headers.get("Retry-After"), f"{response.status_code}"))
+            if answer.status in RETRY_STATUSES and attempt < self.retries:
+                await self._wait(call, attempt, answer, f"{answer.status}")
                 continue
-            if response.status_code != 200:
-                raise self._status_error(response, attempt)
-            return self._scores(response, len(texts))
+            if answer.status != 200:
+                raise self._status_error(answer, attempt)
+            return self._scores(answer.content, len(texts))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _request(self, call: "_Call", body: dict[str, Any], limit: int, count: int) -> "_Answer":
+        """Send one request and read its answer incrementally, decompressing as it comes.
+
+        A 200 is read up to ``limit`` bytes (beyond: an error); an error answer up to
+        ``ERROR_BODY_BYTES`` (the rest is left unread).
+        """
+        left = call.deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            raise RemoteRerankTimeout(self._timeout_message("the deadline passed"))
+        async with call.client.stream("POST", self.endpoint, json=body, timeout=left) as response:
+            decoder = _Decoder(response.headers.get("Content-Encoding"))
+            if decoder.error is not None:
+                raise RemoteRerankError(f"{self.endpoint} answered {response.status_code} {decoder.error}", response.status_code)
+            ok = response.status_code == 200
+            cap = limit if ok else ERROR_BODY_BYTES
+            content = bytearray()
+            try:
+                async for raw in response.aiter_raw():
+                    for piece in decoder.decode(raw):
+                        content += piece
+                        if len(content) > cap:
+                            if ok:
+                                raise RemoteRerankError(self._too_large_message(cap, count), response.status_code)
+                            del content[cap:]
+                            break
+                    if len(content) >= cap and not ok:
+                        break
+                content += decoder.flush()
+            except zlib.error as error:
+                raise RemoteRerankError(
+                    f"{self.endpoint} answered {response.status_code} with a body that is not valid "
+                    f"{response.headers.get('Content-Encoding')} ({error}); nothing was returned.",
+                    response.status_code,
+                ) from None
+            if len(content) > cap and ok:
+                raise RemoteRerankError(self._too_large_message(cap, count), response.status_code)
+            retry_after = response.headers.get("Retry-After")
+            return _Answer(response.status_code, response.reason_phrase, retry_after, bytes(content[:cap]))
+
+    def _response_limit(self, texts: list[str]) -> int:
+        """The most decompressed bytes one answer for ``texts`` may have: ``max_response_bytes``, else the default."""
+        if self.max_response_bytes is not None:
+            return self.max_response_bytes
+        text_bytes = sum(len(text.encode("utf-8", "surrogatepass")) for text in texts)
+        return RESPONSE_BASE_BYTES + RESPONSE_BYTES_PER_DOCUMENT * len(texts) + RESPONSE_TEXT_FACTOR * text_bytes
+
+    def _too_large_message(self, cap: int, count: int) -> str:
+        setting = f"max_response_bytes={self.max_response_bytes}" if self.max_response_bytes is not None else "the default limit"
+        return (
+            f"{self.endpoint} ({self.api} API) answered more than {cap} bytes (decompressed) for {count} document(s), "
+            f"{setting}; reading stopped and nothing was returned. If the server is right to answer this much "
+            "(it echoes long documents), raise max_response_bytes=."
+        )
+
+    def _timeout_message(self, reason: str) -> str:
+        return (
+            f"{self.endpoint} did not answer within timeout={self.timeout:g}s, the deadline of the whole call "
+            f"(every request, retry and wait; {reason}); nothing was returned. "
+            "Raise timeout= or lower max_documents_per_request."
+        )
 
     def _body(self, query: str, texts: list[str], options: dict[str, Any]) -> dict[str, Any]:
         body: dict[str, Any] = {"query": query, self._api.texts_field: texts}
@@ -393,18 +483,33 @@ class RemoteReranker(Ranking):
             )
         return body
 
-    def _wait(self, attempt: int, retry_after: str | None, reason: str) -> float:
-        """Seconds to wait before the next attempt: ``Retry-After`` if the server gave one, else backoff."""
-        wait = _retry_after_seconds(retry_after)
-        if wait is None:
-            wait = BACKOFF_SECONDS * 2**attempt * (1 + random.random() / 4)
+    async def _wait(self, call: "_Call", attempt: int, answer: "_Answer | None", reason: str) -> None:
+        """Wait before the next attempt: ``Retry-After`` if the server gave one, else backoff, never past the deadline.
+
+        A wait longer than what is left of ``timeout`` fails now with ``RemoteRerankTimeout`` (with
+        the server's ``Retry-After`` in the message) instead of sleeping into the deadline.
+        """
+        asked = _retry_after_seconds(answer.retry_after) if answer is not None else None
+        wait = asked if asked is not None else BACKOFF_SECONDS * 2**attempt * (1 + random.random() / 4)
+        left = call.deadline - asyncio.get_running_loop().time()
+        if wait > left:
+            status = answer.status if answer is not None else None
+            if asked is not None and answer is not None:  # asked comes from answer
+                message = (
+                    f"{self.endpoint} ({self.api} API) answered {answer.status} {answer.reason}: "
+                    f"{_server_message(answer.content)} and asked to retry after {asked:g}s (Retry-After: {answer.retry_after}), more than the {max(left, 0):.1f}s "
+                    f"left of timeout={self.timeout:g}s; nothing was returned. Retry later, or raise timeout=."
+                )
+            else:
+                message = self._timeout_message(f"last attempt: {reason}; the next retry, in {wait:.2f}s, would come after it")
+            raise RemoteRerankTimeout(message, status)
         wait = min(wait, MAX_WAIT_SECONDS)
         logger.warning("%s: %s; retry %d of %d in %.2fs.", self.endpoint, reason, attempt + 1, self.retries, wait)
-        return wait
+        await asyncio.sleep(wait)
 
-    def _status_error(self, response: Any, attempt: int) -> RemoteRerankError:
-        status = response.status_code
-        message = f"{self.endpoint} ({self.api} API) answered {status} {response.reason_phrase}: {_server_message(response)}"
+    def _status_error(self, answer: "_Answer", attempt: int) -> RemoteRerankError:
+        status = answer.status
+        message = f"{self.endpoint} ({self.api} API) answered {status} {answer.reason}: {_server_message(answer.content)}"
         if status in RETRY_STATUSES:
             message += f" (after {attempt + 1} attempts)"
         elif status in (401, 403):
@@ -415,26 +520,121 @@ class RemoteReranker(Ranking):
             message += ". One document is larger than the server accepts."
         return RemoteRerankError(message, status)
 
-    def _scores(self, response: Any, count: int) -> list[float]:
-        """The scores of a 200 answer, in request order; anything malformed or incomplete is an error."""
+    def _scores(self, content: bytes, count: int) -> list[float]:
+        """The scores of a 200 answer, in request order; anything malformed, incomplete or ambiguous is an error.
+
+        Exactly ``count`` results, each an object whose index is an integer (not a bool, not a
+        float) in ``range(count)`` given once, and whose score is a number (not a bool) that is
+        finite as a float.
+        """
         try:
-            body = response.json()
-            items = body if self._api.results_key is None else body[self._api.results_key]
-            found = {item["index"]: item[self._api.score_key] for item in items}
-        except (ValueError, KeyError, TypeError) as error:
-            raise RemoteRerankError(
-                f"{self.endpoint} answered 200 but not with the {self.api} API's results ({type(error).__name__}: {error}): "
-                f"{response.text[:300]!r}. Check api=."
-            ) from None
-        scores = [found.get(index) for index in range(count)]
-        if len(found) != count or any(
-            isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score) for score in scores
-        ):
-            raise RemoteRerankError(
-                f"{self.endpoint} answered {len(found)} result(s) for {count} document(s), or a score that is not a finite number: "
-                f"{response.text[:300]!r}."
-            )
-        return [float(score) for score in scores]
+            body = json.loads(content)
+        except (ValueError, RecursionError) as error:
+            raise self._bad_answer(f"it is not JSON ({type(error).__name__}: {str(error)[:200]}). Check api=", content) from None
+        key, score_key = self._api.results_key, self._api.score_key
+        if key is None:
+            items = body
+            shape = "a JSON array of results"
+        else:
+            items = body.get(key) if isinstance(body, dict) else None
+            shape = f"an object with a {key!r} array"
+        if not isinstance(items, list):
+            raise self._bad_answer(f"it is not {shape}, as the {self.api} API answers. Check api=", content)
+        scores: list[float | None] = [None] * count
+        for position, item in enumerate(items):
+            where = f"result {position}"
+            if not isinstance(item, dict):
+                raise self._bad_answer(f"{where} is {_short(item)}, not an object. Check api=", content)
+            index, score = item.get("index"), item.get(score_key)
+            if type(index) is not int:
+                raise self._bad_answer(f"{where} has index {_short(index)}, not an integer", content)
+            if not 0 <= index < count:
+                raise self._bad_answer(f"{where} has index {index}, outside 0..{count - 1}", content)
+            if scores[index] is not None:
+                raise self._bad_answer(f"index {index} appears twice (again in {where})", content)
+            value = _finite_float(score)
+            if value is None:
+                raise self._bad_answer(f"{where} has {score_key} {_short(score)}, not a finite number that fits a float", content)
+            scores[index] = value
+        if len(items) != count:  # fewer: some index is missing (more would have repeated one)
+            raise self._bad_answer(f"it has {len(items)} result(s) for {count} document(s)", content)
+        return scores  # type: ignore[return-value]  # every index in range(count) was given exactly once
+
+    def _bad_answer(self, problem: str, content: bytes) -> RemoteRerankError:
+        start = content[:200].decode("utf-8", "replace")
+        return RemoteRerankError(
+            f"{self.endpoint} ({self.api} API) answered 200 with an unusable answer: {problem}. Nothing was returned. "
+            f"The answer began {start!r}.",
+            200,
+        )
+
+
+@dataclass
+class _Call:
+    """What the requests of one call share: the client, the options, the deadline and the concurrency slots."""
+
+    client: Any
+    options: dict[str, Any]
+    deadline: float  # event loop time
+    slots: asyncio.Semaphore
+
+
+@dataclass
+class _Answer:
+    """A server's answer, read within its limit."""
+
+    status: int
+    reason: str
+    retry_after: str | None
+    content: bytes
+
+
+class _Decoder:
+    """Decodes a body in the ``Content-Encoding``s the client asks for, in pieces of at most ``DECODE_PIECE_BYTES``.
+
+    ``error`` says why a body cannot be decoded (an encoding that was not asked for); else ``None``.
+    """
+
+    def __init__(self, encoding: str | None) -> None:
+        self.error: str | None = None
+        self.encoding = (encoding or "identity").strip().lower()
+        self._zlib: Any = None
+        self._raw_fallback = False
+        if self.encoding in ("gzip", "x-gzip"):
+            self._zlib = zlib.decompressobj(zlib.MAX_WBITS | 16)
+        elif self.encoding == "deflate":
+            self._zlib = zlib.decompressobj()
+            self._raw_fallback = True  # some servers send raw deflate: tried if the zlib header is missing
+        elif self.encoding not in ("identity", ""):
+            self.error = f"with Content-Encoding {encoding!r}, which the client did not ask for (it asks for {ACCEPT_ENCODING})"
+
+    def decode(self, data: bytes):
+        """Yield the decoded bytes of ``data`` in pieces of at most ``DECODE_PIECE_BYTES`` (a bomb never inflates at once)."""
+        if self._zlib is None:
+            yield data
+            return
+        try:
+            piece = self._zlib.decompress(data, DECODE_PIECE_BYTES)
+        except zlib.error:
+            if not self._raw_fallback:
+                raise
+            self._zlib, self._raw_fallback = zlib.decompressobj(-zlib.MAX_WBITS), False
+            piece = self._zlib.decompress(data, DECODE_PIECE_BYTES)
+        self._raw_fallback = False
+        yield piece
+        while self._zlib.unconsumed_tail:
+            yield self._zlib.decompress(self._zlib.unconsumed_tail, DECODE_PIECE_BYTES)
+
+    def flush(self) -> bytes:
+        """What is left once the body has ended (bounded: everything was fed through ``decode``)."""
+        return b"" if self._zlib is None else self._zlib.flush(DECODE_PIECE_BYTES)
+
+
+RemoteReranker.__init__.__signature__ = signature_with_options(  # type: ignore[attr-defined]
+    RemoteReranker.__init__,
+    ["normalize", *(name for name in REQUEST_OPTIONS if name in DEFAULT_OPTIONS)],
+    defaults=dict.fromkeys(REQUEST_OPTIONS),  # None: the server's default
+)
 
 
 class _LoopThread:
@@ -445,7 +645,7 @@ class _LoopThread:
         self.thread = threading.Thread(target=self.loop.run_forever, name="bge-rerank-remote", daemon=True)
         self.thread.start()
 
-    def run(self, coroutine: Awaitable[Any]) -> Any:
+    def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
         future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
         try:
             return future.result()
@@ -462,7 +662,7 @@ class _LoopThread:
             self.loop.close()
 
 
-async def _gather_or_cancel(coroutines: list[Awaitable[Any]]) -> list[Any]:
+async def _gather_or_cancel(coroutines: Sequence[Awaitable[Any]]) -> list[Any]:
     """Results of ``coroutines`` run concurrently; the first failure cancels the rest (never a partial result)."""
     tasks = [asyncio.ensure_future(coroutine) for coroutine in coroutines]
     try:
@@ -503,12 +703,12 @@ def _retry_after_seconds(value: str | None) -> float | None:
         return None
 
 
-def _server_message(response: Any) -> str:
+def _server_message(content: bytes) -> str:
     """The server's own explanation: TEI's ``error``, FastAPI's ``detail``, vLLM's and Cohere's ``message``."""
     try:
-        body = response.json()
-    except ValueError:
-        return response.text.strip()[:500] or "(empty body)"
+        body = json.loads(content)
+    except (ValueError, RecursionError):
+        return content.decode("utf-8", "replace").strip()[:500] or "(empty body)"
     if isinstance(body, dict):
         for key in ("error", "detail", "message"):
             value = body.get(key)
@@ -517,3 +717,22 @@ def _server_message(response: Any) -> str:
             if value:
                 return value if isinstance(value, str) else json.dumps(value)[:500]
     return json.dumps(body)[:500]
+
+
+def _finite_float(value: Any) -> float | None:
+    """``value`` as a float if it is a JSON number (not a bool) that is finite as a float, else ``None``."""
+    if type(value) not in (int, float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond the float range
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _short(value: Any) -> str:
+    """A short ``repr`` of a value from an answer, for messages."""
+    if type(value) is int and abs(value) >= 10**30:
+        return f"an integer of {len(str(abs(value)))} digits"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -2,28 +2,35 @@
 
 from __future__ import annotations
 
-import dataclasses
+import asyncio
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Sequence, cast
 
 import torch
 
 from .batching import run_batches
+from .contract import Reranker, Scores
 from .device import is_mps_dtype_error, resolve_device, resolve_dtype
 from .quantization import check_quantization
-from .families.base import FAMILY_SPECIFIC_OPTIONS
-from .families import KNOWN_MODELS, RerankerFamily, ScoreOptions, canonical_family, detect_family, family_class
-from .inputs import as_pairs, check_bool, check_cache_dir, check_instruction_format, check_layers, check_positive_int
+from .families import KNOWN_MODELS, RerankerFamily, ScoreOptions, canonical_family, detect_family
+from .inputs import as_pairs, check_bool, check_cache_dir
 from .loading import read_config, resolve_checkpoint
 from .model_cache import CachedModel, get_model
-from .ranking import Ranking, RerankResult  # noqa: F401 - RerankResult: also importable from here, as before
+from .options import (
+    BY_NAME,
+    DEFAULT_OPTIONS,
+    LOAD_OPTIONS,
+    check_defaults,
+    check_family_options,
+    describe_options,
+    parse_score_options,
+    signature_with_options,
+)
+from .ranking import RerankResult  # noqa: F401 - RerankResult: also importable from here, as before
 
 logger = logging.getLogger(__name__)
-
-Scores = Union[float, list[float], list[list[float]]]
 
 #: On CPU a padded position costs as much as a real one: batches end before padding exceeds this share.
 CPU_MAX_PADDING = 0.2
@@ -32,7 +39,7 @@ CPU_MAX_PADDING = 0.2
 CPU_MAX_BATCH_TOKENS = 1024
 
 
-class BGEReranker(Ranking):
+class BGEReranker(Reranker):
     """Score (query, passage) pairs with a BGE reranker, as FlagEmbedding does, on CUDA, MPS or CPU.
 
     The model family (encoder, llm, layerwise, lightweight) is decided from the six official
@@ -40,71 +47,44 @@ class BGEReranker(Ranking):
     loaded on first use (or by ``load()``) and shared with every reranker that asks for the same
     checkpoint, device, dtype and quantization. Every scoring option can be overridden per call.
 
-    >>> reranker = BGEReranker("tests/fixtures/checkpoints/encoder", device="cpu")
-    >>> reranker.compute_score(["what is panda?", "hi"])            # doctest: +SKIP
-    -0.71
-    >>> reranker.rerank("what is panda?", ["hi", "The giant panda is a bear."], top_n=1)  # doctest: +SKIP
-    [RerankResult(index=1, score=1.3, text='The giant panda is a bear.')]
+    The keyword options are those of ``options.OPTIONS`` (listed with their help in the
+    constructor's docstring): load options choose how the model is loaded; scoring options are the
+    defaults of every call.
+
+    >>> reranker = BGEReranker("tests/fixtures/checkpoints/encoder", device="cpu")  # a tiny random-weight fixture
+    >>> reranker.compute_score(["what is panda?", "hi"])
+    1.73...
+    >>> reranker.rerank("what is panda?", ["hi", "The giant panda is a bear."], top_n=1)
+    [RerankResult(index=1, score=2.26..., text='The giant panda is a bear.')]
     """
 
-    def __init__(
-        self,
-        model_name_or_path: str,
-        *,
-        model_class: str | None = None,
-        device: str | torch.device | None = None,
-        use_fp16: bool = False,
-        use_bf16: bool = False,
-        quantization: str | None = None,
-        batch_size: int = 128,
-        max_length: int = 512,
-        query_max_length: int | None = None,
-        normalize: bool = False,
-        query_instruction_for_rerank: str | None = None,
-        query_instruction_format: str = "{}{}",
-        passage_instruction_for_rerank: str | None = None,
-        passage_instruction_format: str = "{}{}",
-        prompt: str | None = None,
-        cutoff_layers: Sequence[int] | int | None = None,
-        compress_ratio: int | None = None,
-        compress_layers: Sequence[int] | int | None = None,
-        cache_dir: str | None = None,
-        local_files_only: bool = False,
-        show_progress: bool = False,
-    ) -> None:
+    def __init__(self, model_name_or_path: str, **options: Any) -> None:
+        """Check every option now (nothing is loaded); the options are listed below, from ``options.OPTIONS``."""
+        unknown = sorted(set(options) - set(BY_NAME))
+        if unknown:
+            raise TypeError(f"Unknown option(s) {unknown} for BGEReranker; known: {[*LOAD_OPTIONS, *DEFAULT_OPTIONS]}.")
+        check_defaults(options)
         if not isinstance(model_name_or_path, (str, Path)) or not str(model_name_or_path).strip():
             raise ValueError(f"model_name_or_path must be a Hub id or a local directory, got {model_name_or_path!r}.")
-        self.model_name_or_path = str(model_name_or_path)
-        self.model_class = canonical_family(model_class) if model_class is not None else None
+        load = {name: options.get(name, BY_NAME[name].default) for name in LOAD_OPTIONS}
+        self._model_name_or_path = str(model_name_or_path)
+        self.model_class = canonical_family(load["model_class"]) if load["model_class"] is not None else None
+        device = load["device"]
         self._requested_device = None if device is None else str(device)
-        self._requested_dtype = (use_fp16, use_bf16)
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(self.device, check_bool(use_fp16, "use_fp16"), check_bool(use_bf16, "use_bf16"))
-        self.quantization = check_quantization(quantization, self.device)
-        if self.quantization and (use_fp16 or use_bf16):
-            raise ValueError(f"quantization={quantization!r} and use_fp16/use_bf16 are both set; choose one.")
-        self.cache_dir = check_cache_dir(cache_dir)
-        self.local_files_only = check_bool(local_files_only, "local_files_only")
-        self.show_progress = check_bool(show_progress, "show_progress")
-        self._query_max_length = query_max_length
-        self._defaults = _merge(
-            ScoreOptions(),
-            dict(
-                normalize=normalize,
-                max_length=max_length,
-                query_max_length=query_max_length,
-                batch_size=batch_size,
-                query_instruction_for_rerank=query_instruction_for_rerank,
-                query_instruction_format=query_instruction_format,
-                passage_instruction_for_rerank=passage_instruction_for_rerank,
-                passage_instruction_format=passage_instruction_format,
-                prompt=prompt,
-                cutoff_layers=cutoff_layers,
-                compress_ratio=compress_ratio,
-                compress_layers=compress_layers,
-            ),
-            constructor_query_max_length=query_max_length,
+        self.dtype = resolve_dtype(
+            self.device, check_bool(load["use_fp16"], "use_fp16"), check_bool(load["use_bf16"], "use_bf16")
         )
+        self.quantization = check_quantization(load["quantization"], self.device)
+        if self.quantization and (load["use_fp16"] or load["use_bf16"]):
+            raise ValueError(f"quantization={load['quantization']!r} and use_fp16/use_bf16 are both set; choose one.")
+        load["quantization"] = self.quantization
+        self.cache_dir = check_cache_dir(load["cache_dir"])
+        self.local_files_only = check_bool(load["local_files_only"], "local_files_only")
+        self.show_progress = check_bool(load["show_progress"], "show_progress")
+        self._load_settings = {**load, "model_class": self.model_class, "device": self._requested_device, "cache_dir": self.cache_dir}
+        self._given = parse_score_options({name: options[name] for name in DEFAULT_OPTIONS if name in options})
+        self._defaults = ScoreOptions(**self._given)
         self._model: CachedModel | None = None
         self._path: Path | None = None
         self._family_name = self._family_without_loading()
@@ -113,6 +93,11 @@ class BGEReranker(Ranking):
     def __repr__(self) -> str:
         quantized = f", quantization={self.quantization!r}" if self.quantization else ""
         return f"BGEReranker({self.model_name_or_path!r}, device={str(self.device)!r}, dtype={self.dtype}{quantized})"
+
+    @property
+    def model_name_or_path(self) -> str:
+        """The Hub id or local directory given."""
+        return self._model_name_or_path
 
     @property
     def load_settings(self) -> dict[str, Any]:
@@ -124,28 +109,24 @@ class BGEReranker(Ranking):
         >>> BGEReranker("tests/fixtures/checkpoints/encoder").load_settings["device"] is None
         True
         """
-        settings = {
-            "model_class": self.model_class,
-            "device": self._requested_device,
-            "use_fp16": self._requested_dtype[0],
-            "use_bf16": self._requested_dtype[1],
-            "cache_dir": None if self.cache_dir is None else os.fspath(self.cache_dir),
-            "local_files_only": self.local_files_only,
-            "show_progress": self.show_progress,
+        return dict(self._load_settings)
+
+    def settings(self) -> dict[str, Any]:
+        """``model_name_or_path``, the load settings as given and the scoring defaults set to other than the table's.
+
+        ``BGEReranker(**settings)`` rebuilds an equivalent reranker (sharing the cached model).
+        """
+        scoring = {
+            name: list(value) if isinstance(value, tuple) else value
+            for name, value in self._given.items()
+            if value != BY_NAME[name].default
         }
-        if self.quantization is not None:  # only when set: adapters' fields gain it with the options table (issue 20)
-            settings["quantization"] = self.quantization
-        return settings
+        return {"model_name_or_path": self.model_name_or_path, **self._load_settings, **scoring}
 
     @property
     def options(self) -> ScoreOptions:
         """The scoring options calls start from."""
         return self._defaults
-
-    @property
-    def family(self) -> RerankerFamily:
-        """The loaded model family (loads the model if needed)."""
-        return self.load().family
 
     def check_options(self, **options: Any) -> ScoreOptions:
         """Check per-call ``options`` now, without scoring, and return the merged options.
@@ -154,12 +135,16 @@ class BGEReranker(Ranking):
         the family is known (an official id, a local checkpoint or ``model_class``), and lengths
         and layers against the model once it is loaded. Adapters call this at construction.
         """
-        merged = _merge(self._defaults, options, constructor_query_max_length=self._query_max_length)
+        merged = self._merged(options)
         if self._model is not None:
             _check_against_model(self._model.family, merged)
         elif self._family_name is not None:
-            _check_family_options(family_class(self._family_name), merged)
+            check_family_options(self._family_name, merged)
         return merged
+
+    def _merged(self, options: dict[str, Any]) -> ScoreOptions:
+        """The constructor's scoring options overridden by a call's (``None`` keeps), each checked."""
+        return ScoreOptions(**{**self._given, **parse_score_options(options)})
 
     def _family_without_loading(self) -> str | None:
         """The family when it is known without fetching anything (override, official id, local config)."""
@@ -188,20 +173,26 @@ class BGEReranker(Ranking):
     def compute_score(self, sentence_pairs: Any, **options: Any) -> Scores:
         """Score one ``[query, passage]`` pair (-> float) or a list of pairs (-> list of floats).
 
-        Keyword options (``normalize``, ``max_length``, ``query_max_length``, ``batch_size``,
-        instructions, ``prompt``, ``cutoff_layers``, ``compress_ratio``, ``compress_layers``)
-        override the constructor's for this call only. Several ``cutoff_layers`` give one list
+        Keyword options (the scoring options of ``options.OPTIONS``: ``normalize``, ``max_length``,
+        ``batch_size``, instructions, ``prompt``, ``cutoff_layers``...) override the constructor's
+        for this call only. Several ``cutoff_layers`` give one list
         of scores per layer, in ascending layer order.
 
-        >>> reranker.compute_score([["what is panda?", "hi"], ["what is panda?", "The giant panda ..."]])  # doctest: +SKIP
-        [-8.1875, 5.26171875]
+        >>> reranker = BGEReranker("tests/fixtures/checkpoints/encoder", device="cpu")
+        >>> reranker.compute_score([["what is panda?", "hi"], ["what is panda?", "The giant panda is a bear."]])
+        [1.73..., 2.26...]
         """
         pairs, single = as_pairs(sentence_pairs)
         (scored,) = self.score_groups([pairs], **options)
         scores = scored.scores
         if not isinstance(scores[0] if scores else None, list):
             return scores[0] if single else scores
-        return [layer[0] for layer in scores] if single else scores
+        layers = cast("list[list[float]]", scores)  # the check above: one score list per cutoff layer
+        return [layer[0] for layer in layers] if single else layers
+
+    async def acompute_score(self, sentence_pairs: Any, **options: Any) -> Scores:
+        """``compute_score`` in a worker thread, so the running event loop is not blocked."""
+        return await asyncio.to_thread(self.compute_score, sentence_pairs, **options)
 
     def score_groups(self, groups: Sequence[Any], **options: Any) -> list[GroupScores]:
         """Score several lists of pairs in shared forward batches, each exactly as its own ``compute_score`` call.
@@ -211,11 +202,12 @@ class BGEReranker(Ranking):
         never moves their scores. Returns, per list, its scores (one list per cutoff layer when
         several are asked for) and the number of tokens the model read for each pair.
 
-        >>> reranker.score_groups([[("what is panda?", "hi")], [("q", "a"), ("q", "b")]])  # doctest: +SKIP
-        [GroupScores(scores=[-8.1875], tokens=[9]), GroupScores(scores=[0.5, -1.2], tokens=[5, 5])]
+        >>> reranker = BGEReranker("tests/fixtures/checkpoints/encoder", device="cpu")
+        >>> reranker.score_groups([[("what is panda?", "hi")], [("q", "a"), ("q", "b")]])
+        [GroupScores(scores=[1.73...], tokens=[12]), GroupScores(scores=[1.08..., 0.89...], tokens=[7, 7])]
         """
         checked = [as_pairs(group)[0] for group in groups]
-        merged = _merge(self._defaults, options, constructor_query_max_length=self._query_max_length)
+        merged = self._merged(options)
         if not any(checked):
             return [GroupScores([], []) for _ in checked]
         model = self.load()
@@ -242,6 +234,7 @@ class BGEReranker(Ranking):
             # The cached half-precision model stays as it is for others; this reranker moves to a float32 copy.
             logger.warning("MPS refused %s for this model (%s): falling back to float32.", model.family.dtype, error)
             self.dtype = torch.float32
+            assert self._path is not None  # set by load(), which gave us model
             self._model = get_model(self._path, model.family.name, self.device, torch.float32)
             scores, tokens = self._run(self._model, groups, options)
         nan = int(torch.isnan(scores).sum())
@@ -290,56 +283,9 @@ class GroupScores:
     tokens: list[int]
 
 
-def _merge(base: ScoreOptions, overrides: dict[str, Any], constructor_query_max_length: int | None) -> ScoreOptions:
-    """Apply per-call ``overrides`` (``None`` means "keep") to ``base`` and check every value."""
-    given = checked_options(overrides)
-    if "query_max_length" not in given and constructor_query_max_length is None:
-        given["query_max_length"] = given.get("max_length", base.max_length) * 3 // 4
-    return dataclasses.replace(base, **given)
-
-
-def checked_options(overrides: dict[str, Any]) -> dict[str, Any]:
-    """The scoring options set in ``overrides`` (not ``None``), each checked; layer lists become tuples.
-
-    >>> checked_options({"normalize": True, "cutoff_layers": 28, "prompt": None})
-    {'normalize': True, 'cutoff_layers': (28,)}
-    """
-    unknown = set(overrides) - {f.name for f in dataclasses.fields(ScoreOptions)}
-    if unknown:
-        raise TypeError(f"Unknown scoring option(s) {sorted(unknown)}; known: {[f.name for f in dataclasses.fields(ScoreOptions)]}.")
-    given = {name: value for name, value in overrides.items() if value is not None}
-    if "normalize" in given and not isinstance(given["normalize"], bool):
-        raise ValueError(f"normalize must be True or False, got {given['normalize']!r}.")
-    for name in ("max_length", "query_max_length", "batch_size", "compress_ratio"):
-        if name in given:
-            check_positive_int(given[name], name)
-    for name in ("cutoff_layers", "compress_layers"):
-        if name in given:
-            given[name] = check_layers(given[name], name)
-    for name in ("query_instruction_for_rerank", "passage_instruction_for_rerank", "prompt"):
-        if name in given and not isinstance(given[name], str):
-            raise TypeError(f"{name} must be a string, got {type(given[name]).__name__}.")
-    for name in ("query_instruction_format", "passage_instruction_format"):
-        if name in given:
-            check_instruction_format(given[name], name)
-    return given
-
-
-def _check_family_options(family: type[RerankerFamily] | RerankerFamily, options: ScoreOptions) -> None:
-    """Reject options that the family does not have."""
-    unsupported = sorted(
-        name for name in FAMILY_SPECIFIC_OPTIONS - family.extra_options if getattr(options, name) is not None
-    )
-    if unsupported:
-        raise ValueError(
-            f"{', '.join(unsupported)} do(es) not apply to the {family.name} family; "
-            f"it takes {sorted(family.extra_options) or 'no family-specific options'}."
-        )
-
-
 def _check_against_model(family: RerankerFamily, options: ScoreOptions) -> None:
     """Reject options the family does not have and lengths the model cannot take."""
-    _check_family_options(family, options)
+    check_family_options(family.name, options)
     if options.max_length > family.max_positions:
         raise ValueError(
             f"max_length={options.max_length} is beyond what this model can take ({family.max_positions} tokens); "
@@ -371,3 +317,9 @@ def _progress_bar(total: int):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="Scoring pairs", unit="pair")
+
+
+#: The constructor's keyword options, in the table's order: every load option and every scoring default.
+_CONSTRUCTOR_OPTIONS = [name for name in BY_NAME if name in LOAD_OPTIONS or name in DEFAULT_OPTIONS]
+BGEReranker.__init__.__signature__ = signature_with_options(BGEReranker.__init__, _CONSTRUCTOR_OPTIONS)  # type: ignore[attr-defined]
+BGEReranker.__init__.__doc__ = f"{BGEReranker.__init__.__doc__}\n\n{describe_options(_CONSTRUCTOR_OPTIONS)}"

@@ -87,7 +87,8 @@ def _class_for_model_type(path: str | Path) -> str | None:
     """The tokenizer class transformers maps the checkpoint's ``model_type`` to, if any."""
     from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES
 
-    names = TOKENIZER_MAPPING_NAMES.get(_read_json(Path(path) / "config.json").get("model_type"))
+    model_type = _read_json(Path(path) / "config.json").get("model_type")
+    names = TOKENIZER_MAPPING_NAMES.get(model_type) if isinstance(model_type, str) else None
     if isinstance(names, (tuple, list)):  # transformers 4: (slow, fast)
         names = next((name for name in reversed(names) if name), None)
     return names

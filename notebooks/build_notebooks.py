@@ -456,14 +456,14 @@ float32 here; pass `use_fp16=True` (or `use_bf16=True`) for real ones."""),
     except ModelNotFoundError as error:
         print(f"SKIPPED {family}: its checkpoint could not be loaded. {str(error).splitlines()[0]}")
         return None
-    config = reranker.family.model.config
+    config = reranker.load().family.model.config
     print(f"loaded  {family:<12} {config.num_hidden_layers:>3} layers, on {reranker.device}")
     return reranker
 
 
 def score_layers(reranker):
     """The layers with a score head (the valid cutoff_layers) of a layerwise or lightweight model."""
-    config = reranker.family.model.config
+    config = reranker.load().family.model.config
     return list(range(config.start_layer, config.num_hidden_layers + 1, getattr(config, "layer_sep", 1)))
 
 
@@ -596,7 +596,7 @@ This section shows how each setting moves the scores; section 5 times compressio
 if lightweight is None:
     print("SKIPPED lightweight: no checkpoint.")
 else:
-    depth = lightweight.family.model.config.num_hidden_layers
+    depth = lightweight.load().family.model.config.num_hidden_layers
     layers = score_layers(lightweight)
     mid, quarter, three_quarters = layers[len(layers) // 2], max(1, depth // 4), max(1, 3 * depth // 4)
     settings = {
@@ -661,8 +661,8 @@ shaped_dir = tempfile.TemporaryDirectory(prefix="bge-tour-")
 build_checkpoint(Path(shaped_dir.name), tokenizer=TEST_TOKENIZER, **SHAPES[SHAPE])
 shaped = BGEReranker(shaped_dir.name, model_class="lightweight", device="cpu")
 shaped.load()
-config = shaped.family.model.config
-parameters = sum(p.numel() for p in shaped.family.model.parameters())
+config = shaped.load().family.model.config
+parameters = sum(p.numel() for p in shaped.load().family.model.parameters())
 print(
     f"{SHAPE} shape: Gemma-2 blocks, hidden {config.hidden_size}, MLP {config.intermediate_size}, "
     f"{config.num_attention_heads} heads ({config.num_key_value_heads} key/value) of {config.head_dim}, "
@@ -670,7 +670,7 @@ print(
     f"{parameters / 1e6:.0f}M parameters; built and loaded in {time.perf_counter() - start:.1f} s"
 )'''),
     ("code", '''LONG_PAIRS = [[QUERY, ((passage + " ") * 20)[:600]] for passage in PASSAGES[:2]]
-tokenizer = shaped.family.tokenizer
+tokenizer = shaped.load().family.tokenizer
 print("passage tokens:", [len(tokenizer(passage, add_special_tokens=False)["input_ids"]) for _, passage in LONG_PAIRS])
 
 RATIOS = [1, 2, 4, 8]

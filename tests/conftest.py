@@ -20,6 +20,14 @@ GOLDEN_FIXTURES = (*FAMILIES, *(f"{family}-nfkc" for family in FAMILIES))
 TOLERANCE = 1e-4
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Server, Ray and notebook tests are slow too: ``python -m pytest -m "not slow"`` is the quick loop."""
+    for item in items:
+        if any(item.get_closest_marker(name) for name in ("server", "ray", "notebook")):
+            item.add_marker(pytest.mark.slow)
+
+
 def checkpoint(name: str) -> str:
     """Path of the small random checkpoint ``name`` (a family, or a GOLDEN_FIXTURES variant; official on-disk format)."""
     return str(CHECKPOINTS / name)

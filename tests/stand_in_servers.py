@@ -15,6 +15,10 @@ Scores are a fixed function of (query, text) (``raw_score``), normalized with a 
 server runs in a daemon thread on 127.0.0.1 on an ephemeral port, records every request, and can
 be told to fail (``fail_next``) or to answer slowly (``delay``). It stops when the test ends, and
 by itself after ``LIFETIME_SECONDS`` in any case.
+
+``MisbehavingServer`` is a bare HTTP/1.1 server whose answers a test scripts byte by byte: a
+trickle of one byte at a time after the headers (``trickle``), a gzip bomb (``gzip_bomb``). It
+counts the requests in flight too, and stops by itself after ``LIFETIME_SECONDS``.
 """
 
 from __future__ import annotations
@@ -26,11 +30,11 @@ import time
 import uuid
 import zlib
 from collections import deque
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 #: TEI's default --max-client-batch-size.
 TEI_MAX_TEXTS = 32
@@ -89,7 +93,10 @@ class StandInServer:
         self.max_in_flight = 0
 
     def fail_next(self, times: int, status: int, body: Any = None, headers: dict[str, str] | None = None) -> None:
-        """Answer the next ``times`` requests with ``status`` (and ``headers``, ``body``) instead of scores."""
+        """Answer the next ``times`` requests with ``status`` (and ``headers``, ``body``) instead of scores.
+
+        A ``bytes`` body is sent as it is (JSON no encoder writes: ``NaN``, a 401-digit number...).
+        """
         for _ in range(times):
             self.faults.append((status, headers or {}, body if body is not None else {"error": f"status {status}"}))
 
@@ -108,6 +115,7 @@ def _app(server: StandInServer) -> FastAPI:
             async def serve(request: Request):
                 body = await request.json()
                 server.requests.append({"path": request.url.path, "body": body, "headers": dict(request.headers)})
+                fault = server.faults.popleft() if server.faults else None  # at arrival: a late request takes none
                 server.in_flight += 1
                 server.max_in_flight = max(server.max_in_flight, server.in_flight)
                 try:
@@ -115,8 +123,10 @@ def _app(server: StandInServer) -> FastAPI:
                         await asyncio.sleep(server.delay)
                 finally:
                     server.in_flight -= 1
-                if server.faults:
-                    status, headers, content = server.faults.popleft()
+                if fault is not None:
+                    status, headers, content = fault
+                    if isinstance(content, bytes):
+                        return Response(content, status_code=status, headers=headers, media_type="application/json")
                     return JSONResponse(content, status_code=status, headers=headers)
                 return handler(body, request.headers)
 
@@ -183,3 +193,133 @@ def _app(server: StandInServer) -> FastAPI:
         }
 
     return app
+
+
+#: A scripted answer: given the server, the request (``{"head": bytes, "body": bytes}``) and the connection's writer.
+Answer = Callable[["MisbehavingServer", dict[str, Any], asyncio.StreamWriter], Awaitable[None]]
+
+
+class MisbehavingServer:
+    """A bare HTTP/1.1 server on 127.0.0.1 (ephemeral port, own thread) that answers every request with ``answer``.
+
+    Records each request, the most requests in flight at once (``max_in_flight``) and, for
+    answers that use it, ``sent``: the bytes of body written so far. Stops after ``LIFETIME_SECONDS``.
+    """
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.requests: list[dict[str, Any]] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.sent = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="misbehaving-server", daemon=True)
+        self._stopper = threading.Timer(LIFETIME_SECONDS, self.stop)
+        self._stopper.daemon = True
+
+    def start(self) -> "MisbehavingServer":
+        self._thread.start()
+        self._server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._handle, "127.0.0.1", 0), self._loop
+        ).result(timeout=20)
+        self._stopper.start()
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    def stop(self) -> None:
+        self._stopper.cancel()
+        if self._loop.is_closed():
+            return
+
+        async def close() -> None:
+            self._server.close()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        if self._loop.is_running():
+            asyncio.run_coroutine_threadsafe(close(), self._loop).result(timeout=10)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=10)
+            self._loop.close()
+
+    def __enter__(self) -> "MisbehavingServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:  # keep-alive: one request after another on the connection
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                request = {"head": head, "body": await reader.readexactly(length)}
+                self.requests.append(request)
+                self.in_flight += 1
+                self.max_in_flight = max(self.max_in_flight, self.in_flight)
+                try:
+                    await self.answer(self, request, writer)
+                finally:
+                    self.in_flight -= 1
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            pass
+        except asyncio.CancelledError:  # stopped: end quietly (asyncio would log a cancelled handler)
+            pass
+        finally:
+            writer.close()
+
+
+def trickle(every: float, count: int) -> Answer:
+    """An answer that sends its headers, then one byte of a ``count``-byte body every ``every`` seconds (counted in ``sent``)."""
+
+    async def answer(server: MisbehavingServer, request: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % count)
+        await writer.drain()
+        for _ in range(count):
+            await asyncio.sleep(every)
+            if writer.is_closing() or writer.transport.get_extra_info("socket") is None:
+                raise ConnectionResetError
+            writer.write(b" ")
+            await writer.drain()
+            server.sent += 1
+
+    return answer
+
+
+_BOMBS: dict[tuple[bytes, int], bytes] = {}
+
+
+def gzip_bomb_body(prefix: bytes, inflated: int) -> bytes:
+    """``prefix`` then spaces up to ``inflated`` bytes, gzipped (made in 1 MiB steps, cached): ~260 KB for 384 MB."""
+    key = (prefix, inflated)
+    if key not in _BOMBS:
+        compressor = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+        parts = [compressor.compress(prefix)]
+        block = b" " * (1 << 20)
+        left = inflated - len(prefix)
+        while left > 0:
+            parts.append(compressor.compress(block[: min(left, len(block))]))
+            left -= len(block)
+        parts.append(compressor.flush())
+        _BOMBS[key] = b"".join(parts)
+    return _BOMBS[key]
+
+
+def gzip_bomb(prefix: bytes, inflated: int) -> Answer:
+    """An answer of 200 with ``Content-Encoding: gzip`` whose body inflates to ``inflated`` bytes of JSON whitespace."""
+
+    async def answer(server: MisbehavingServer, request: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+        body = gzip_bomb_body(prefix, inflated)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n"
+            % len(body)
+        )
+        writer.write(body)
+        await writer.drain()
+
+    return answer

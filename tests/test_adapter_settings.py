@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -98,17 +99,25 @@ def test_an_unset_device_serializes_as_unset(adapter):
 
 
 @pytest.mark.parametrize("adapter", ADAPTERS.values(), ids=ADAPTERS.keys())
-def test_a_shared_reranker_keeps_its_load_settings(adapter, tmp_path):
-    shared = BGEReranker(ENCODER, cache_dir=str(tmp_path), local_files_only=True, use_fp16=True, normalize=True)
-    built = adapter(model=shared, top_n=None)
+def test_a_shared_reranker_serializes_to_a_config_that_rebuilds_it(adapter, tmp_path):
+    """An adapter around an existing BGEReranker saves its path and every setting as plain JSON; the config
+    rebuilds an adapter that scores the same, through the same cached model."""
+    shared = BGEReranker(
+        ENCODER, device="cpu", cache_dir=str(tmp_path), local_files_only=True, use_fp16=True, normalize=True,
+        max_length=64, query_instruction_for_rerank="Q: ",
+    )
+    built = adapter(model=shared, top_n=None, batch_size=2)
+    assert built.reranker is shared
     saved = dump(built)
     assert saved["model"] == ENCODER
-    assert (saved["cache_dir"], saved["local_files_only"], saved["use_fp16"], saved["normalize"]) == (
-        str(tmp_path), True, True, True
-    )
-    again = rebuild(built)
-    assert (again.reranker.cache_dir, again.reranker.local_files_only) == (str(tmp_path), True)
-    assert run(again) == run(built)
+    settings = ("device", "cache_dir", "local_files_only", "use_fp16", "normalize", "max_length", "query_instruction_for_rerank", "batch_size")
+    assert [saved[name] for name in settings] == ["cpu", str(tmp_path), True, True, True, 64, "Q: ", 2]
+    assert saved["query_max_length"] is None  # derived from max_length, not frozen at 48
+    text = json.dumps(saved)  # each framework's own way back from JSON
+    again = LlamaIndexRerank.from_json(text) if adapter is LlamaIndexRerank else LangChainRerank.model_validate_json(text)
+    assert again.reranker is not shared and dump(again) == saved
+    assert again.reranker.load() is shared.load()  # the same loaded model, via the cache
+    assert run(again) == run(built) != run(adapter(model=ENCODER, device="cpu", top_n=None))
 
 
 @pytest.mark.parametrize("adapter", ADAPTERS.values(), ids=ADAPTERS.keys())

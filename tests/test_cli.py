@@ -94,6 +94,7 @@ def test_blank_lines_are_skipped_but_blank_jsonl_records_are_scored(tmp_path, ca
     assert printed == {i: pytest.approx(reference_score("encoder", "blank_texts", QUERY, text), abs=TOLERANCE) for i, text in enumerate(["", "   "])}
 
 
+@pytest.mark.slow
 def test_console_script_runs():
     completed = subprocess.run(
         [sys.executable, "-m", "bge_rerank_integrations.cli", "-m", checkpoint("encoder"), "-q", QUERY, "--device", "cpu", "--json", "hi"],

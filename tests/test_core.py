@@ -81,7 +81,7 @@ def test_batch_size_does_not_change_scores_or_order(reranker):
 
 
 def test_truncation_follows_the_reference_but_never_exceeds_positions(reranker, caplog):
-    family = reranker.family
+    family = reranker.load().family
     long_query = " ".join(["what is panda?"] * 50)
     options = reranker.options.__class__(max_length=16, query_max_length=8)
     assert [len(item) for item in family.encode([(long_query, PANDA * 30), ("q", "p")], options)][0] == 16
@@ -98,7 +98,7 @@ def test_truncation_follows_the_reference_but_never_exceeds_positions(reranker, 
 
 
 def test_encoder_pair_layout_is_xlm_roberta(reranker):
-    family = reranker.family
+    family = reranker.load().family
     tok = family.tokenizer
     encoded = family.encode([("what is panda?", "hi")], reranker.options)[0]
     q = tok("what is panda?", add_special_tokens=False)["input_ids"]
@@ -151,7 +151,7 @@ def test_bad_input_is_not_mutated(reranker):
 def test_a_blank_encoder_pair_is_its_special_tokens(reranker):
     family = reranker.load().family
     (blank,) = family.encode([("", "   ")], reranker.options)  # this tokenizer drops whitespace
-    template = family.template
+    template = family.layout
     assert blank.input_ids == [*template.prefix, *template.middle, *template.suffix] == [0, 2, 2, 2]
     assert blank.query_length == len(template.prefix + template.middle)
 
@@ -195,11 +195,27 @@ def test_bad_options_are_clear_errors(reranker, options, error, message):
         reranker.compute_score(PAIRS, **options)
 
 
-def test_family_options_that_do_not_apply_fail_at_construction(encoder_path):
-    with pytest.raises(ValueError, match="cutoff_layers do\\(es\\) not apply to the encoder family"):
-        BGEReranker(encoder_path, device="cpu", cutoff_layers=[2])
-    with pytest.raises(ValueError, match="compress_ratio do\\(es\\) not apply to the llm family"):
-        BGEReranker("BAAI/bge-reranker-v2-gemma", device="cpu", compress_ratio=2)
+def _build(builder: str, model: str, **options):
+    """A reranker or adapter of kind ``builder`` on ``model``; the adapters' tests skip where their extra is missing."""
+    if builder == "core":
+        return BGEReranker(model, device="cpu", **options)
+    if builder == "llama_index":
+        return pytest.importorskip("bge_rerank_integrations.llama_index", exc_type=ImportError).BGERerank(model=model, **options)
+    langchain = pytest.importorskip("bge_rerank_integrations.langchain", exc_type=ImportError)
+    return (langchain.BGECrossEncoder if builder == "langchain_cross_encoder" else langchain.BGERerank)(model=model, **options)
+
+
+@pytest.mark.parametrize("builder", ["core", "langchain", "langchain_cross_encoder", "llama_index"])
+@pytest.mark.parametrize(
+    "model, option, family",
+    [(checkpoint("encoder"), {"cutoff_layers": [2]}, "encoder"), ("BAAI/bge-reranker-v2-gemma", {"compress_ratio": 2}, "llm")],
+    ids=["encoder", "llm"],
+)
+def test_an_option_the_family_lacks_fails_at_construction(builder, model, option, family):
+    """The core and every adapter refuse it before loading anything (pydantic's ValidationError is a ValueError)."""
+    (name,) = option
+    with pytest.raises(ValueError, match=f"{name} do\\(es\\) not apply to the {family} family"):
+        _build(builder, model, **option)
 
 
 def test_unknown_model_class():
@@ -324,10 +340,10 @@ def test_same_checkpoint_shares_one_model(encoder_path, monkeypatch):
     monkeypatch.setattr("bge_rerank_integrations.device.cpu_fast_half_dtypes", frozenset)
     first = BGEReranker(encoder_path, device="cpu")
     second = BGEReranker(encoder_path, device="cpu", use_fp16=True)  # fp32 on a CPU without fast fp16
-    assert first.family is second.family
+    assert first.load().family is second.load().family
     clear_model_cache()
     third = BGEReranker(encoder_path, device="cpu")
-    assert third.family is not first.family
+    assert third.load().family is not first.load().family
 
 
 def test_concurrent_calls_match_sequential(reranker):
@@ -401,7 +417,7 @@ def test_reference_position_offsets_follow_the_reference_batches():
 
 
 def test_score_groups_counts_what_the_encoder_reads(reranker):
-    tokenizer = reranker.family.tokenizer
+    tokenizer = reranker.load().family.tokenizer
     query, passage = PAIRS[1]
     alone = len(tokenizer(query, add_special_tokens=False)["input_ids"]) + len(tokenizer(passage, add_special_tokens=False)["input_ids"])
 

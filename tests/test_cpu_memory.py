@@ -36,7 +36,7 @@ def test_batches_hold_at_most_max_tokens_padded_tokens():
 
 def test_cpu_batches_are_bounded_in_tokens(monkeypatch):
     reranker = BGEReranker(checkpoint("encoder"), device="cpu")
-    family = reranker.family
+    family = reranker.load().family
     widths = []
     forward = type(family).forward
 

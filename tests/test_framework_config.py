@@ -187,16 +187,6 @@ def test_llama_index_defaults_round_trip():
     assert original.to_dict()["top_n"] == 3
 
 
-def test_llama_index_shared_reranker_serializes_as_a_config():
-    """A postprocessor around an existing BGEReranker saves its name and settings, so from_dict rebuilds it."""
-    shared = BGEReranker(_path("encoder"), device="cpu", normalize=True, max_length=256)
-    original = LlamaIndexRerank(model=shared, top_n=2)
-    saved = original.to_dict()
-    assert saved["model"] == _path("encoder") and saved["normalize"] is True and saved["max_length"] == 256
-    rebuilt = LlamaIndexRerank.from_json(json.dumps(saved))
-    assert llama_index_ranking(rebuilt) == llama_index_ranking(original)
-
-
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_langchain_model_dump_round_trip(name):
     original = LangChainRerank(**CONFIGS[name])

@@ -192,6 +192,22 @@ def test_unexpected_weights_are_named(tmp_path, family):
         score(path)
 
 
+@pytest.mark.parametrize(
+    "family, extra",
+    [
+        ("encoder", "roberta.pooler.dense.bias"),  # the classification head reads the CLS state, not the pooler
+        ("layerwise", "adapter.extra.weight"),  # our own models read only the weights they have
+        ("lightweight", "lm_head.weight"),  # tied output embeddings; the score heads are lm_head.N
+    ],
+)
+def test_weights_the_model_never_reads_are_logged_not_refused(tmp_path, family, extra, clean_scores, caplog):
+    path = copy_checkpoint(tmp_path, family)
+    edit_weights(path, lambda state: state.update({extra: torch.zeros(2)}))
+    with caplog.at_level(logging.INFO, logger="bge_rerank_integrations"):
+        assert score(path) == pytest.approx(clean_scores[family], abs=1e-5)
+    assert f"Ignoring 1 weights in {path} that the {family} model does not read, e.g. ['{extra}']" in caplog.text
+
+
 def test_llm_model_class_on_an_encoder_checkpoint_is_an_error(encoder_path):
     with pytest.raises(CheckpointError, match="does not fit a llm reranker: it lacks .*lm_head"):
         score(encoder_path, model_class="llm")
@@ -351,7 +367,7 @@ def test_lone_surrogate_names_the_pair(encoder):
 
 
 def test_cpu_and_cpu0_share_one_cached_model():
-    assert BGEReranker(checkpoint("encoder"), device="cpu").family is BGEReranker(checkpoint("encoder"), device="cpu:0").family
+    assert BGEReranker(checkpoint("encoder"), device="cpu").load().family is BGEReranker(checkpoint("encoder"), device="cpu:0").load().family
 
 
 def test_mps_float32_fallback_leaves_the_shared_half_model_alone(monkeypatch, caplog, encoder):
@@ -374,7 +390,7 @@ def test_mps_float32_fallback_leaves_the_shared_half_model_alone(monkeypatch, ca
         assert half.compute_score(PAIRS) == encoder.compute_score(PAIRS)
     assert "falling back to float32" in caplog.text
     assert shared.family.dtype == torch.float16 and next(shared.family.model.parameters()).dtype == torch.float16
-    assert half.dtype == torch.float32 and half.family is encoder.family
+    assert half.dtype == torch.float32 and half.load().family is encoder.load().family
 
 
 def test_progress_bar_is_closed_when_scoring_raises(monkeypatch):

@@ -225,7 +225,7 @@ def test_two_compressors_share_one_model():
     for compressor in (a, b, c, d):
         compressor.compress_documents(make_docs(), QUERY)
     assert c.reranker.load() is d.reranker.load() is shared.load()  # one cached model behind all four
-    assert c.reranker.family.model is shared.family.model
+    assert c.reranker.load().family.model is shared.load().family.model
 
 
 # --- construction and input errors -------------------------------------------------------------------
@@ -327,7 +327,7 @@ async def test_concurrent_ainvoke_equals_sequential_invoke():
 
 async def test_acompress_runs_off_the_event_loop(monkeypatch):
     shared = BGEReranker(ENCODER, device="cpu")
-    original, seen = shared.rerank, {}
+    original, seen = shared.compute_score, {}
     loop_ran = threading.Event()
 
     def blocking_rerank(*args, **kwargs):
@@ -340,7 +340,7 @@ async def test_acompress_runs_off_the_event_loop(monkeypatch):
         await asyncio.sleep(0)
         loop_ran.set()
 
-    monkeypatch.setattr(shared, "rerank", blocking_rerank)
+    monkeypatch.setattr(shared, "compute_score", blocking_rerank)
     docs = make_docs()
     result, _ = await asyncio.gather(BGERerank(model=shared).acompress_documents(docs, QUERY), on_the_loop())
     assert seen["loop_free"] and seen["thread"] is not threading.main_thread()
@@ -419,31 +419,12 @@ async def test_decoder_families(family, monkeypatch):
     assert got(retriever.invoke(QUERY)) == got(compressor.compress_documents(retrieved(retriever, QUERY), QUERY))
 
 
-def test_option_the_family_lacks_fails_at_construction():
-    with pytest.raises(ValueError, match="compress_ratio do\\(es\\) not apply to the encoder family"):
-        BGERerank(model=checkpoint("encoder"), device="cpu", compress_ratio=2)
-
-
 def test_instructions_reach_the_core():
     options = {"query_instruction_for_rerank": "Q:", "query_instruction_format": "{}\\n{}", "passage_instruction_for_rerank": "P: "}
     compressor = BGERerank(model=ENCODER, device="cpu", top_n=None, **options)
     docs = make_docs()
     assert got(compressor.compress_documents(docs, QUERY)) == expected(QUERY, docs, **options)
     assert got(compressor.compress_documents(docs, QUERY)) != expected(QUERY, docs)
-
-
-def test_a_shared_reranker_serializes_to_a_config_that_rebuilds_it():
-    shared = BGEReranker(ENCODER, device="cpu", max_length=64, query_instruction_for_rerank="Q: ")
-    compressor = BGERerank(model=shared, top_n=None)
-    config = json.loads(compressor.model_dump_json())
-    assert config["model"] == ENCODER
-    assert (config["device"], config["max_length"], config["query_instruction_for_rerank"]) == ("cpu", 64, "Q: ")
-    assert config["query_max_length"] is None  # derived from max_length, not frozen at 48
-    rebuilt = BGERerank(**config)
-    assert rebuilt.reranker.load() is shared.load()
-    docs = make_docs()
-    assert got(rebuilt.compress_documents(docs, QUERY)) == got(compressor.compress_documents(docs, QUERY))
-    assert got(rebuilt.compress_documents(docs, QUERY)) != got(BGERerank(model=ENCODER, device="cpu", top_n=None).compress_documents(docs, QUERY))
 
 
 # --- BGECrossEncoder: LangChain's CrossEncoderReranker over the same core ---------------------------
@@ -472,16 +453,14 @@ def test_cross_encoder_in_langchains_cross_encoder_reranker():
 
 
 def test_cross_encoder_settings_and_errors():
-    from bge_rerank_integrations.adapter_support import RerankerSettings
+    from bge_rerank_integrations.adapter_support import ScoringSettings
     from bge_rerank_integrations.langchain import BGECrossEncoder
 
-    assert set(BGECrossEncoder.model_fields) == set(RerankerSettings.model_fields)
+    assert set(BGECrossEncoder.model_fields) == set(ScoringSettings.model_fields)
     assert "top_n" not in BGECrossEncoder.model_fields  # CrossEncoderReranker keeps its own
     shared = BGEReranker(ENCODER, device="cpu")
     encoder = BGECrossEncoder(model=shared)
     assert encoder.reranker is shared and encoder.model_dump()["model"] == ENCODER
-    with pytest.raises(ValidationError, match="compress_ratio do\\(es\\) not apply to the encoder family"):
-        BGECrossEncoder(model=ENCODER, compress_ratio=2)
     with pytest.raises(ValidationError, match="top_n"):
         BGECrossEncoder(model=ENCODER, top_n=3)
     with pytest.raises(TypeError, match="list of \\(query, text\\) pairs"):

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from bge_rerank_integrations import CheckpointError
+from bge_rerank_integrations.options import family_options
 from bge_rerank_integrations.families.base import Encoded, ScoreOptions
 from bge_rerank_integrations.families.lightweight import DEFAULT_PROMPT, LightweightFamily
 from bge_rerank_integrations.models.gemma2_lightweight import (
@@ -224,7 +225,7 @@ def _score(family: LightweightFamily, pairs, **kwargs) -> torch.Tensor:
 
 def test_family_declares_its_options(family):
     assert family.name == "lightweight"
-    assert family.extra_options == {"prompt", "cutoff_layers", "compress_ratio", "compress_layers"}
+    assert family_options(family.name) == {"prompt", "cutoff_layers", "compress_ratio", "compress_layers"}
     assert (family.default_query_instruction, family.default_passage_instruction) == ("A: ", "B: ")
     assert family.max_positions == family.model.config.max_position_embeddings
 
@@ -247,9 +248,9 @@ def test_bad_options_are_rejected_naming_valid_values(family, options, message):
 
 def test_good_options_pass_and_count_outputs(family):
     family.check_options(_options(compress_ratio=8, compress_layers=(0, 9), cutoff_layers=(2, 10)))
-    assert family.output_count(_options()) == 1
-    assert family.output_count(_options(cutoff_layers=(3, 6, 10))) == 3
-    assert family.output_count(_options(cutoff_layers=(10, 4, 4))) == 2
+    assert len(family.cutoff_layers(_options())) == 1
+    assert len(family.cutoff_layers(_options(cutoff_layers=(3, 6, 10)))) == 3
+    assert len(family.cutoff_layers(_options(cutoff_layers=(10, 4, 4)))) == 2
 
 
 def test_encode_marks_query_and_prompt_segments(family):

@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from bge_rerank_integrations import BGEReranker
+from bge_rerank_integrations.options import family_options
 from bge_rerank_integrations.families import family_class
 from bge_rerank_integrations.families.base import Encoded
 from bge_rerank_integrations.families.decoder_text import (
     DEFAULT_PROMPT,
-    PairTemplate,
+    PromptPieces,
     assemble,
     encode_pairs,
     pad_batch,
@@ -22,7 +23,7 @@ from bge_rerank_integrations.families.llm import LLMFamily
 from bge_rerank_integrations.loading import dtype_kwargs
 
 from .conftest import checkpoint, load_goldens
-from .family_helpers import PAIRS, TOLERANCE, family_scores_for_case, golden_params, options, score, with_instructions
+from .family_helpers import PAIRS, TOLERANCE, options, score, with_instructions
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def family() -> LLMFamily:
 
 def test_registry_and_class_attributes():
     assert family_class("llm") is LLMFamily and family_class("decoder-only-base") is LLMFamily
-    assert LLMFamily.extra_options == frozenset({"prompt"})
+    assert family_options(LLMFamily.name) == frozenset({"prompt"})
     assert (LLMFamily.default_query_instruction, LLMFamily.default_passage_instruction) == ("A: ", "B: ")
 
 
@@ -43,7 +44,6 @@ def test_forward_shape_dtype_and_distinct_scores(family):
     scores = score(family, PAIRS, options())
     assert scores.shape == (1, len(PAIRS)) and scores.dtype == torch.float32 and scores.device.type == "cpu"
     assert len({round(s, 4) for s in scores[0].tolist()}) == len(PAIRS)
-    assert family.output_count(options()) == 1
 
 
 def test_never_computes_full_vocabulary_logits(family, monkeypatch):
@@ -115,12 +115,12 @@ def test_encode_layout_matches_reference_recipe(family):
 def test_blank_texts_give_zero_length_ids_around_the_fixed_pieces(family):
     tok = family.tokenizer
     opts = options(query_instruction_for_rerank="", passage_instruction_for_rerank="")
-    template = PairTemplate.build(tok, DEFAULT_PROMPT, bos="auto")
+    template = PromptPieces.build(tok, DEFAULT_PROMPT, bos="auto")
     blank, whitespace = family.encode(with_instructions(family, [("", ""), ("", "   ")], opts), opts)
     assert blank.input_ids == [*template.bos, *template.sep, *template.sep, *template.prompt]
     assert blank.query_length == len(template.bos + template.sep) and blank.prompt_length == len(template.tail)
     assert whitespace.input_ids == [*template.bos, *template.sep, *token_ids(tok, "   "), *template.tail]
-    assert assemble([], [], template, max_length=1) == dataclasses.replace(blank, position_offset=0)
+    assert assemble([], [], template, max_length=1)[0] == dataclasses.replace(blank, position_offset=0)
     assert torch.isfinite(family.forward([blank, whitespace], opts)).all()
 
 
@@ -142,16 +142,16 @@ def test_truncation_budget(family):
 
 
 def test_assemble_keeps_reference_quirk_and_caps_at_max_positions():
-    template = PairTemplate(bos=(1,), sep=(5,), prompt=(7, 8))
+    template = PromptPieces(bos=(1,), sep=(5,), prompt=(7, 8))
     query, passage = list(range(100, 130)), [200, 201]
     # The reference leaves the pair whole when the passage is shorter than the excess.
-    quirk = assemble(query, passage, template, max_length=10)
+    quirk = assemble(query, passage, template, max_length=10)[0]
     assert quirk.input_ids == [1, *query, 5, *passage, 5, 7, 8]
     # ... but never beyond the model's positions: the query is capped, separator and prompt stay.
-    capped = assemble(query, passage, template, max_length=10, max_positions=20)
+    capped = assemble(query, passage, template, max_length=10, max_positions=20)[0]
     assert len(capped) <= 20 and capped.input_ids[:2] == [1, 100] and capped.input_ids[-3:] == [5, 7, 8]
     assert 200 in capped.input_ids and capped.query_length == capped.input_ids.index(200)
-    long_passage = assemble(query[:3], list(range(300, 400)), template, max_length=200, max_positions=32)
+    long_passage = assemble(query[:3], list(range(300, 400)), template, max_length=200, max_positions=32)[0]
     assert len(long_passage) == 32 and long_passage.input_ids[:4] == [1, 100, 101, 102]
 
 
@@ -185,7 +185,7 @@ def test_pad_batch_sides_multiple_and_mask_dtype():
     assert left.input_ids[0, -3:].tolist() == [1, 2, 3] and left.last_index.tolist() == [15, 15]
     right = pad_batch(batch, pad_id=0, side="right")
     assert right.input_ids[0, :4].tolist() == [1, 2, 3, 0] and right.last_index.tolist() == [2, 8]
-    assert right.attention_mask.sum(1).tolist() == [3, 9] and right.has_padding
+    assert right.attention_mask.sum(1).tolist() == [3, 9] and bool((right.lengths < right.input_ids.shape[1]).any())
     with pytest.raises(ValueError):
         pad_batch(batch, pad_id=0, side="middle")
     with pytest.raises(ValueError, match="no empty sequence"):  # a pair always keeps its separators and prompt
@@ -193,12 +193,6 @@ def test_pad_batch_sides_multiple_and_mask_dtype():
 
 
 # --- parity with the reference -----------------------------------------------------------------
-
-
-@pytest.mark.parametrize("case", golden_params("llm"))
-def test_family_matches_reference_goldens(family, case):
-    ours, reference = family_scores_for_case(family, case)
-    assert (ours - reference).abs().max().item() <= TOLERANCE
 
 
 def test_through_bge_reranker_matches_goldens_and_validates_options():

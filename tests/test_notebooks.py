@@ -92,7 +92,7 @@ print("{marker}" + json.dumps({{
 }
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.notebook, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def _generator():

@@ -97,7 +97,7 @@ def test_an_avx2_cpu_runs_float32_with_a_warning():
         "assert torch.backends.cpu.get_cpu_capability() == 'AVX2', torch.backends.cpu.get_cpu_capability()\n"
         "assert cpu_fast_half_dtypes() == frozenset(), cpu_fast_half_dtypes()\n"
         f"r = BGEReranker({checkpoint('encoder')!r}, device='cpu', use_bf16=True)\n"
-        "assert r.dtype == torch.float32 and r.family.model.dtype == torch.float32\n"
+        "assert r.dtype == torch.float32 and r.load().family.model.dtype == torch.float32\n"
         "print('dtype', r.dtype)\n"
     )
     env = {**os.environ, **AVX2_ENV, "PYTHONPATH": str(ROOT)}
@@ -135,12 +135,12 @@ def test_each_precision_is_loaded_once_and_fp32_scores_are_untouched(fast_half, 
         for dtype, flag in ((torch.bfloat16, {"use_bf16": True}), (torch.float16, {"use_fp16": True}))
     }
     for dtype, (first, second) in rerankers.items():
-        assert first.dtype == dtype and first.family is second.family and first.family.model.dtype == dtype
-        assert first.family is not fp32.family
+        assert first.dtype == dtype and first.load().family is second.load().family and first.load().family.model.dtype == dtype
+        assert first.load().family is not fp32.load().family
     assert sorted(map(str, loads)) == ["torch.bfloat16", "torch.float16"], "each precision's model is loaded once"
-    assert fp32.family.model.dtype == torch.float32
+    assert fp32.load().family.model.dtype == torch.float32
     assert fp32.compute_score(pairs) == before, "loading other precisions never touches the float32 model"
-    assert BGEReranker(checkpoint("encoder"), device="cpu").family is fp32.family
+    assert BGEReranker(checkpoint("encoder"), device="cpu").load().family is fp32.load().family
     assert all(isinstance(s, float) for s in rerankers[torch.bfloat16][0].compute_score(pairs))
 
 
@@ -161,7 +161,7 @@ def test_half_precision_goldens_on_cpu(name, dtype, fast_half, one_torch_thread)
     for case in cases:
         init = {**case["init"], "use_fp16": dtype == torch.float16, "use_bf16": dtype == torch.bfloat16}
         reranker = BGEReranker(checkpoint(name), device="cpu", **init)
-        assert next(reranker.family.model.parameters()).dtype == dtype
+        assert next(reranker.load().family.model.parameters()).dtype == dtype
         pairs = case["pairs"] if not isinstance(case["pairs"][0], str) else [case["pairs"]]
         scores = reranker.compute_score(pairs, **case["call"])
         assert all(isinstance(v, float) for v in _flat(scores))
@@ -192,7 +192,7 @@ def test_half_precision_fidelity_on_real_weights(minilm, dtype, fast_half, one_t
 
     path, fp32 = minilm
     reranker = BGEReranker(path, device="cpu", use_fp16=dtype == torch.float16, use_bf16=dtype == torch.bfloat16)
-    assert reranker.family.model.dtype == dtype
+    assert reranker.load().family.model.dtype == dtype
     scores = reranker.compute_score(RAG_PAIRS)
     tau = kendall_tau(fp32, scores)
     assert tau >= REAL_TAU[dtype], f"{dtype}: Kendall tau {tau:.4f} against float32"

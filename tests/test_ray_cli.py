@@ -12,6 +12,7 @@ from .conftest import checkpoint
 
 pytest.importorskip("ray")
 httpx = pytest.importorskip("httpx")
+pytestmark = [pytest.mark.ray, pytest.mark.server]
 
 from bge_rerank_integrations.ray import serve as ray_serve  # noqa: E402
 

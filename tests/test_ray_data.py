@@ -11,6 +11,7 @@ from bge_rerank_integrations import BGEReranker
 from .conftest import checkpoint, kill_actor_process
 
 pytest.importorskip("ray")
+pytestmark = pytest.mark.ray
 import ray.data  # noqa: E402
 
 from bge_rerank_integrations.ray import rerank_dataset  # noqa: E402

@@ -14,6 +14,7 @@ from .serve_support import metric
 
 pytest.importorskip("ray")
 httpx = pytest.importorskip("httpx")
+pytestmark = pytest.mark.ray
 from ray import serve  # noqa: E402
 
 from bge_rerank_integrations.ray import build_app  # noqa: E402

@@ -93,6 +93,7 @@ def fake_hub_cache(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_readme_python_examples_run_verbatim_on_cpu(tmp_path):
     pytest.importorskip("langchain_classic")
     pytest.importorskip("llama_index.core")

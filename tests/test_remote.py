@@ -3,7 +3,9 @@
 Scores, order and request bodies per API; splitting over TEI's 32-text limit and reassembly in
 order; retries on 503/429 (``Retry-After`` honoured) and connection errors; one clear error for a
 4xx; timeouts that fail the whole call; 50 concurrent async calls through one client, no thread
-per call.
+per call. Hostile servers (issue 19): answers that are not exactly one finite score per document,
+a trickle of one byte at a time, Retry-After beyond the deadline, a gzip bomb, 413 halves beyond
+max_concurrent_requests, an API key in a validation error.
 """
 
 from __future__ import annotations
@@ -13,16 +15,27 @@ import contextlib
 import json
 import logging
 import pickle
+import re
 import socket
 import threading
 import time
+import tracemalloc
 
 import pytest
 
 from bge_rerank_integrations import RemoteReranker, RemoteRerankError, RemoteRerankTimeout, RerankResult
 from bge_rerank_integrations.ranking import rank
 
-from .stand_in_servers import COHERE_KEY, TEI_MAX_TEXTS, StandInServer, normalized_score, raw_score
+from .stand_in_servers import (
+    COHERE_KEY,
+    TEI_MAX_TEXTS,
+    MisbehavingServer,
+    StandInServer,
+    gzip_bomb,
+    normalized_score,
+    raw_score,
+    trickle,
+)
 
 QUERY = "what is panda?"
 TEXTS = [
@@ -279,6 +292,165 @@ async def test_a_timeout_fails_the_whole_async_call(server):
     await reranker.aclose()
 
 
+# --- hostile servers: a wrong answer never becomes a score ------------------------------------------
+
+ALL_APIS = ["bge", "tei", "infinity", "vllm", "cohere"]
+#: Answers for three documents, as (index, score) JSON texts, with what the error must say.
+BAD_RESULTS = {
+    "an extra duplicate": ([("0", "0.1"), ("1", "0.2"), ("2", "0.3"), ("0", "999.0")], r"index 0 appears twice \(again in result 3\)"),
+    "one missing": ([("0", "0.1"), ("2", "0.3")], r"it has 2 result\(s\) for 3 document\(s\)"),
+    "a duplicate": ([("0", "0.1"), ("0", "999.0"), ("2", "0.3")], "index 0 appears twice"),
+    "index true": ([("0", "0.1"), ("true", "0.2"), ("2", "0.3")], "index True, not an integer"),
+    "index 1.0": ([("0", "0.1"), ("1.0", "0.2"), ("2", "0.3")], "index 1.0, not an integer"),
+    "index null": ([("0", "0.1"), ("null", "0.2"), ("2", "0.3")], "index None, not an integer"),
+    "index out of range": ([("0", "0.1"), ("1", "0.2"), ("3", "0.3")], r"index 3, outside 0\.\.2"),
+    "negative index": ([("-1", "0.1"), ("1", "0.2"), ("2", "0.3")], r"index -1, outside 0\.\.2"),
+    "401-digit score": ([("0", "1" + "0" * 400), ("1", "0.2"), ("2", "0.3")], "an integer of 401 digits, not a finite number"),
+    "NaN score": ([("0", "NaN"), ("1", "0.2"), ("2", "0.3")], "nan, not a finite number"),
+    "overflowing float": ([("0", "1e999"), ("1", "0.2"), ("2", "0.3")], "inf, not a finite number"),
+    "score true": ([("0", "true"), ("1", "0.2"), ("2", "0.3")], "True, not a finite number"),
+    "score string": ([("0", '"0.5"'), ("1", "0.2"), ("2", "0.3")], "'0.5', not a finite number"),
+    "score missing": ([("0", None), ("1", "0.2"), ("2", "0.3")], "None, not a finite number"),
+}
+BAD_BODIES = {
+    "over-nested JSON": (b"[" * 100_000 + b"]" * 100_000, "not JSON .RecursionError"),
+    "not JSON": (b"<html>busy</html>", "not JSON .JSONDecodeError"),
+    "results not objects": (None, "result 0 is 1, not an object"),
+}
+
+
+def bad_answer(api: str, results: list[tuple[str, str | None]]) -> bytes:
+    """``results`` in the answer shape of ``api`` (bare array or ``{"results": [...]}``), as raw JSON."""
+    score_key = "score" if api in ("bge", "tei") else "relevance_score"
+    items = ", ".join(
+        '{"index": %s%s}' % (index, "" if score is None else f', "{score_key}": {score}') for index, score in results
+    )
+    return f"[{items}]".encode() if api in ("bge", "tei") else f'{{"id": "x", "results": [{items}]}}'.encode()
+
+
+def hostile_client(server: StandInServer, api: str, **kwargs) -> RemoteReranker:
+    """``client`` for every API; ``bge`` talks to the TEI stand-in's path (same answer shape)."""
+    if api == "bge":
+        return RemoteReranker(f"{server.url}/tei/rerank", api="bge", **kwargs)
+    return client(server, api, **kwargs)
+
+
+@pytest.mark.parametrize("api", ALL_APIS)
+@pytest.mark.parametrize("case", [*BAD_RESULTS, *BAD_BODIES])
+def test_an_answer_that_is_not_one_finite_score_per_document_is_an_error_naming_the_server(server, api, case):
+    if case in BAD_RESULTS:
+        results, message = BAD_RESULTS[case]
+        body = bad_answer(api, results)
+    else:
+        body, message = BAD_BODIES[case]
+        if body is None:
+            body = b"[1, 2, 3]" if api in ("bge", "tei") else b'{"results": [1, 2, 3]}'
+    server.fail_next(1, 200, body)
+    reranker = hostile_client(server, api)
+    with pytest.raises(RemoteRerankError) as caught:
+        reranker.compute_score([[QUERY, text] for text in TEXTS[:3]])
+    assert type(caught.value) is RemoteRerankError and caught.value.status_code == 200
+    assert re.search(f"^{re.escape(reranker.endpoint)} \\({api} API\\) answered 200 with an unusable answer: .*{message}", str(caught.value))
+    assert len(server.requests) == 1  # a wrong answer is not retried
+    reranker.close()
+
+
+@pytest.mark.parametrize("api", ALL_APIS)
+async def test_a_right_answer_in_any_order_with_integer_scores_is_taken(server, api):
+    reranker = hostile_client(server, api)
+    server.fail_next(1, 200, bad_answer(api, [("2", "3"), ("0", "-1.5e2"), ("1", "0")]))
+    assert await reranker.acompute_score([[QUERY, text] for text in TEXTS[:3]]) == [-150.0, 0.0, 3.0]
+    await reranker.aclose()
+
+
+# --- hostile servers: timeout is the deadline of the whole call ---------------------------------------
+
+
+def test_a_server_that_trickles_one_byte_at_a_time_is_cut_off_at_the_deadline():
+    with MisbehavingServer(trickle(every=0.5, count=40)) as slow:  # 20 s of bytes, each well within a read timeout
+        reranker = RemoteReranker(slow.url, api="tei", timeout=2, retries=0)
+        with pytest.raises(RemoteRerankTimeout, match="did not answer within timeout=2s, the deadline of the whole call"):
+            reranker.compute_score([[QUERY, text] for text in TEXTS])
+        assert slow.sent < 40  # the call ended before the server finished trickling
+        reranker.close()
+
+
+async def test_a_server_that_trickles_is_cut_off_at_the_deadline_on_the_async_path():
+    with MisbehavingServer(trickle(every=0.5, count=40)) as slow:
+        reranker = RemoteReranker(slow.url, api="infinity", timeout=2, retries=0)
+        with pytest.raises(RemoteRerankTimeout, match="timeout=2s"):
+            await reranker.arerank(QUERY, TEXTS)
+        assert slow.sent < 40
+        await reranker.aclose()
+
+
+def test_a_retry_after_beyond_the_deadline_fails_at_once_with_the_servers_wait(server):
+    server.fail_next(1, 503, {"error": "Model is overloaded", "error_type": "overloaded"}, {"Retry-After": "3600"})
+    reranker = client(server, "tei", timeout=5)
+    with pytest.raises(RemoteRerankTimeout) as caught:
+        reranker.compute_score([[QUERY, text] for text in TEXTS])
+    message = str(caught.value)
+    assert "answered 503 Service Unavailable: Model is overloaded and asked to retry after 3600s (Retry-After: 3600)" in message
+    assert "left of timeout=5s" in message and caught.value.status_code == 503
+    assert len(server.requests) == 1  # no capped waits and retries
+    reranker.close()
+
+
+async def test_retries_and_their_waits_count_against_the_deadline(server):
+    server.fail_next(20, 503, {"error": "Model is overloaded", "error_type": "overloaded"}, {"Retry-After": "1"})
+    reranker = client(server, "vllm", timeout=2.5, retries=10)
+    with pytest.raises(RemoteRerankTimeout, match="asked to retry after 1s .Retry-After: 1., more than the [01]\\.\\ds left of timeout=2.5s"):
+        await reranker.acompute_score([[QUERY, text] for text in TEXTS])
+    assert 2 <= len(server.requests) <= 3  # not the 11 attempts that retries=10 allows
+    await reranker.aclose()
+
+
+# --- hostile servers: bounded responses ----------------------------------------------------------------
+
+
+def test_a_gzip_bomb_fails_at_the_limit_with_a_small_peak_memory():
+    inflated = 384 << 20
+    with MisbehavingServer(gzip_bomb(b"[", inflated)) as bomb:
+        reranker = RemoteReranker(bomb.url, api="tei", retries=0)
+        tracemalloc.start()
+        try:
+            limit = (1 << 20) + 1024 * 3 + 8 * sum(len(text.encode()) for text in TEXTS[:3])  # the documented default
+            with pytest.raises(RemoteRerankError, match=rf"answered more than {limit} bytes \(decompressed\) for 3 document\(s\), the default limit"):
+                reranker.compute_score([[QUERY, text] for text in TEXTS[:3]])
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 16 << 20, f"peak {peak / 2**20:.1f} MiB while reading a bomb of {inflated >> 20} MiB"
+        reranker.close()
+
+
+def test_max_response_bytes_bounds_an_answer_and_the_default_scales_with_the_documents(server):
+    with pytest.raises(RemoteRerankError, match="answered more than 100 bytes .decompressed. for 5 document.s., max_response_bytes=100"):
+        client(server, "vllm", max_response_bytes=100).compute_score([[QUERY, text] for text in TEXTS])
+    long_texts = [f"{i} " + "bamboo " * 60_000 for i in range(3)]  # vLLM echoes each: an answer of 1.3 MB
+    assert client(server, "vllm").compute_score([[QUERY, text] for text in long_texts]) == pytest.approx(expected_scores(long_texts))
+    assert client(server, "vllm", max_response_bytes=2_000_000).settings()["max_response_bytes"] == 2_000_000
+    with pytest.raises(ValueError, match="max_response_bytes must be a positive"):
+        client(server, "vllm", max_response_bytes=0)
+
+
+# --- hostile servers: max_concurrent_requests bounds every request in flight ---------------------------
+
+
+def test_max_concurrent_requests_bounds_the_halves_of_a_413_too():
+    server = StandInServer().start()  # its own: no request of an earlier test is still in flight there
+    try:
+        server.delay = 0.2  # so that requests in flight overlap at the server
+        texts = [f"passage {i} about bamboo" for i in range(256)]
+        reranker = client(server, "tei", max_documents_per_request=256, max_concurrent_requests=2)
+        assert reranker.compute_score([[QUERY, text] for text in texts]) == pytest.approx(expected_scores(texts), abs=1e-12)
+        assert sorted(server.sizes()) == [32] * 8 + [64] * 4 + [128] * 2 + [256]
+        assert server.max_in_flight == 2
+        reranker.close()
+    finally:
+        server.stop()
+
+
 # --- construction ---------------------------------------------------------------------------------
 
 
@@ -292,7 +464,7 @@ async def test_a_timeout_fails_the_whole_async_call(server):
         ({"url": "http://h", "api": "tei", "model": "m"}, "takes no model="),
         ({"url": "http://h", "api": "tei", "max_length": 256}, "max_length are BGE scoring options"),
         ({"url": "http://h", "api": "vllm", "prompt": "p", "cutoff_layers": [8]}, "cutoff_layers, prompt are BGE"),
-        ({"url": "http://h", "api": "bge", "cutoff_layers": [8, 12]}, "one score per passage"),
+        ({"url": "http://h", "api": "bge", "cutoff_layers": [8, 12]}, "one score per document"),
         ({"url": "http://h", "api": "bge", "batch_size": 0}, "batch_size must be a positive integer"),
         ({"url": "http://h", "api": "bge", "batch_size": 8}, "batch_size is the server's own setting"),
         ({"url": "http://h", "api": "bge", "colour": "red"}, "Unknown scoring option"),
@@ -451,6 +623,26 @@ def test_the_adapters_api_key_setting_is_used_and_never_dumped(server, name):
     assert COHERE_KEY not in saved + repr(adapter) and "api_key" not in saved
 
 
+@pytest.mark.parametrize("name", [*ADAPTERS, "cross_encoder"])
+def test_an_api_key_never_shows_in_a_validation_error(server, name):
+    secret = "sk-live-0123456789abcdef"
+    if name == "cross_encoder":
+        from bge_rerank_integrations.langchain import BGECrossEncoder as build
+    else:
+        build = ADAPTERS[name]
+    url = f"{server.url}/cohere"
+    attempts = [
+        lambda: build(model=url, api="cohere", remote_model="rerank-v3.5", normalize=True, apikey=secret),  # misspelled
+        lambda: build(model=url, api="cohere", remote_model="rerank-v3.5", normalize=True, api_key=[secret]),  # wrong type
+        lambda: setattr(build(model=url, api="tei"), "api_key", secret),  # frozen once built
+    ]
+    for attempt in attempts:
+        with pytest.raises(ValueError) as caught:
+            attempt()
+        assert secret not in str(caught.value) + repr(caught.value)
+        assert re.search("apikey|api_key", str(caught.value))  # the field is still named
+
+
 @pytest.mark.parametrize("name", ADAPTERS)
 @pytest.mark.parametrize(
     "settings, message",
@@ -510,3 +702,10 @@ def test_the_command_line_reports_a_server_error(server, capsys):
 
     assert main(["--url", f"{server.url}/nowhere", "--api", "tei", "-q", QUERY, "hi"]) == 1
     assert "404 Not Found" in capsys.readouterr().err
+
+
+def test_the_command_line_bounds_the_answer_with_max_response_bytes(server, capsys):
+    from bge_rerank_integrations.cli import main
+
+    assert main(["--url", f"{server.url}/tei", "--api", "tei", "-q", QUERY, "--max-response-bytes", "10", *TEXTS]) == 1
+    assert "more than 10 bytes (decompressed)" in capsys.readouterr().err

@@ -33,12 +33,12 @@ from llama_index.core.schema import MetadataMode, TextNode  # noqa: E402
 from bge_rerank_integrations import BGEReranker, RemoteReranker, RemoteRerankError  # noqa: E402
 from bge_rerank_integrations.langchain import BGERerank as LangChainRerank  # noqa: E402
 from bge_rerank_integrations.llama_index import BGERerank as LlamaIndexRerank  # noqa: E402
-from bge_rerank_integrations.remote import SERVER_OPTIONS  # noqa: E402
+from bge_rerank_integrations.options import REQUEST_OPTIONS  # noqa: E402
 
 from .conftest import checkpoint  # noqa: E402
 from .serve_support import ServerProcess  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.server, pytest.mark.usefixtures("one_torch_thread")]
 
 KEY = "serve-test-key"
 TOLERANCE = 1e-4
@@ -93,9 +93,18 @@ def ranked(keys: list[str], scores: list[float], top_n: int | None = None) -> li
 
 
 def test_the_client_sends_exactly_the_options_the_server_takes():
-    from bge_rerank_integrations.serving.schemas import REQUEST_OPTIONS
+    from bge_rerank_integrations.serving.schemas import BGEOptions
 
-    assert set(SERVER_OPTIONS) == set(REQUEST_OPTIONS)
+    every = dict(
+        max_length=64, query_max_length=16, prompt="p", cutoff_layers=[2], compress_ratio=2, compress_layers=[1],
+        query_instruction_for_rerank="q: ", query_instruction_format="{}{}",
+        passage_instruction_for_rerank="p: ", passage_instruction_format="{}{}",
+    )
+    assert set(every) == set(REQUEST_OPTIONS)  # every option a request may carry, once
+    remote = RemoteReranker("http://127.0.0.1:1", api="bge", **every)
+    body = remote._body("q", ["a"], remote._checked({}))
+    assert set(body) - {"query", "texts", "raw_scores", "truncate"} == set(REQUEST_OPTIONS)
+    assert set(BGEOptions.model_fields) - {"raw_scores"} == set(REQUEST_OPTIONS)
 
 
 @pytest.mark.parametrize("normalize", [False, True])

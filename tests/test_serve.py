@@ -13,7 +13,7 @@ from bge_rerank_integrations import BGEReranker
 from .conftest import FAMILIES, checkpoint
 from .serve_support import ServerProcess, metric
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.server, pytest.mark.usefixtures("one_torch_thread")]
 
 TOLERANCE = 1e-4
 QUERIES = ["what is panda?", "capital of France", "how do rerankers score passages in a retrieval pipeline?"]
@@ -129,7 +129,8 @@ def test_an_option_the_model_cannot_take_is_a_422_with_the_core_message(served):
         for path, texts_field in (("/rerank", "texts"), ("/v1/rerank", "documents")):
             response = client.post(path, json={"query": "q", texts_field: ["a"], **BAD_OPTIONS[family]})
             assert response.status_code == 422
-            assert response.json() == {"error": str(core_error.value), "error_type": "invalid_request"}
+            message = str(core_error.value)
+            assert response.json() == {"error": message, "error_type": "invalid_request", "detail": message}
 
 
 def test_info_health_and_metrics(served):
@@ -141,7 +142,7 @@ def test_info_health_and_metrics(served):
         assert client.post("/rerank", json={"query": "q", "texts": TEXTS[:5]}).status_code == 200
         after = client.get("/metrics").text
     assert (info["family"], info["device"], info["dtype"]) == (family, "cpu", "float32")
-    assert info["max_positions"] == reranker.family.max_positions
+    assert info["max_positions"] == reranker.load().family.max_positions
     assert info["defaults"]["normalize"] is True and info["defaults"]["max_length"] == 512
     assert metric(after, "bge_rerank_pairs_total") - metric(before, "bge_rerank_pairs_total") == 5
     requests = metric(after, "bge_rerank_requests_total", path="/rerank", status="200")

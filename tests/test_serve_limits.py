@@ -14,6 +14,8 @@ KEY = "test-key-1234"
 MAX_DOCUMENTS = 8
 MAX_BYTES = 4096
 
+pytestmark = pytest.mark.server
+
 
 @pytest.fixture(scope="module")
 def url():
@@ -47,10 +49,8 @@ def test_the_api_key_is_required_except_for_health(url):
     for response in (missing, wrong, basic, metrics):
         assert response.status_code == 401
         assert response.headers["www-authenticate"] == "Bearer"
-        assert response.json() == {
-            "error": "Missing or wrong API key: send 'Authorization: Bearer <key>'.",
-            "error_type": "unauthorized",
-        }
+        message = "Missing or wrong API key: send 'Authorization: Bearer <key>'."
+        assert response.json() == {"error": message, "error_type": "unauthorized", "detail": message}
     assert health.status_code == 200
     assert right.status_code == 200
 
@@ -76,11 +76,11 @@ def test_more_documents_than_the_limit_is_a_413(client):
     for path, field in (("/rerank", "texts"), ("/v2/rerank", "documents")):
         response = client.post(path, json={"query": "q", field: ["a"] * (MAX_DOCUMENTS + 1)})
         assert response.status_code == 413
-        assert response.json() == {
-            "error": f"{MAX_DOCUMENTS + 1} documents are more than the server's limit of {MAX_DOCUMENTS} per request "
-            "(--max-documents): split them over several requests.",
-            "error_type": "too_many_documents",
-        }
+        message = (
+            f"{MAX_DOCUMENTS + 1} documents are more than the server's limit of {MAX_DOCUMENTS} per request "
+            "(--max-documents): split them over several requests."
+        )
+        assert response.json() == {"error": message, "error_type": "too_many_documents", "detail": message}
     assert client.post("/rerank", json={"query": "q", "texts": ["a"] * MAX_DOCUMENTS}).status_code == 200
 
 
@@ -129,8 +129,10 @@ def test_blank_texts_are_scored_as_the_reference_does(client):
 def test_unknown_paths_and_methods_answer_in_the_error_shape(client):
     missing = client.get("/nope")
     wrong_method = client.get("/rerank")
-    assert (missing.status_code, missing.json()) == (404, {"error": "Not Found", "error_type": "http"})
-    assert (wrong_method.status_code, wrong_method.json()) == (405, {"error": "Method Not Allowed", "error_type": "http"})
+    assert (missing.status_code, missing.json()) == (404, {"error": "Not Found", "error_type": "http", "detail": "Not Found"})
+    assert (wrong_method.status_code, wrong_method.json()) == (
+        405, {"error": "Method Not Allowed", "error_type": "http", "detail": "Method Not Allowed"}
+    )
 
 
 def test_rejected_requests_are_counted(client):

@@ -18,7 +18,7 @@ from bge_rerank_integrations import BGEReranker
 from .conftest import checkpoint
 from .serve_support import ServerProcess, metric
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.server, pytest.mark.usefixtures("one_torch_thread")]
 
 #: A passage of about 256 tokens: each pair costs about the same, a few ms on one thread.
 LONG = "Rerankers read the query and the passage together and output one relevance score. " * 10

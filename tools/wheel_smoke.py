@@ -29,7 +29,7 @@ def check_core(checkpoint: str) -> None:
     assert metadata["License-Expression"] == "MIT", metadata["License-Expression"]
     files = [str(path) for path in importlib.metadata.files("bge-rerank-integrations")]
     assert any(path.endswith("licenses/LICENSE") for path in files), "LICENSE missing from the wheel"
-    for module in ("families/encoder.py", "families/lightweight.py", "models/minicpm_layerwise.py", "cli.py"):
+    for module in ("families/encoder.py", "families/lightweight.py", "models/minicpm_layerwise.py", "models/blocks.py", "cli.py", "py.typed"):
         assert any(path.endswith(f"bge_rerank_integrations/{module}") for path in files), f"{module} missing"
 
     scores = BGEReranker(checkpoint, device="cpu").compute_score([[QUERY, text] for text in TEXTS])

@@ -14,31 +14,9 @@ from typing import Any, ClassVar, Sequence
 
 import torch
 
+from ..options import ScoreOptions
 
-@dataclass(frozen=True)
-class ScoreOptions:
-    """Every scoring option of one call, after constructor defaults and per-call overrides merge.
-
-    Family-specific options are ``None`` unless the caller set them; a family fills in its
-    own defaults (for example the default prompt or ``cutoff_layers``).
-    """
-
-    normalize: bool = False
-    max_length: int = 512
-    query_max_length: int = 384
-    batch_size: int = 128
-    query_instruction_for_rerank: str | None = None
-    passage_instruction_for_rerank: str | None = None
-    query_instruction_format: str = "{}{}"
-    passage_instruction_format: str = "{}{}"
-    prompt: str | None = None
-    cutoff_layers: tuple[int, ...] | None = None
-    compress_ratio: int | None = None
-    compress_layers: tuple[int, ...] | None = None
-
-
-#: Options that only some families take; a family lists the ones it accepts in ``extra_options``.
-FAMILY_SPECIFIC_OPTIONS = frozenset({"prompt", "cutoff_layers", "compress_ratio", "compress_layers"})
+__all__ = ["Encoded", "RerankerFamily", "ScoreOptions"]
 
 
 @dataclass(frozen=True)
@@ -63,21 +41,20 @@ class Encoded:
 class RerankerFamily(ABC):
     """A loaded model of one family: tokenizer, weights, and the forward that scores.
 
-    Subclasses set ``name`` and ``extra_options`` and implement ``load``, ``encode`` and
-    ``forward``. An instance is shared by every reranker that loads the same checkpoint on
+    Subclasses set ``name`` and implement ``load``, ``encode`` and ``forward``; the options a
+    family takes of its own are those whose ``families`` in ``options.OPTIONS`` name it. An instance is shared by every reranker that loads the same checkpoint on
     the same device in the same dtype (see ``model_cache``); it must not hold per-call state.
     """
 
     #: Family name used by ``model_class`` and in messages.
     name: ClassVar[str]
-    #: Family-specific option names this family accepts (subset of FAMILY_SPECIFIC_OPTIONS).
-    extra_options: ClassVar[frozenset[str]] = frozenset()
     #: Instructions used when the caller gives none (the decoders' "A: " / "B: ").
     default_query_instruction: ClassVar[str | None] = None
     default_passage_instruction: ClassVar[str | None] = None
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, device: torch.device, dtype: torch.dtype):
-        self.model = model
+        # A transformers model: its config and submodules are attributes torch's Module typing cannot see.
+        self.model: Any = model
         self.tokenizer = tokenizer
         self.device = device
         self.dtype = dtype
@@ -95,10 +72,6 @@ class RerankerFamily(ABC):
     def check_options(self, options: ScoreOptions) -> None:
         """Raise ValueError for option values this model cannot take (layers out of range, ...)."""
 
-    def output_count(self, options: ScoreOptions) -> int:
-        """How many score lists one call returns (several cutoff layers give several)."""
-        return 1
-
     @abstractmethod
     def encode(self, pairs: Sequence[tuple[str, str]], options: ScoreOptions) -> list[Encoded]:
         """Tokenize pairs whose instructions are already applied, truncating as the reference does.
@@ -108,4 +81,4 @@ class RerankerFamily(ABC):
 
     @abstractmethod
     def forward(self, batch: Sequence[Encoded], options: ScoreOptions) -> torch.Tensor:
-        """Pad ``batch`` and return raw scores as float32 on CPU, shape ``(output_count, len(batch))``."""
+        """Pad ``batch`` and return raw scores as float32 on CPU, shape ``(outputs, len(batch))``: one row per output (one, or one per cutoff layer)."""

@@ -47,7 +47,3 @@ class LayeredDecoderFamily(DecoderFamily):
             return [self.model.config.num_hidden_layers]
         return sorted(set(options.cutoff_layers))
 
-    def output_count(self, options: ScoreOptions) -> int:
-        """One score list per distinct cutoff layer."""
-        return len(self.cutoff_layers(options))
-

@@ -64,7 +64,7 @@ def bos_ids(tokenizer: Any, rule: BosRule) -> list[int]:
 
 
 @dataclass(frozen=True)
-class PairTemplate:
+class PromptPieces:
     """Token ids of the fixed pieces around query and passage."""
 
     bos: tuple[int, ...]
@@ -72,7 +72,7 @@ class PairTemplate:
     prompt: tuple[int, ...]
 
     @classmethod
-    def build(cls, tokenizer: Any, prompt: str, bos: BosRule = "auto", separator: str = SEPARATOR) -> "PairTemplate":
+    def build(cls, tokenizer: Any, prompt: str, bos: BosRule = "auto", separator: str = SEPARATOR) -> "PromptPieces":
         """Tokenize ``prompt`` and ``separator`` and pick the BOS prefix by ``bos``."""
         return cls(tuple(bos_ids(tokenizer, bos)), tuple(token_ids(tokenizer, separator)), tuple(token_ids(tokenizer, prompt)))
 
@@ -93,28 +93,17 @@ def _cut(ids: list[int], keep: int, side: str) -> list[int]:
 def assemble(
     query_ids: Sequence[int],
     passage_ids: Sequence[int],
-    template: PairTemplate,
+    template: PromptPieces,
     max_length: int,
     max_positions: int | None = None,
     truncation_side: str = "right",
-) -> Encoded:
-    """Join already-truncated query and passage ids as the reference does.
+) -> tuple[Encoded, bool]:
+    """Join already-truncated query and passage ids as the reference does; also tell whether the pair was cut.
 
     ``query_length`` is ``len(bos + query + sep)`` and ``prompt_length`` is ``len(sep + prompt)``,
-    the reference lightweight reranker's segment lengths. The result never exceeds ``max_positions``.
+    the reference lightweight reranker's segment lengths. The result never exceeds ``max_positions``
+    (the returned flag says whether the pair had to be cut to it).
     """
-    return _assemble(query_ids, passage_ids, template, max_length, max_positions, truncation_side)[0]
-
-
-def _assemble(
-    query_ids: Sequence[int],
-    passage_ids: Sequence[int],
-    template: PairTemplate,
-    max_length: int,
-    max_positions: int | None,
-    truncation_side: str,
-) -> tuple[Encoded, bool]:
-    """:func:`assemble`, also telling whether the pair had to be cut to ``max_positions``."""
     first = [*template.bos, *query_ids]
     second = [*template.sep, *passage_ids]
     budget = max_length + len(template.sep) + len(template.prompt)
@@ -161,11 +150,11 @@ def encode_pairs(
     """
     if not pairs:
         return []
-    template = PairTemplate.build(tokenizer, prompt, bos=bos, separator=separator)
+    template = PromptPieces.build(tokenizer, prompt, bos=bos, separator=separator)
     queries = tokenizer([q for q, _ in pairs], add_special_tokens=False, truncation=True, max_length=query_max_length)["input_ids"]
     passages = tokenizer([p for _, p in pairs], add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
     side = getattr(tokenizer, "truncation_side", "right")
-    results = [_assemble(q, p, template, max_length, max_positions, side) for q, p in zip(queries, passages)]
+    results = [assemble(q, p, template, max_length, max_positions, side) for q, p in zip(queries, passages)]
     capped = sum(cut for _, cut in results)
     if capped:
         logger.warning(
@@ -212,11 +201,6 @@ class PaddedBatch:
     last_index: torch.Tensor
     lengths: torch.Tensor
     position_ids: torch.Tensor
-
-    @property
-    def has_padding(self) -> bool:
-        """Whether any row is shorter than the padded length."""
-        return bool((self.lengths < self.input_ids.shape[1]).any())
 
 
 def padded_length(longest: int, multiple_of: int = PAD_MULTIPLE) -> int:

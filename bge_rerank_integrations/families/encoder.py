@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class PairTemplate:
+class SpecialTokenLayout:
     """Where a tokenizer puts its special tokens around a (query, passage) pair, and their token types."""
 
     prefix: list[int]
@@ -30,7 +30,7 @@ class PairTemplate:
         return len(self.prefix) + len(self.middle) + len(self.suffix)
 
 
-def learn_pair_template(tokenizer) -> PairTemplate:
+def learn_special_token_layout(tokenizer) -> SpecialTokenLayout:
     """Read the special-token layout of a pair off the tokenizer itself.
 
     Tokenizes two single-token texts alone and as a pair, and finds them inside the pair:
@@ -44,7 +44,7 @@ def learn_pair_template(tokenizer) -> PairTemplate:
     start_a = _find(ids, first, 0)
     start_b = _find(ids, second, start_a + len(first))
     types = pair.get("token_type_ids") or [0] * len(ids)
-    return PairTemplate(
+    return SpecialTokenLayout(
         prefix=ids[:start_a],
         middle=ids[start_a + len(first) : start_b],
         suffix=ids[start_b + len(second) :],
@@ -77,8 +77,8 @@ class EncoderFamily(RerankerFamily):
 
     def __init__(self, model: torch.nn.Module, tokenizer, device: torch.device, dtype: torch.dtype):
         super().__init__(model, tokenizer, device, dtype)
-        self.template = learn_pair_template(tokenizer)
-        self.uses_token_types = "token_type_ids" in tokenizer.model_input_names and model.config.type_vocab_size > 1
+        self.layout = learn_special_token_layout(tokenizer)
+        self.uses_token_types = "token_type_ids" in tokenizer.model_input_names and self.model.config.type_vocab_size > 1
         self._last_layer = _cls_only_last_layer(model)
 
     @classmethod
@@ -108,8 +108,8 @@ class EncoderFamily(RerankerFamily):
         exceeds max_length). Beyond the model's positions, where the reference would fail, the
         passage and then the query are cut so the pair fits, with a warning.
         """
-        template = self.template
-        special = template.special_count
+        layout = self.layout
+        special = layout.special_count
         queries = self._token_ids([q for q, _ in pairs], options.query_max_length)
         passages = self._token_ids([p for _, p in pairs], options.max_length)
         encoded, capped = [], 0
@@ -119,8 +119,8 @@ class EncoderFamily(RerankerFamily):
                 capped += 1
                 query = query[: self.max_positions - special - 1]
                 passage = passage[: self.max_positions - special - len(query)]
-            before = template.prefix + query + template.middle
-            encoded.append(Encoded(before + passage + template.suffix, query_length=len(before)))
+            before = layout.prefix + query + layout.middle
+            encoded.append(Encoded(before + passage + layout.suffix, query_length=len(before)))
         if capped:
             logger.warning(
                 "%d of %d pairs were longer than the model's %d positions and were cut (the query was capped); "
@@ -136,11 +136,11 @@ class EncoderFamily(RerankerFamily):
         pad = self.tokenizer.pad_token_id
         input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
         attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-        token_types = torch.full((len(batch), width), self.template.passage_type, dtype=torch.long)
+        token_types = torch.full((len(batch), width), self.layout.passage_type, dtype=torch.long)
         for row, item in enumerate(batch):
             input_ids[row, : len(item)] = torch.tensor(item.input_ids)
             attention_mask[row, : len(item)] = 1
-            token_types[row, : item.query_length] = self.template.query_type
+            token_types[row, : item.query_length] = self.layout.query_type
         inputs = {"input_ids": input_ids.to(self.device), "attention_mask": attention_mask.to(self.device)}
         if self.uses_token_types:
             inputs["token_type_ids"] = token_types.to(self.device)
@@ -200,7 +200,7 @@ def _cls_only_last_layer(model: torch.nn.Module):
     cross-attention: their head reads ``features[:, 0]`` and nothing else. Anything else (BERT
     with a pooler, relative positions, adapters replacing the layers) runs the full forward.
     """
-    config = model.config
+    config: Any = model.config  # a transformers config: its attributes depend on the model type
     base = getattr(model, "roberta", None)
     if (
         config.model_type not in {"xlm-roberta", "roberta"}

@@ -9,7 +9,6 @@ wrongly for a list that is not ascending).
 
 from __future__ import annotations
 
-import logging
 from typing import Sequence
 
 import torch
@@ -21,14 +20,11 @@ from ..tokenization import load_tokenizer
 from .decoder import LayeredDecoderFamily
 from .decoder_text import pad_batch, pad_token_id, padding_side
 
-logger = logging.getLogger(__name__)
-
 
 class LayerwiseFamily(LayeredDecoderFamily):
     """MiniCPM reranker with a score head on every layer from ``start_layer`` to the last."""
 
     name = "layerwise"
-    extra_options = frozenset({"prompt", "cutoff_layers"})
 
     model: LayerwiseMiniCPM
 

@@ -14,7 +14,6 @@ as for every other family, and the weights are converted once, at load.
 
 from __future__ import annotations
 
-import logging
 from typing import Sequence
 
 import torch
@@ -24,8 +23,6 @@ from .base import Encoded, ScoreOptions
 from ..tokenization import load_tokenizer
 from .decoder import LayeredDecoderFamily
 from .decoder_text import pad_batch, pad_token_id
-
-logger = logging.getLogger(__name__)
 
 #: The lightweight reranker's own prompt (not the llm/layerwise one).
 DEFAULT_PROMPT = "Predict whether passage B contains an answer to query A."
@@ -39,7 +36,6 @@ class LightweightFamily(LayeredDecoderFamily):
     """Cost-wise Gemma-2 reranker: one raw score per cutoff layer, optionally with passage compression."""
 
     name = "lightweight"
-    extra_options = frozenset({"prompt", "cutoff_layers", "compress_ratio", "compress_layers"})
     default_prompt = DEFAULT_PROMPT
     model: Gemma2LightweightReranker
 
@@ -70,7 +66,7 @@ class LightweightFamily(LayeredDecoderFamily):
                 )
 
     def forward(self, batch: Sequence[Encoded], options: ScoreOptions) -> torch.Tensor:
-        """Raw soft-capped scores, float32 on CPU, shape ``(output_count, len(batch))``."""
+        """Raw soft-capped scores, float32 on CPU, shape ``(len(cutoff_layers), len(batch))``."""
         padded = pad_batch(batch, pad_token_id(self.tokenizer), "right", device=self.device, mask_dtype=self.dtype)
         prompt_lengths = [item.prompt_length for item in batch]
         # A query segment never reaches into the prompt, even for a pair cut to the model's positions.

@@ -8,8 +8,7 @@ with the single ``lm_head`` row of the "Yes" token: the same value without the
 
 from __future__ import annotations
 
-import logging
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import torch
 
@@ -18,8 +17,6 @@ from ..tokenization import load_tokenizer
 from .base import Encoded, ScoreOptions
 from .decoder import DecoderFamily
 from .decoder_text import pad_batch, pad_token_id, padding_side
-
-logger = logging.getLogger(__name__)
 
 
 def load_causal_lm(path: str, dtype: torch.dtype) -> tuple[Any, Any]:
@@ -31,7 +28,8 @@ def load_causal_lm(path: str, dtype: torch.dtype) -> tuple[Any, Any]:
     config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     if config.model_type == "gemma":  # the reference's activation on every transformers version
         config.hidden_act = config.hidden_activation = reference_gemma_activation(read_config(path))
-    model, info = AutoModelForCausalLM.from_pretrained(path, config=config, **load_kwargs)
+    # output_loading_info=True (in load_kwargs) makes it return (model, info); transformers' stubs say a model.
+    model, info = cast(Any, AutoModelForCausalLM.from_pretrained(path, config=config, **load_kwargs))
     check_loading_info(info, path, LLMFamily.name)
     return tokenizer, model.eval()
 
@@ -40,7 +38,6 @@ class LLMFamily(DecoderFamily):
     """Gemma-style causal LM reranker: score = logit of "Yes" after the prompt."""
 
     name = "llm"
-    extra_options = frozenset({"prompt"})
     bos = "auto"
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, device: torch.device, dtype: torch.dtype):

@@ -12,20 +12,23 @@ Behaviour follows FlagEmbedding 1.4.2 as it runs under transformers 4.46.3: see
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..loading import check_weights, compare_state_dict, load_state_dict, read_config, reference_gemma_activation
+from ..loading import load_state_dict, read_config, reference_gemma_activation
+from .blocks import GatedMLP, RMSNorm, ScoreHead, activation, apply_rotary, load_onto_meta, repeat_kv, rotary_tables
 
 logger = logging.getLogger(__name__)
 
 MODEL_TYPE = "cost_wise_gemma"
-DeviceLike = Union[torch.device, str, None]
+DeviceLike = torch.device | str | None
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ class LightweightConfig:
     layer_wise: bool = False
 
     @classmethod
-    def from_dict(cls, config: dict[str, Any]) -> "LightweightConfig":
+    def from_dict(cls, config: dict[str, Any]) -> LightweightConfig:
         """Build from a ``config.json`` dict, accepting both the transformers 4.x and 5.x spellings."""
         fields = {name: config[name] for name in cls.__dataclass_fields__ if name in config}
         # As the reference's Gemma-2 MLP: ``hidden_activation`` (tanh GELU when unset); ``hidden_act`` is ignored.
@@ -79,80 +82,6 @@ class LightweightConfig:
         return list(range(self.start_layer, self.num_hidden_layers + 1, self.layer_sep))
 
 
-class RMSNorm(nn.Module):
-    """Gemma RMSNorm: computed in float32, scaled by ``1 + weight``, cast back to the input dtype."""
-
-    def __init__(self, size: int, eps: float, device: DeviceLike = None):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.zeros(size, device=device))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (h * (1.0 + self.weight.float())).type_as(x)
-
-
-class Linear(nn.Module):
-    """``nn.Linear`` without random initialisation: every weight comes from the checkpoint."""
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = False, device: DeviceLike = None):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device))
-        self.register_parameter("bias", nn.Parameter(torch.empty(out_features, device=device)) if bias else None)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
-
-
-class Embedding(nn.Module):
-    """``nn.Embedding`` without random initialisation."""
-
-    def __init__(self, count: int, size: int, device: DeviceLike = None):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(count, size, device=device))
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(ids, self.weight)
-
-
-def _activation(name: str):
-    """The MLP gate activation named by the config."""
-    if name in ("gelu_pytorch_tanh", "gelu_new", "gelu_fast", "gelu_tanh"):
-        return lambda x: F.gelu(x, approximate="tanh")
-    if name == "gelu":
-        return F.gelu
-    raise ValueError(f"Unsupported hidden_activation {name!r}: expected 'gelu_pytorch_tanh' or 'gelu'.")
-
-
-class MLP(nn.Module):
-    """GeGLU feed-forward: ``down(act(gate(x)) * up(x))``."""
-
-    def __init__(self, config: LightweightConfig, device: DeviceLike = None):
-        super().__init__()
-        self.gate_proj = Linear(config.hidden_size, config.intermediate_size, device=device)
-        self.up_proj = Linear(config.hidden_size, config.intermediate_size, device=device)
-        self.down_proj = Linear(config.intermediate_size, config.hidden_size, device=device)
-        self.act = _activation(config.hidden_activation)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def rotary_tables(config: LightweightConfig, length: int, dtype: torch.dtype, device: torch.device):
-    """RoPE cos/sin for positions ``0..length-1``, computed in float32 and cast to ``dtype``: (length, head_dim)."""
-    exponents = torch.arange(0, config.head_dim, 2, dtype=torch.int64, device=device).float() / config.head_dim
-    inv_freq = 1.0 / (config.rope_theta**exponents)
-    angles = torch.arange(length, device=device).float()[:, None] * inv_freq[None, :]
-    angles = torch.cat((angles, angles), dim=-1)
-    return angles.cos().to(dtype), angles.sin().to(dtype)
-
-
 class Attention(nn.Module):
     """Grouped-query self-attention with RoPE, scaled by ``query_pre_attn_scalar ** -0.5``.
 
@@ -161,29 +90,25 @@ class Attention(nn.Module):
     soft-capping that only the eager class applies. Scores match the reference only without it.
     """
 
-    def __init__(self, config: LightweightConfig, device: DeviceLike = None):
+    def __init__(self, config: LightweightConfig):
         super().__init__()
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
         self.scale = config.query_pre_attn_scalar**-0.5
-        kwargs = {"bias": config.attention_bias, "device": device}
-        self.q_proj = Linear(config.hidden_size, self.heads * self.head_dim, **kwargs)
-        self.k_proj = Linear(config.hidden_size, self.kv_heads * self.head_dim, **kwargs)
-        self.v_proj = Linear(config.hidden_size, self.kv_heads * self.head_dim, **kwargs)
-        self.o_proj = Linear(self.heads * self.head_dim, config.hidden_size, **kwargs)
+        bias = config.attention_bias
+        self.q_proj = nn.Linear(config.hidden_size, self.heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(config.hidden_size, self.kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(config.hidden_size, self.kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.heads * self.head_dim, config.hidden_size, bias=bias)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         batch, length, _ = x.shape
         q = self.q_proj(x).view(batch, length, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
-        groups = self.heads // self.kv_heads
-        if groups > 1:
-            k = k.repeat_interleave(groups, dim=1)
-            v = v.repeat_interleave(groups, dim=1)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        k, v = repeat_kv(k, v, self.heads // self.kv_heads)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
 
@@ -191,18 +116,20 @@ class Attention(nn.Module):
 class DecoderLayer(nn.Module):
     """Gemma-2 block: norms before and after both the attention and the MLP branch."""
 
-    def __init__(self, config: LightweightConfig, sliding: bool, device: DeviceLike = None):
+    def __init__(self, config: LightweightConfig, sliding: bool):
         super().__init__()
         self.sliding = sliding
-        self.self_attn = Attention(config, device)
-        self.mlp = MLP(config, device)
+        self.self_attn = Attention(config)
+        self.mlp = GatedMLP(
+            config.hidden_size, config.intermediate_size, activation(config.hidden_activation, "hidden_activation")
+        )
         size, eps = config.hidden_size, config.rms_norm_eps
-        self.input_layernorm = RMSNorm(size, eps, device)
-        self.post_attention_layernorm = RMSNorm(size, eps, device)
-        self.pre_feedforward_layernorm = RMSNorm(size, eps, device)
-        self.post_feedforward_layernorm = RMSNorm(size, eps, device)
+        self.input_layernorm = RMSNorm(size, eps, style="gemma")
+        self.post_attention_layernorm = RMSNorm(size, eps, style="gemma")
+        self.pre_feedforward_layernorm = RMSNorm(size, eps, style="gemma")
+        self.post_feedforward_layernorm = RMSNorm(size, eps, style="gemma")
 
-    def forward(self, x: torch.Tensor, masks: "AttentionMasks", cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, masks: AttentionMasks, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         mask = masks.sliding if self.sliding else masks.full
         x = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), mask, cos, sin))
         return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
@@ -218,7 +145,7 @@ class AttentionMasks:
     @classmethod
     def build(
         cls, lengths: torch.Tensor, length: int, dtype: torch.dtype, sliding_window: int | None
-    ) -> "AttentionMasks":
+    ) -> AttentionMasks:
         """Causal + key-padding mask for right-padded rows of real ``lengths``, padded to ``length``.
 
         The sliding mask also hides keys ``sliding_window`` or more positions back. The blocked value is
@@ -286,27 +213,17 @@ def compress_passages(
 class Decoder(nn.Module):
     """Embeddings, Gemma-2 layers and the final norm (the checkpoint's ``model.*`` weights)."""
 
-    def __init__(self, config: LightweightConfig, device: DeviceLike = None):
+    def __init__(self, config: LightweightConfig):
         super().__init__()
-        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size, device=device)
-        self.layers = nn.ModuleList(
-            DecoderLayer(config, config.is_sliding(i), device) for i in range(config.num_hidden_layers)
-        )
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, device)
-
-
-class ScoreHead(nn.Module):
-    """One per-layer head, hidden -> 1 (``lm_head.I.linear_head``)."""
-
-    def __init__(self, hidden_size: int, device: DeviceLike = None):
-        super().__init__()
-        self.linear_head = Linear(hidden_size, 1, device=device)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, config.is_sliding(i)) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, style="gemma")
 
 
 class Gemma2LightweightReranker(nn.Module):
     """The cost-wise Gemma-2 reranker: decoder plus one score head per layer from ``start_layer`` on.
 
-    Pass ``device="meta"`` to build it without allocating weights (then load them with ``assign=True``).
+    Pass ``device="meta"`` to build it without allocating weights (as :func:`load_lightweight` does).
     """
 
     def __init__(self, config: LightweightConfig, device: DeviceLike = None):
@@ -314,8 +231,9 @@ class Gemma2LightweightReranker(nn.Module):
         if not config.layer_wise:
             raise ValueError("This checkpoint has layer_wise: false; the lightweight reranker needs layer_wise: true.")
         self.config = config
-        self.model = Decoder(config, device)
-        self.lm_head = nn.ModuleList(ScoreHead(config.hidden_size, device) for _ in config.score_layers)
+        with torch.device(device) if device is not None else nullcontext():
+            self.model = Decoder(config)
+            self.lm_head = nn.ModuleList(ScoreHead(config.hidden_size) for _ in config.score_layers)
 
     def forward(
         self,
@@ -344,7 +262,8 @@ class Gemma2LightweightReranker(nn.Module):
         # Lengths stay int64: a 0/1 mask summed in bf16 would miscount long rows.
         lengths = attention_mask.long().sum(dim=1)
         masks = AttentionMasks.build(lengths, hidden.shape[1], dtype, config.sliding_window)
-        cos, sin = rotary_tables(config, hidden.shape[1], dtype, hidden.device)
+        positions = torch.arange(hidden.shape[1], device=hidden.device).float()
+        cos, sin = rotary_tables(config.head_dim, positions, config.rope_theta, dtype)
         deepest = cutoff_layers[-1]
         scores: list[torch.Tensor] = []
         for index, layer in enumerate(self.model.layers):
@@ -367,7 +286,7 @@ class Gemma2LightweightReranker(nn.Module):
         """Head ``head`` on the final-normed state of each row's last real token, soft-capped: (batch,)."""
         last = lengths - 1
         states = self.model.norm(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
-        logits = self.lm_head[head].linear_head(states)[:, 0]
+        logits = self.lm_head[head](states)[:, 0]
         cap = self.config.final_logit_softcapping
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap
@@ -384,26 +303,15 @@ def load_lightweight(path: str | Path, device: torch.device, dtype: torch.dtype)
             MODEL_TYPE,
         )
     config = LightweightConfig.from_dict(raw)
-    # Built on "meta" (no memory, no random init), then the checkpoint tensors are assigned.
-    model = Gemma2LightweightReranker(config, device="meta")
-    state = load_state_dict(path)
-    expected = set(model.state_dict())
-    missing, unexpected, mismatched = compare_state_dict(model, state)
-    check_weights(path, "lightweight", missing, mismatched=mismatched)
-    # "lm_head.weight" can appear when the embeddings were tied on save; the score heads never use it.
-    unexpected = [name for name in unexpected if name != "lm_head.weight"]
-    if unexpected:
-        logger.warning("Ignoring %d unused weights in %s, e.g. %s", len(unexpected), path, unexpected[:3])
-    model.load_state_dict({name: state[name] for name in expected}, strict=True, assign=True)
-    del state
-    return model.to(device=device, dtype=dtype).eval()
+    model = load_onto_meta(lambda: Gemma2LightweightReranker(config), load_state_dict(path), path, "lightweight")
+    return model.to(device=device, dtype=dtype)
 
 
 __all__ = [
     "MODEL_TYPE",
-    "LightweightConfig",
-    "Gemma2LightweightReranker",
     "AttentionMasks",
+    "Gemma2LightweightReranker",
+    "LightweightConfig",
     "compress_passages",
     "load_lightweight",
 ]

@@ -17,25 +17,17 @@ Module and parameter names follow the checkpoint's state-dict keys (``model.laye
 
 from __future__ import annotations
 
-import logging
 import math
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..loading import check_weights, compare_state_dict
-
-logger = logging.getLogger(__name__)
-
-_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "silu": F.silu,
-    "swish": F.silu,
-    "gelu": F.gelu,
-    "relu": F.relu,
-}
+from .blocks import GatedMLP, RMSNorm, ScoreHead, activation, apply_rotary, load_onto_meta, repeat_kv, rotary_tables
 
 
 @dataclass(frozen=True)
@@ -62,7 +54,7 @@ class LayerwiseConfig:
     head_type: str = "simple"
 
     @classmethod
-    def from_dict(cls, config: dict[str, Any]) -> "LayerwiseConfig":
+    def from_dict(cls, config: dict[str, Any]) -> LayerwiseConfig:
         """Keep the known fields of a ``config.json`` dict and check what this forward supports."""
         known = {f.name for f in fields(cls)}
         given = {k: v for k, v in config.items() if k in known and (v is not None or k == "rope_scaling")}
@@ -72,8 +64,7 @@ class LayerwiseConfig:
                 f"Layerwise checkpoints with head_type={result.head_type!r} are not supported: only 'simple' "
                 "(one hidden -> 1 score head per layer, as in bge-reranker-v2-minicpm-layerwise)."
             )
-        if result.hidden_act not in _ACTIVATIONS:
-            raise ValueError(f"Unsupported hidden_act {result.hidden_act!r}; supported: {sorted(_ACTIVATIONS)}.")
+        activation(result.hidden_act)  # ValueError naming the supported ones
         scaling = result.rope_scaling
         if scaling is not None and scaling.get("type", scaling.get("rope_type")) not in ("linear", "dynamic"):
             raise ValueError(f"Unsupported rope_scaling {scaling!r}: only 'linear' and 'dynamic' are known to MiniCPM.")
@@ -102,29 +93,18 @@ class LayerwiseConfig:
         return self.num_hidden_layers - self.start_layer + 1 if self.head_multi else 1
 
 
-class RMSNorm(nn.Module):
-    """Root-mean-square norm; the statistics in float32, the result cast back before the weight."""
-
-    def __init__(self, size: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(size))
-        self.eps = eps
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Normalize the last dimension."""
-        as_float = hidden.float()
-        normed = as_float * torch.rsqrt(as_float.pow(2).mean(-1, keepdim=True) + self.eps)
-        return normed.to(hidden.dtype) * self.weight
-
-
-def rotary_tables(
-    config: LayerwiseConfig, length: int, dtype: torch.dtype, device: torch.device, positions: torch.Tensor | None = None
+def rope_tables(
+    config: LayerwiseConfig,
+    length: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    positions: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """RoPE cos/sin for ``positions`` (default ``0..length-1``), shape ``positions.shape + (head_dim,)``.
+    """RoPE cos/sin for ``positions`` (default ``0..length-1``), shape ``positions.shape + (head_dim,)``, float32.
 
     ``length`` is the padded sequence length (dynamic scaling depends on it). The tables are
-    computed in float32 and rounded to the model's dtype, as the reference's SDPA attention does
-    before it applies them in float32.
+    computed in float32 and rounded to the model's dtype, then held in float32: the reference's
+    SDPA attention applies them to queries and keys in float32.
     """
     dim = config.head_dim
     base = float(config.rope_theta)
@@ -136,18 +116,8 @@ def rotary_tables(
         positions = positions / factor
     elif kind == "dynamic" and length > config.max_position_embeddings:
         base = base * ((factor * length / config.max_position_embeddings) - (factor - 1)) ** (dim / (dim - 2))
-    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, device=device).float() / dim))
-    angles = positions[..., None] * inv_freq
-    angles = torch.cat((angles, angles), dim=-1)
-    return angles.cos().to(dtype).float(), angles.sin().to(dtype).float()
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Apply RoPE to ``x`` (batch, heads, seq, head_dim) in float32 and cast back."""
-    x32 = x.float()
-    half = x32.shape[-1] // 2
-    rotated = torch.cat((-x32[..., half:], x32[..., :half]), dim=-1)
-    return (x32 * cos + rotated * sin).to(x.dtype)
+    cos, sin = rotary_tables(dim, positions, base, dtype)
+    return cos.float(), sin.float()
 
 
 class Attention(nn.Module):
@@ -163,36 +133,21 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(hidden, config.kv_heads * head_dim, bias=bias)
         self.o_proj = nn.Linear(config.num_attention_heads * head_dim, hidden, bias=bias)
 
-    def forward(self, hidden: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, hidden: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None
+    ) -> torch.Tensor:
         """``mask`` is an additive (batch, 1, seq, seq) mask in the model's dtype, or None for plain causal."""
         batch, length, _ = hidden.shape
         cfg = self.config
         q = self.q_proj(hidden).view(batch, length, cfg.num_attention_heads, cfg.head_dim).transpose(1, 2)
         k = self.k_proj(hidden).view(batch, length, cfg.kv_heads, cfg.head_dim).transpose(1, 2)
         v = self.v_proj(hidden).view(batch, length, cfg.kv_heads, cfg.head_dim).transpose(1, 2)
-        q, k = _rotate(q, *rope), _rotate(k, *rope)
-        groups = cfg.num_attention_heads // cfg.kv_heads
-        if groups > 1:
-            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        k, v = repeat_kv(k, v, cfg.num_attention_heads // cfg.kv_heads)
         if mask is not None and hidden.device.type == "cuda":
             q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and length > 1)
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, cfg.hidden_size))
-
-
-class MLP(nn.Module):
-    """Gated feed-forward: ``down(act(gate(x)) * up(x))``."""
-
-    def __init__(self, config: LayerwiseConfig):
-        super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
-        self.act = _ACTIVATIONS[config.hidden_act]
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Apply the gated MLP."""
-        return self.down_proj(self.act(self.gate_proj(hidden)) * self.up_proj(hidden))
 
 
 class DecoderLayer(nn.Module):
@@ -201,12 +156,14 @@ class DecoderLayer(nn.Module):
     def __init__(self, config: LayerwiseConfig):
         super().__init__()
         self.self_attn = Attention(config)
-        self.mlp = MLP(config)
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, activation(config.hidden_act))
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, style="llama")
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, style="llama")
         self.scale = config.residual_scale
 
-    def forward(self, hidden: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, hidden: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None
+    ) -> torch.Tensor:
         """Run attention then MLP, each added back to the residual stream."""
         hidden = hidden + self.self_attn(self.input_layernorm(hidden), rope, mask) * self.scale
         return hidden + self.mlp(self.post_attention_layernorm(hidden)) * self.scale
@@ -219,19 +176,7 @@ class Decoder(nn.Module):
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-
-
-class ScoreHead(nn.Module):
-    """One hidden -> 1 linear map (the checkpoint's ``lm_head.<i>.linear_head``)."""
-
-    def __init__(self, hidden_size: int):
-        super().__init__()
-        self.linear_head = nn.Linear(hidden_size, 1, bias=False)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Score each hidden vector."""
-        return self.linear_head(hidden)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, style="llama")
 
 
 def attention_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
@@ -261,26 +206,28 @@ class LayerwiseMiniCPM(nn.Module):
 
     @classmethod
     def from_state_dict(
-        cls, config: LayerwiseConfig, state: dict[str, torch.Tensor], source: str = "checkpoint"
-    ) -> "LayerwiseMiniCPM":
-        """Build the model around the checkpoint's tensors (no random initialization); all keys must be present."""
-        with torch.device("meta"):
-            model = cls(config)
+        cls, config: LayerwiseConfig, state: dict[str, torch.Tensor], source: str | os.PathLike[str] = "checkpoint"
+    ) -> LayerwiseMiniCPM:
+        """The model around the checkpoint's tensors (no random initialization); each of its weights must be there."""
         if not config.head_multi and "lm_head.linear_head.weight" in state:
-            state = {("lm_head.0.linear_head.weight" if k == "lm_head.linear_head.weight" else k): v for k, v in state.items()}
-        missing, unexpected, mismatched = compare_state_dict(model, state)
-        check_weights(source, "layerwise", missing, mismatched=mismatched)
-        if unexpected:
-            logger.debug("Ignoring %d checkpoint tensors: %s", len(unexpected), unexpected[:5])
-        model.load_state_dict({name: state[name] for name in model.state_dict()}, strict=True, assign=True)
-        return model.eval()
+            state = {
+                ("lm_head.0.linear_head.weight" if k == "lm_head.linear_head.weight" else k): v
+                for k, v in state.items()
+            }
+        return load_onto_meta(lambda: cls(config), state, source, "layerwise")
 
     def check_layers(self, layers: Sequence[int]) -> None:
         """Raise ValueError unless every layer lies in ``[start_layer, num_hidden_layers]``."""
         low, high = self.config.start_layer, self.config.num_hidden_layers
-        bad = [layer for layer in layers if not isinstance(layer, int) or isinstance(layer, bool) or not low <= layer <= high]
+        bad = [
+            layer
+            for layer in layers
+            if not isinstance(layer, int) or isinstance(layer, bool) or not low <= layer <= high
+        ]
         if bad or not layers:
-            raise ValueError(f"cutoff_layers must be integers in [{low}, {high}] for this checkpoint, got {list(layers)}.")
+            raise ValueError(
+                f"cutoff_layers must be integers in [{low}, {high}] for this checkpoint, got {list(layers)}."
+            )
 
     def score(
         self,
@@ -300,7 +247,7 @@ class LayerwiseMiniCPM(nn.Module):
         dtype = self.model.embed_tokens.weight.dtype
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         mask = attention_bias(attention_mask, dtype)
-        cos, sin = rotary_tables(cfg, input_ids.shape[1], dtype, input_ids.device, position_ids)
+        cos, sin = rope_tables(cfg, input_ids.shape[1], dtype, input_ids.device, position_ids)
         rope = (cos, sin) if position_ids is None else (cos[:, None], sin[:, None])
         hidden = self.model.embed_tokens(input_ids) * cfg.scale_emb
         wanted, scores = set(layers), []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..adapter_support import check_single_score
+from ..options import check_single_score
 from ..reranker import BGEReranker
 
 

@@ -39,8 +39,9 @@ class RerankDeployment:
         self.reranker.load()   # the replica is ready only once its model is
         self.settings = settings
         self.metrics = Metrics()
-        self._score_batch.set_max_batch_size(max_batch_size)
-        self._score_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        # serve.batch's stubs type the decorated method as the plain function; it has these setters at run time.
+        self._score_batch.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
+        self._score_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)  # type: ignore[attr-defined]
         logger.info("Replica loaded %r.", self.reranker)
 
     def __serve_build_asgi_app__(self):

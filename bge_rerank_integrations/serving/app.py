@@ -12,20 +12,32 @@ import asyncio
 import dataclasses
 import uuid
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Awaitable, Callable, Sequence, Union
 
-from fastapi import FastAPI, Request
+from fastapi import Body, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..adapter_support import check_single_score
 from ..inputs import check_text
-from .guard import Guard
+from ..options import check_single_score, options_not_taken
+from ..ranking import rank
+from .guard import DEFAULT_BODY_TIMEOUT, Guard, error_body
 from .metrics import Metrics
-from .schemas import ErrorResponse, RerankRequest, RerankResponse, RerankResult, TEIRank, TEIRerankRequest, Usage
+from .schemas import (
+    SCHEMA_TAGS,
+    AnyRerankRequest,
+    Document,
+    ErrorResponse,
+    RerankRequest,
+    RerankResponse,
+    RankedDocument,
+    TEIRank,
+    TEIRerankRequest,
+    Usage,
+)
 from .scoring import Overloaded, ScoredPairs, Scorer
 
 #: Status of a request whose client went away before its answer (nginx's convention; nobody reads it).
@@ -37,12 +49,25 @@ class ServerSettings:
     """What the app enforces; the model and its scoring defaults belong to the scorer's ``BGEReranker``.
 
     ``model_name`` is the name responses and ``/info`` give (default: the reranker's model path).
+    ``body_timeout`` bounds, in seconds, how long a request body may take to arrive (else 408).
+    ``api_key`` never shows in ``repr``; an empty one is refused (it would silently mean "open").
     """
 
     model_name: str | None = None
     max_documents: int = 1024
     max_request_bytes: int = 2_000_000
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+
+    def __post_init__(self) -> None:
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError("The API key is empty: set a non-empty key, or none at all for an open server.")
+        for name in ("max_documents", "max_request_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if not self.body_timeout > 0:
+            raise ValueError(f"body_timeout must be a positive number of seconds, got {self.body_timeout!r}.")
 
 
 class ApiError(Exception):
@@ -57,11 +82,16 @@ class _ClientGone(Exception):
     pass
 
 
-_ERRORS = {
+_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "missing or wrong API key"},
+    408: {"model": ErrorResponse, "description": "the body did not arrive within --body-timeout"},
     413: {"model": ErrorResponse, "description": "body over --max-request-bytes or more documents than --max-documents"},
-    422: {"model": ErrorResponse, "description": "malformed JSON, wrong types, or options the model cannot take"},
-    503: {"model": ErrorResponse, "description": "queue full (see Retry-After) or model not ready"},
+    422: {
+        "model": ErrorResponse,
+        "description": "malformed JSON, invalid UTF-8, JSON nested too deeply, wrong types, or options/inputs the model cannot take",
+    },
+    500: {"model": ErrorResponse, "description": "the server itself failed while scoring (never caused by the request)"},
+    503: {"model": ErrorResponse, "description": "queue full (see Retry-After), model not ready, or over --max-connections"},
 }
 
 
@@ -90,7 +120,10 @@ def create_app(scorer: Scorer, *, settings: ServerSettings | None = None, metric
         description="BGE rerankers with FlagEmbedding-exact scores behind TEI's and Cohere/Jina/vLLM's rerank APIs.",
         lifespan=lifespan,
     )
-    app.add_middleware(Guard, api_key=settings.api_key, max_request_bytes=settings.max_request_bytes, metrics=metrics)
+    app.add_middleware(
+        Guard, api_key=settings.api_key, max_request_bytes=settings.max_request_bytes, metrics=metrics,
+        body_timeout=settings.body_timeout,
+    )
     app.state.scorer, app.state.settings, app.state.metrics = scorer, settings, metrics
 
     @app.exception_handler(ApiError)
@@ -103,6 +136,9 @@ def create_app(scorer: Scorer, *, settings: ServerSettings | None = None, metric
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        unreadable = _unreadable_body(error)
+        if unreadable is not None:
+            return _error(422, "validation", unreadable)
         return _error(error.status_code, "http", str(error.detail), getattr(error, "headers", None))
 
     async def score(request: Request, query: Any, texts: Sequence[str], options: dict[str, Any]) -> ScoredPairs:
@@ -128,48 +164,64 @@ def create_app(scorer: Scorer, *, settings: ServerSettings | None = None, metric
             raise ApiError(503, "overloaded", str(error), {"Retry-After": str(error.retry_after)}) from None
         except _ClientGone:
             raise ApiError(CLIENT_CLOSED, "client_closed", "The client closed the connection.") from None
+        except (ValueError, TypeError) as error:
+            # The core raises these for inputs it cannot score (e.g. a prompt longer than the model's
+            # positions): the request's fault, so a 4xx a client will not retry, with the core's message.
+            raise ApiError(422, "invalid_request", str(error)) from None
         except Exception as error:  # noqa: BLE001 - the scorer's failure: this request fails, the server goes on
             raise ApiError(500, "scoring_failed", f"Scoring failed: {type(error).__name__}: {error}") from None
 
-    @app.post("/rerank", response_model=list[TEIRank], response_model_exclude_none=True, responses=_ERRORS)
-    async def rerank_tei(body: TEIRerankRequest, request: Request) -> list[TEIRank]:
-        """TEI's rerank: ``[{index, score, text?}]`` best first; sigmoid scores unless ``raw_scores``."""
+    @app.post(
+        "/rerank", response_model=Union[list[TEIRank], RerankResponse], response_model_exclude_none=True, responses=_ERRORS
+    )
+    async def rerank_tei(body: Annotated[AnyRerankRequest, Body()], request: Request) -> Union[list[TEIRank], RerankResponse]:
+        """TEI's rerank: ``{query, texts}`` -> ``[{index, score, text?}]`` best first; sigmoid scores unless ``raw_scores``.
+
+        With ``documents`` (and no ``texts``) it is vLLM's and Infinity's ``/rerank``: answered as
+        ``/v1/rerank`` is, except that ``return_documents`` defaults to false (Infinity's default).
+        """
+        if isinstance(body, RerankRequest):
+            return await rerank_documents(body, request, return_documents=False)
         options = _options(body)
         scored = await score(request, body.query, body.texts, options)
         return [
-            TEIRank(index=i, score=scored.scores[i], text=body.texts[i] if body.return_text else None)
-            for i in _best_first(scored.scores)
+            TEIRank(index=ranked.index, score=ranked.score, text=ranked.text if body.return_text else None)
+            for ranked in rank(body.texts, scored.scores, None, None)
         ]
 
-    async def rerank_cohere(body: RerankRequest, request: Request) -> RerankResponse:
-        """Cohere/Jina/vLLM's rerank: ``{id, model, results, usage}``, results best first, at most ``top_n``."""
+    async def rerank_documents(body: RerankRequest, request: Request, *, return_documents: bool) -> RerankResponse:
         options = _options(body, body.use_activation)
         texts = body.texts()
         scored = await score(request, body.query, texts, options)
-        order = _best_first(scored.scores)[: body.top_n or None]
+        if body.return_documents is not None:
+            return_documents = body.return_documents
         results = [
-            RerankResult(index=i, relevance_score=scored.scores[i], document={"text": texts[i]} if body.return_documents else None)
-            for i in order
+            RankedDocument(index=ranked.index, relevance_score=ranked.score, document=Document(text=ranked.text) if return_documents else None)
+            for ranked in rank(texts, scored.scores, body.top_n or None, None)
         ]
         tokens = sum(scored.tokens)
         return RerankResponse(
             id=f"rerank-{uuid.uuid4().hex}", model=model_name, results=results, usage=Usage(prompt_tokens=tokens, total_tokens=tokens)
         )
 
+    async def rerank_cohere(body: RerankRequest, request: Request) -> RerankResponse:
+        """Cohere/Jina/vLLM's rerank: ``{id, model, results, usage}``, results best first, at most ``top_n``; documents returned unless ``return_documents: false``."""
+        return await rerank_documents(body, request, return_documents=True)
+
     for path in ("/v1/rerank", "/v2/rerank"):
         app.post(path, response_model=RerankResponse, response_model_exclude_none=True, responses=_ERRORS)(rerank_cohere)
 
-    @app.get("/health")
+    @app.get("/health", responses={503: {"model": ErrorResponse, "description": "loading or shutting down"}})
     async def health() -> JSONResponse:
         """200 once the model is loaded and the server takes requests, else 503."""
         if getattr(scorer, "ready", True):
             return JSONResponse({"status": "ok"})
         return _error(503, "not_ready", "The model is loading or the server is shutting down.", {"Retry-After": "1"})
 
-    @app.get("/info")
+    @app.get("/info", responses={401: _ERRORS[401]})
     async def info() -> dict[str, Any]:
         """Model, family, device, dtype, max positions, scoring defaults, limits and version."""
-        family = reranker.family
+        family = reranker.load().family
         defaults = {name: list(value) if isinstance(value, tuple) else value for name, value in dataclasses.asdict(reranker.options).items()}
         limits = {"max_documents": settings.max_documents, "max_request_bytes": settings.max_request_bytes}
         limits.update(getattr(scorer, "describe", dict)())
@@ -186,13 +238,60 @@ def create_app(scorer: Scorer, *, settings: ServerSettings | None = None, metric
             "version": __version__,
         }
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"}, 401: _ERRORS[401]},
+    )
     async def prometheus() -> Response:
         """Prometheus metrics: requests, pairs, latency and batch-size histograms, queue depth."""
         content, content_type = metrics.render()
         return Response(content, media_type=content_type)
 
+    def openapi() -> dict[str, Any]:
+        """The OpenAPI document, stating this server's own bounds once the model is loaded."""
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = FastAPI.openapi(app)
+        app.openapi_schema = None  # FastAPI caches it; we cache the finished document only
+        if settings.api_key:
+            _declare_bearer_auth(schema)
+        loaded = getattr(scorer, "ready", True)
+        if loaded:
+            _declare_model_bounds(schema, reranker.load().family, settings.max_documents)
+            app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _declare_bearer_auth(schema: dict[str, Any]) -> None:
+    """Declare ``Authorization: Bearer`` on every path the key guards."""
+    from .guard import PUBLIC_PATHS
+
+    schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {"type": "http", "scheme": "bearer"}
+    for path, operations in schema.get("paths", {}).items():
+        if path not in PUBLIC_PATHS:
+            for operation in operations.values():
+                operation["security"] = [{"bearer": []}]
+
+
+def _declare_model_bounds(schema: dict[str, Any], family: Any, max_documents: int) -> None:
+    """State what the served model takes: ``max_length`` up to its positions, only its family's options
+    (the others may only be null), and at most ``max_documents`` documents (413 beyond)."""
+    for name in ("TEIRerankRequest", "RerankRequest"):
+        properties = schema.get("components", {}).get("schemas", {}).get(name, {}).get("properties", {})
+        for option in options_not_taken(family.name):
+            if option in properties:
+                properties[option] = {"type": "null", "description": f"not taken by the {family.name} family served here"}
+        for option in ("max_length", "query_max_length"):
+            for branch in properties.get(option, {}).get("anyOf", []):
+                if branch.get("type") == "integer":
+                    branch["maximum"] = family.max_positions
+        texts = "texts" if name == "TEIRerankRequest" else "documents"
+        if texts in properties:
+            properties[texts]["maxItems"] = max_documents
 
 
 def readable_validation_error(errors: Sequence[dict[str, Any]]) -> str:
@@ -200,6 +299,8 @@ def readable_validation_error(errors: Sequence[dict[str, Any]]) -> str:
     lines = []
     for error in errors:
         location = [str(part) for part in error.get("loc", ()) if part != "body"]
+        if location and location[0] in SCHEMA_TAGS:
+            location = location[1:]  # the /rerank body's schema (TEI's or vLLM's), not a field
         if error.get("type") == "json_invalid":
             detail = (error.get("ctx") or {}).get("error", "")
             lines.append(f"Malformed JSON body: {detail} (at character {location[0] if location else '?'}).")
@@ -210,18 +311,25 @@ def readable_validation_error(errors: Sequence[dict[str, Any]]) -> str:
 
 def _options(body: TEIRerankRequest | RerankRequest, use_activation: bool | None = None) -> dict[str, Any]:
     try:
-        return body.score_options(use_activation)
+        return body.call_options(use_activation)
     except ValueError as error:
         raise ApiError(422, "invalid_request", str(error)) from None
 
 
-def _best_first(scores: Sequence[float]) -> list[int]:
-    """Indices by score, best first; ties keep input order."""
-    return sorted(range(len(scores)), key=lambda i: -scores[i])
+def _unreadable_body(error: StarletteHTTPException) -> str | None:
+    """The message for a body FastAPI could not decode (invalid UTF-8, JSON nested too deeply), else None."""
+    cause = error.__cause__
+    if error.status_code != 400 or cause is None:
+        return None
+    if isinstance(cause, UnicodeDecodeError):
+        return f"The body is not valid UTF-8 (byte {cause.object[cause.start]:#04x} at position {cause.start}): send UTF-8 JSON."
+    if isinstance(cause, RecursionError):
+        return "Malformed JSON body: nested too deeply to parse; send flat JSON (a list of strings per field)."
+    return f"The body could not be read as JSON ({type(cause).__name__}): send UTF-8 JSON."
 
 
 def _error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message, "error_type": kind}, status_code=status, headers=headers)
+    return JSONResponse(error_body(kind, message), status_code=status, headers=headers)
 
 
 async def _until_disconnected(request: Request, work: Awaitable[ScoredPairs]) -> ScoredPairs:
@@ -242,7 +350,7 @@ async def _until_disconnected(request: Request, work: Awaitable[ScoredPairs]) ->
     raise _ClientGone()
 
 
-async def _disconnect(receive: Callable[[], Awaitable[dict]]) -> None:
+async def _disconnect(receive: Callable[[], Awaitable[object]]) -> None:
     """Return when the client disconnects (never, if the server cannot tell)."""
     while True:
         try:

@@ -42,8 +42,14 @@ class DynamicBatcher:
     """A ``Scorer`` that merges concurrent requests into shared model calls on one worker thread.
 
     >>> batcher = DynamicBatcher(BGEReranker("tests/fixtures/checkpoints/encoder", device="cpu"))
-    >>> await batcher.start(); await batcher.score([("q", "a"), ("q", "b")], {"normalize": True})  # doctest: +SKIP
-    ScoredPairs(scores=[0.31, 0.62], tokens=[6, 6])
+    >>> async def score_once(batcher):
+    ...     await batcher.start()
+    ...     try:
+    ...         return await batcher.score([("q", "a"), ("q", "b")], {"normalize": True})
+    ...     finally:
+    ...         await batcher.stop()
+    >>> asyncio.run(score_once(batcher))
+    ScoredPairs(scores=[0.74..., 0.70...], tokens=[7, 7])
     """
 
     def __init__(
@@ -67,7 +73,7 @@ class DynamicBatcher:
         self.ready = False
         self.queued_pairs = 0
         self._queue: collections.deque[_Pending] = collections.deque()
-        self._wakeup: asyncio.Event | None = None
+        self._wakeup = asyncio.Event()  # replaced by start()'s, made on the serving loop
         self._dispatcher: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
 

@@ -1,11 +1,12 @@
-"""The ASGI middleware in front of every route: API key, body size limit, request metrics.
+"""The ASGI middleware in front of every route: API key, body size and time limits, request metrics.
 
-It runs before FastAPI reads a body, so a wrong key is a 401 and an oversized body a 413
-without the body being parsed (or, past the limit, even read).
+It runs before FastAPI reads a body, so a wrong key is a 401, an oversized body a 413 and a body
+that stalls a 408 without the body being parsed (or, past the limit, even read).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import time
@@ -19,12 +20,20 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 #: Paths served without the API key: liveness probes and the API docs.
-PUBLIC_PATHS = frozenset({"/health", "/docs", "/redoc", "/openapi.json"})
+PUBLIC_PATHS = frozenset({"/health", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
+
+#: Default seconds a request body may take to arrive in full (``--body-timeout``).
+DEFAULT_BODY_TIMEOUT = 30.0
+
+
+def error_body(kind: str, message: str) -> dict[str, str]:
+    """Every error's body: the message as ``error`` (TEI) and ``detail`` (FastAPI, Jina), and its kind."""
+    return {"error": message, "error_type": kind, "detail": message}
 
 
 async def send_error(send: Send, status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> None:
-    """Answer with the server's error body ``{"error", "error_type"}``."""
-    body = json.dumps({"error": message, "error_type": kind}).encode()
+    """Answer with the server's error body ``{"error", "error_type", "detail"}``."""
+    body = json.dumps(error_body(kind, message)).encode()
     raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw_headers += [(name.lower().encode(), value.encode()) for name, value in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw_headers})
@@ -32,13 +41,19 @@ async def send_error(send: Send, status: int, kind: str, message: str, headers: 
 
 
 class Guard:
-    """Checks ``Authorization: Bearer <api_key>`` (when a key is set) and ``max_request_bytes``; counts every response."""
+    """Checks ``Authorization: Bearer <api_key>`` (when a key is set), ``max_request_bytes`` and
+    ``body_timeout`` (seconds for the whole body); counts every response."""
 
-    def __init__(self, app: Callable, *, api_key: str | None, max_request_bytes: int, metrics: Metrics) -> None:
+    def __init__(
+        self, app: Callable, *, api_key: str | None, max_request_bytes: int, metrics: Metrics,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    ) -> None:
         self.app = app
-        self.api_key = api_key
+        # Compared as UTF-8 bytes, so a non-ASCII key authenticates too.
+        self.api_key = api_key.encode("utf-8") if api_key else None
         self.max_request_bytes = max_request_bytes
         self.metrics = metrics
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -72,8 +87,18 @@ class Guard:
             await send_error(send, 413, "payload_too_large", self._too_large(f"{declared} bytes"))
             return
         chunks, size = [], 0
+        deadline = asyncio.get_running_loop().time() + self.body_timeout
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
+            except asyncio.TimeoutError:
+                await send_error(
+                    send, 408, "request_timeout",
+                    f"The request body did not arrive within the server's {self.body_timeout:g} s (--body-timeout): "
+                    f"{size} bytes came. Send the whole body at once.",
+                    {"Connection": "close"},
+                )
+                return
             if message["type"] != "http.request":
                 return  # the client went away before its body arrived
             chunks.append(message.get("body", b""))
@@ -88,8 +113,8 @@ class Guard:
     def _authorized(self, scope: Scope) -> bool:
         for name, value in scope["headers"]:
             if name == b"authorization":
-                scheme, _, token = value.decode("latin-1").partition(" ")
-                return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self.api_key.encode())
+                scheme, _, token = value.partition(b" ")
+                return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.api_key)
         return False
 
     def _too_large(self, size: str) -> str:

@@ -1,52 +1,58 @@
 """Request and response bodies of the rerank endpoints (TEI's, and Cohere/Jina/vLLM's), as pydantic models.
 
-Both request schemas take the same BGE options (``BGEOptions``); unknown fields are ignored, as
+Both request schemas take the same BGE options (``BGEOptions``, derived from ``options.OPTIONS``); unknown fields are ignored, as
 the engines whose clients we serve send fields of their own (``model``, ``rank_fields``, ...).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictBool, StrictInt, StrictStr, Tag, create_model, model_validator
 
-#: BGE options a request may set, by core option name (``raw_scores`` / ``use_activation`` become ``normalize``).
-REQUEST_OPTIONS = (
-    "max_length",
-    "query_max_length",
-    "prompt",
-    "cutoff_layers",
-    "compress_ratio",
-    "compress_layers",
-    "query_instruction_for_rerank",
-    "query_instruction_format",
-    "passage_instruction_for_rerank",
-    "passage_instruction_format",
-)
+from ..inputs import MAX_INT
+from ..options import BY_NAME, REQUEST_OPTIONS
+
+#: Most layer numbers one request may list in ``cutoff_layers`` / ``compress_layers`` (no model has more layers).
+MAX_LAYERS_LISTED = 128
 
 
-class BGEOptions(BaseModel):
-    """Per-request scoring options; ``None`` (or absent) keeps the server's default.
+#: Integer fields: JSON Schema's integers include ``6.0``, so an integral float counts as its int;
+#: ``true``, ``"6"`` and ``6.5`` are 422s (types are strict: nothing else is coerced).
+INTEGER_FIELDS = (*(name for name in REQUEST_OPTIONS if BY_NAME[name].kind in ("int", "layers")), "top_n")
 
-    They are checked exactly as ``BGEReranker`` checks them: an option the model's family
-    lacks, or a value it cannot take, is a 422 that says so.
-    """
+#: The bounds the core checks (``inputs.check_positive_int``), stated in the OpenAPI document; the core's
+#: check gives the message, so in-process and server errors read the same.
+_POSITIVE: dict[str, Any] = {"minimum": 1, "maximum": MAX_INT}
 
+Layers = Union[StrictInt, Annotated[list[StrictInt], Field(min_length=1, max_length=MAX_LAYERS_LISTED)], None]
+
+#: Request field types of the options' kinds (strict: nothing is coerced), and their OpenAPI bounds.
+_FIELD_TYPES: dict[str, Any] = {"int": Optional[StrictInt], "text": Optional[StrictStr], "format": Optional[StrictStr], "layers": Layers}
+_FIELD_BOUNDS: dict[str, Any] = {"int": _POSITIVE}
+
+
+def _integral(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_integral(item) if isinstance(item, float) else item for item in value]
+    return value
+
+
+class _RawScores(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    raw_scores: bool | None = Field(None, description="true: raw logits, as BGEReranker.compute_score; false: sigmoid-normalized")
-    max_length: int | None = Field(None, description="longest pair in tokens (the model's default 512)")
-    query_max_length: int | None = Field(None, description="longest query in tokens (default max_length * 3 // 4)")
-    prompt: str | None = Field(None, description="decoder families (llm, layerwise, lightweight): the instruction prompt")
-    cutoff_layers: Union[int, list[int], None] = Field(None, description="layerwise, lightweight: the one layer that scores")
-    compress_ratio: int | None = Field(None, description="lightweight: passage tokens pooled per group (1, 2, 4, 8)")
-    compress_layers: Union[int, list[int], None] = Field(None, description="lightweight: layers that compress passage tokens")
-    query_instruction_for_rerank: str | None = None
-    query_instruction_format: str | None = None
-    passage_instruction_for_rerank: str | None = None
-    passage_instruction_format: str | None = None
+    raw_scores: StrictBool | None = Field(None, description="true: raw logits, as BGEReranker.compute_score; false: sigmoid-normalized")
 
-    def score_options(self, use_activation: bool | None = None) -> dict[str, Any]:
+    @model_validator(mode="before")
+    @classmethod
+    def _integral_floats(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(isinstance(data.get(name), (float, list)) for name in INTEGER_FIELDS):
+            data = {**data, **{name: _integral(data[name]) for name in INTEGER_FIELDS if name in data}}
+        return data
+
+    def call_options(self, use_activation: bool | None = None) -> dict[str, Any]:
         """The options that were set, as ``BGEReranker`` keyword arguments (``normalize`` from the raw flags)."""
         options = {name: getattr(self, name) for name in REQUEST_OPTIONS if getattr(self, name) is not None}
         if self.raw_scores is not None and use_activation is not None and self.raw_scores == use_activation:
@@ -61,13 +67,34 @@ class BGEOptions(BaseModel):
         return options
 
 
+if TYPE_CHECKING:  # pragma: no cover - type checkers see the base; the fields are derived below
+    BGEOptions = _RawScores
+else:
+    BGEOptions = create_model(
+        "BGEOptions",
+        __base__=_RawScores,
+        __doc__="""Per-request scoring options (``options.REQUEST_OPTIONS``); ``None`` (or absent) keeps the server's default.
+
+        They are checked exactly as ``BGEReranker`` checks them: an option the model's family
+        lacks, or a value it cannot take, is a 422 that says so.
+        """,
+        **{
+            name: (
+                _FIELD_TYPES[BY_NAME[name].kind],
+                Field(None, json_schema_extra=_FIELD_BOUNDS.get(BY_NAME[name].kind), description=BY_NAME[name].help),
+            )
+            for name in REQUEST_OPTIONS
+        },
+    )
+
+
 class TEIRerankRequest(BGEOptions):
     """``POST /rerank``, text-embeddings-inference's schema."""
 
-    query: str
-    texts: list[str]
-    return_text: bool = False
-    truncate: bool | None = Field(None, description="accepted for TEI clients; pairs are always truncated as the reference does")
+    query: StrictStr
+    texts: list[StrictStr]
+    return_text: StrictBool = False
+    truncate: StrictBool | None = Field(None, description="accepted for TEI clients; pairs are always truncated as the reference does")
     truncation_direction: Literal["right", "Right"] | None = Field(
         None, description="only right truncation (the reference's) exists"
     )
@@ -86,18 +113,20 @@ class DocumentObject(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    text: str
+    text: StrictStr
 
 
 class RerankRequest(BGEOptions):
-    """``POST /v1/rerank`` and ``/v2/rerank``: the Cohere, Jina and vLLM schema."""
+    """``POST /v1/rerank`` and ``/v2/rerank`` (and ``POST /rerank`` with ``documents``): the Cohere, Jina, vLLM and Infinity schema."""
 
-    model: str | None = Field(None, description="accepted and echoed as the served model's name")
-    query: str
-    documents: list[Union[str, DocumentObject]]
-    top_n: int | None = Field(None, ge=0, description="keep the best N; 0 or absent keeps all")
-    return_documents: bool = True
-    use_activation: bool | None = Field(None, description="vLLM's spelling: false gives raw scores")
+    model: StrictStr | None = Field(None, description="accepted; responses give the served model's name")
+    query: StrictStr
+    documents: list[Union[StrictStr, DocumentObject]]
+    top_n: StrictInt | None = Field(None, ge=0, le=MAX_INT, description="keep the best N; 0 or absent keeps all")
+    return_documents: StrictBool | None = Field(
+        None, description="give each result's text: default true on /v1/rerank and /v2/rerank (Cohere, vLLM), false on /rerank (Infinity)"
+    )
+    use_activation: StrictBool | None = Field(None, description="vLLM's spelling: false gives raw scores")
 
     def texts(self) -> list[str]:
         return [document if isinstance(document, str) else document.text for document in self.documents]
@@ -107,7 +136,9 @@ class Document(BaseModel):
     text: str
 
 
-class RerankResult(BaseModel):
+class RankedDocument(BaseModel):
+    """One result of a Cohere/Jina/vLLM response."""
+
     index: int
     relevance_score: float
     document: Document | None = None
@@ -123,12 +154,32 @@ class RerankResponse(BaseModel):
 
     id: str
     model: str
-    results: list[RerankResult]
+    results: list[RankedDocument]
     usage: Usage
 
 
 class ErrorResponse(BaseModel):
-    """Every error: a readable message and its kind (``validation``, ``payload_too_large``, ``overloaded``, ...)."""
+    """Every error: a readable message (``error``, and the same in ``detail`` for FastAPI/Jina-style clients) and its kind."""
 
     error: str
-    error_type: str
+    error_type: str = Field(description="validation, invalid_request, payload_too_large, too_many_documents, unauthorized, overloaded, ...")
+    detail: str
+
+
+def _rerank_schema(body: Any) -> str:
+    """``/rerank`` takes TEI's ``{query, texts}`` or, with ``documents`` and no ``texts``, vLLM's/Infinity's body."""
+    if isinstance(body, dict) and "documents" in body and "texts" not in body:
+        return "vllm"
+    if isinstance(body, BaseModel):
+        return "vllm" if isinstance(body, RerankRequest) else "tei"
+    return "tei"
+
+
+#: ``POST /rerank``'s body: TEI's, or the vLLM/Infinity one (chosen by ``documents`` without ``texts``).
+AnyRerankRequest = Annotated[
+    Union[Annotated[TEIRerankRequest, Tag("tei")], Annotated[RerankRequest, Tag("vllm")]],
+    Discriminator(_rerank_schema),
+]
+
+#: The location part pydantic puts first for the union's branch (left out of error messages).
+SCHEMA_TAGS = frozenset({"tei", "vllm"})

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Mapping, Protocol, Sequence, cast, runtime_checkable
 
 from ..reranker import BGEReranker
 
@@ -79,14 +79,15 @@ def score_jobs(reranker: BGEReranker, jobs: Sequence[Job]) -> list[ScoredPairs |
         options = dict(jobs[positions[0]].options)
         try:  # each job scored as its own call would score it, in shared forward batches
             scored = reranker.score_groups([jobs[position].pairs for position in positions], **options)
-        except Exception as error:  # noqa: BLE001 - handed to the jobs of this call only
+        except Exception as error:  # handed to the jobs of this call only
             pairs = sum(len(jobs[position].pairs) for position in positions)
             logger.exception("Scoring %d pairs of %d request(s) failed.", pairs, len(positions))
             for position in positions:
                 results[position] = error
             continue
         for position, group in zip(positions, scored):
-            results[position] = ScoredPairs(group.scores, group.tokens)
+            # The server takes at most one cutoff layer (check_single_score): one float per pair.
+            results[position] = ScoredPairs(cast("list[float]", group.scores), group.tokens)
     return results
 
 

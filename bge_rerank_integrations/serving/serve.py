@@ -6,7 +6,8 @@
     [{"index":1,"score":0.9948},{"index":0,"score":0.0003}]
 
 Load and scoring options are the server's defaults; requests may override scoring options.
-SIGTERM (or Ctrl-C) stops accepting connections, finishes the requests in flight, and exits 0.
+SIGTERM (or Ctrl-C) stops accepting connections, finishes the requests in flight (for at most
+``--shutdown-timeout`` seconds, then closes the rest), and exits 0.
 """
 
 from __future__ import annotations
@@ -19,48 +20,40 @@ import socket
 import sys
 from typing import Sequence
 
-from ..cli import _int_list
+from ..options import DEFAULT_OPTIONS, LOAD_OPTIONS, add_flags, check_single_score, given_options
+from .connections import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS, http_protocol
+from .guard import DEFAULT_BODY_TIMEOUT
 
 logger = logging.getLogger(__name__)
 
 API_KEY_VARIABLE = "BGE_RERANK_API_KEY"
+DESCRIPTION = "Serve a BGE reranker over HTTP: TEI's POST /rerank and Cohere/Jina/vLLM's POST /v1/rerank, /v2/rerank."
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="bge-rerank serve",
-        description="Serve a BGE reranker over HTTP: TEI's POST /rerank and Cohere/Jina/vLLM's POST /v1/rerank, /v2/rerank.",
-    )
+    """``bge-rerank serve``'s parser on its own (``main``); the command line adds the same arguments to its subcommand."""
+    parser = argparse.ArgumentParser(prog="bge-rerank serve", description=DESCRIPTION)
+    add_arguments(parser)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``bge-rerank serve``'s arguments: the load and scoring options' flags (``options.OPTIONS``), then the server's own."""
     parser.add_argument("--model", "-m", required=True, help="Hub id (e.g. BAAI/bge-reranker-v2-m3) or local checkpoint directory")
     parser.add_argument("--served-model-name", help="the name responses and /info give (default: --model)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one, logged at start)")
 
     model = parser.add_argument_group("model (load options)")
-    model.add_argument("--model-class", help="family override: encoder, llm, layerwise, lightweight")
-    model.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: best available)")
-    model.add_argument("--fp16", action="store_true", help="half precision on CUDA/MPS")
-    model.add_argument("--bf16", action="store_true", help="bfloat16 on CUDA/MPS")
-    model.add_argument("--cache-dir", help="where Hub downloads go")
-    model.add_argument("--local-files-only", action="store_true", help="never reach the Hub")
+    add_flags(model, LOAD_OPTIONS)
     model.add_argument("--torch-threads", type=int, help="torch intra-op threads (default: torch's)")
 
     scoring = parser.add_argument_group("scoring defaults (requests may override them)")
-    scoring.add_argument(
-        "--normalize", dest="normalize", action=argparse.BooleanOptionalAction, default=True,
-        help="sigmoid scores unless a request asks raw_scores (default, as TEI/Cohere); --no-normalize: raw by default",
-    )
-    scoring.add_argument("--batch-size", type=int, default=128, help="pairs per forward pass (default 128)")
-    scoring.add_argument("--max-length", type=int, default=512, help="longest pair in tokens (default 512)")
-    scoring.add_argument("--query-max-length", type=int, help="longest query in tokens (default max_length * 3 // 4)")
-    scoring.add_argument("--prompt", help="decoder families: the instruction prompt")
-    scoring.add_argument("--cutoff-layers", type=_int_list, help="layerwise/lightweight: the layer to score at, e.g. 28")
-    scoring.add_argument("--compress-ratio", type=int, help="lightweight: passage compression ratio (1, 2, 4, 8)")
-    scoring.add_argument("--compress-layers", type=_int_list, help="lightweight: layers that compress, e.g. 24,40")
-    scoring.add_argument("--query-instruction", dest="query_instruction_for_rerank", help="text put before each query (decoders default to 'A: ')")
-    scoring.add_argument("--query-instruction-format", default="{}{}", help="how instruction and query join (default {}{})")
-    scoring.add_argument("--passage-instruction", dest="passage_instruction_for_rerank", help="text put before each passage (decoders default to 'B: ')")
-    scoring.add_argument("--passage-instruction-format", default="{}{}", help="how instruction and passage join (default {}{})")
+    normalize = {
+        "action": argparse.BooleanOptionalAction, "default": True,
+        "help": "sigmoid scores unless a request asks raw_scores (default, as TEI/Cohere); --no-normalize: raw by default",
+    }
+    add_flags(scoring, DEFAULT_OPTIONS, overrides={"normalize": normalize})
 
     limits = parser.add_argument_group("batching and limits")
     limits.add_argument(
@@ -70,7 +63,30 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--max-request-bytes", type=int, default=2_000_000, help="largest request body, else 413 (default 2000000)")
     limits.add_argument("--max-documents", type=int, default=1024, help="most documents per request, else 413 (default 1024)")
     limits.add_argument("--max-queue", type=int, default=8192, help="most pairs waiting, else 503 with Retry-After (default 8192)")
-    limits.add_argument("--api-key", help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_VARIABLE}; unset = open)")
+    limits.add_argument(
+        "--api-key-file", help=f"file holding the key for 'Authorization: Bearer KEY' (or set ${API_KEY_VARIABLE}; neither = open)"
+    )
+    limits.add_argument("--api-key", help=f"the key itself (visible in the process list: prefer --api-key-file or ${API_KEY_VARIABLE})")
+    connections = parser.add_argument_group("connections (stalled and idle clients, shutdown)")
+    connections.add_argument(
+        "--header-timeout", type=_seconds, default=DEFAULT_HEADER_TIMEOUT,
+        help=f"seconds for a request's headers to arrive, else the connection is closed (default {DEFAULT_HEADER_TIMEOUT:g})",
+    )
+    connections.add_argument(
+        "--body-timeout", type=_seconds, default=DEFAULT_BODY_TIMEOUT,
+        help=f"seconds for a request's whole body to arrive, else 408 (default {DEFAULT_BODY_TIMEOUT:g})",
+    )
+    connections.add_argument(
+        "--keep-alive-timeout", type=_seconds, default=5.0, help="seconds an idle connection is kept after a response (default 5)"
+    )
+    connections.add_argument(
+        "--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS,
+        help=f"most open connections; a request while more are open is a 503 (default {DEFAULT_MAX_CONNECTIONS})",
+    )
+    connections.add_argument(
+        "--shutdown-timeout", type=_seconds, default=30.0,
+        help="on SIGTERM, seconds to finish requests in flight before the rest are closed and the process exits 0 (default 30)",
+    )
     ray = parser.add_argument_group("Ray Serve (replicas behind one endpoint; needs the ray extra)")
     ray.add_argument("--ray", action="store_true", help="serve with Ray Serve replicas instead of one uvicorn process")
     ray.add_argument("--replicas", type=_replicas, default=1, help="replicas, or 'auto' to autoscale (default 1)")
@@ -79,7 +95,48 @@ def build_parser() -> argparse.ArgumentParser:
     ray.add_argument("--cpus-per-replica", type=float, default=1, help="CPUs each replica gets (default 1)")
     ray.add_argument("--max-batch-requests", type=int, default=16, help="most requests merged into one model call per replica (default 16)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level (default info)")
-    return parser
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value!r}")
+    return seconds
+
+
+def api_key(args: argparse.Namespace, environ: dict[str, str]) -> str | None:
+    """The API key from ``--api-key-file``, ``--api-key`` or ``$BGE_RERANK_API_KEY`` (at most one); None: open.
+
+    Raises ValueError for an empty key (it would silently start an open server) or an unreadable file.
+    """
+    sources = []
+    if args.api_key_file is not None:
+        try:
+            with open(args.api_key_file, encoding="utf-8") as file:
+                key = file.read().strip()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ValueError(f"cannot read --api-key-file {args.api_key_file}: {error}") from None
+        sources.append(("--api-key-file " + args.api_key_file, key))
+    if args.api_key is not None:
+        sources.append(("--api-key", args.api_key))
+    if API_KEY_VARIABLE in environ and not sources:
+        sources.append((f"${API_KEY_VARIABLE}", environ[API_KEY_VARIABLE]))
+    if len(sources) > 1:
+        raise ValueError("give the API key once: --api-key-file or --api-key, not both.")
+    if not sources:
+        return None
+    where, key = sources[0]
+    if not key.strip():
+        raise ValueError(
+            f"the API key from {where} is empty, which would start an open server: set a key, or unset {API_KEY_VARIABLE} "
+            "and give no key option for a server without one."
+        )
+    if key != key.strip():
+        raise ValueError(f"the API key from {where} starts or ends with whitespace, which no client sends: remove it.")
+    return key
 
 
 def _replicas(value: str) -> int | str:
@@ -93,8 +150,11 @@ def _replicas(value: str) -> int | str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the server until SIGTERM/SIGINT; returns the exit status (0 after a clean shutdown, 2 bad options)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the server the parsed ``args`` describe (``bge-rerank serve``); returns the exit status."""
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
         import uvicorn
@@ -105,7 +165,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError as error:
         print(f"bge-rerank serve: {error}; install the server with: pip install 'bge-rerank-integrations[serve]'", file=sys.stderr)
         return 2
-    from ..adapter_support import SCORE_SETTINGS, check_single_score
     from ..reranker import BGEReranker
 
     if args.torch_threads:
@@ -113,10 +172,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         torch.set_num_threads(args.torch_threads)
     try:
+        if args.max_connections < 1:
+            raise ValueError(f"--max-connections must be at least 1, got {args.max_connections}.")
+        key = api_key(args, dict(os.environ))
         check_single_score(args.cutoff_layers)
-        load = {"model_class": args.model_class, "device": args.device, "use_fp16": args.fp16, "use_bf16": args.bf16}
-        scoring = {name: getattr(args, name) for name in SCORE_SETTINGS}
-        options = dict(load, **scoring, cache_dir=args.cache_dir, local_files_only=args.local_files_only)
+        options = given_options(vars(args), (*LOAD_OPTIONS, *DEFAULT_OPTIONS))
         reranker = BGEReranker(args.model, **options)
         metrics = Metrics()
         batcher = DynamicBatcher(
@@ -126,7 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             model_name=args.served_model_name,
             max_documents=args.max_documents,
             max_request_bytes=args.max_request_bytes,
-            api_key=args.api_key or os.environ.get(API_KEY_VARIABLE) or None,
+            api_key=key,
+            body_timeout=args.body_timeout,
         )
     except (ValueError, TypeError) as error:
         print(f"bge-rerank serve: {error}", file=sys.stderr)
@@ -149,7 +210,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     host, port = sock.getsockname()[:2]
     logger.info("bge-rerank serve: %s on http://%s:%d (loading the model; /health answers 200 once ready)", args.model, host, port)
-    config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=None, access_log=args.log_level == "debug")
+    config = uvicorn.Config(
+        app, log_level=args.log_level, access_log=args.log_level == "debug",
+        http=http_protocol(args.header_timeout, args.max_connections),
+        timeout_keep_alive=args.keep_alive_timeout,
+        timeout_graceful_shutdown=args.shutdown_timeout,
+    )
     server = uvicorn.Server(config)
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the handler it found:
     # let that handler end the process with status 0.
