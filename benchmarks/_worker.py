@@ -8,7 +8,8 @@ round) with the interpreter of the right environment. Works under transformers 4
 
 SPEC: {"impl": "ref"|"ours", "family", "checkpoint", "pairs": path, "device", "dtype",
 "init": {...}, "variants": [{"name", "call": {...}}], "repeat", "warmup"}.
-OUT: load time, RSS after load, peak RSS (ru_maxrss, whole process) and, per variant, every
+OUT: load time, RSS after load, peak RSS (ru_maxrss, whole process), the resident pages of the
+mapped weight files (so that peak minus weights shows what else a run holds) and, per variant, every
 timed call's wall time and the scores of the last call.
 """
 
@@ -29,6 +30,22 @@ def _rss_mib() -> float:
 
 def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _weights_rss_mib() -> float:
+    """Resident size of the mapped weight files (safetensors are mmapped: the pages a run touched)."""
+    total, current = 0, ""
+    try:
+        with open("/proc/self/smaps") as handle:
+            for line in handle:
+                parts = line.split()
+                if parts and "-" in parts[0] and not parts[0].endswith(":"):
+                    current = parts[5] if len(parts) > 5 else ""
+                elif parts and parts[0] == "Rss:" and current.endswith((".safetensors", ".bin")):
+                    total += int(parts[1])
+    except OSError:
+        return 0.0
+    return total / 1024
 
 
 def _sync(device: str) -> None:
@@ -110,6 +127,7 @@ def main() -> int:
         "load_s": load_s,
         "rss_loaded_mib": rss_loaded,
         "peak_rss_mib": _peak_rss_mib(),
+        "weights_rss_mib": _weights_rss_mib(),
         "variants": results,
         "torch_threads": __import__("torch").get_num_threads(),
         "transformers": __import__("transformers").__version__,

@@ -11,7 +11,10 @@ deterministically, and then the reference (``--ref-python``, default ``.venv-ref
 (ref, ours, ref, ours, ...). Each process loads the model (reported separately as "load"),
 makes one small warm-up call, then times ``--repeat`` calls on all the pairs. Reported per
 implementation: median call time over all timed calls of all rounds, pairs/s, peak RSS of the
-process (``ru_maxrss``, model included), and the max |score difference| against the
+process (``ru_maxrss``, model included), peak RSS without the resident pages of the mmapped weight
+files ("w/o weights": what a run holds besides the weights it reads; a copy of the weights, such as the
+llm's 256k-row embedding materialised again, or a forward holding more activations shows here), and
+the max |score difference| against the
 reference on the same pairs. Where the reference env is missing, only ours runs.
 
 No assertion is made on the timings: this is a measurement tool, not a test.
@@ -210,6 +213,7 @@ def run_case(name: str, args, ref_ok: bool) -> dict:
                 "pairs_per_s": n / med,
                 "peak_rss_mib": max(r["peak_rss_mib"] for r in runs[impl]),
                 "rss_loaded_mib": max(r["rss_loaded_mib"] for r in runs[impl]),
+                "beyond_weights_mib": max(r["peak_rss_mib"] - r.get("weights_rss_mib", 0) for r in runs[impl]),
                 "cuda_peak_mib": max((r.get("cuda_peak_mib", 0) for r in runs[impl]), default=0) or None,
                 "scores": runs[impl][-1]["variants"][v]["scores"],
             }
@@ -232,7 +236,7 @@ def print_case(result: dict, peak_tflops: float | None) -> None:
     print(f"\n== {result['case']}: {result['pairs']} pairs, {result['device']} {result['dtype']}, "
           f"{result['rounds']} round(s) x {result['repeat']} timed call(s), torch threads {result['threads']}")
     print(f"   {result['note']}")
-    head = f"{'variant':22s} {'impl':5s} {'load s':>7s} {'call s':>8s} {'min s':>8s} {'CPU s':>8s} {'pairs/s':>8s} {'peak RSS MiB':>13s}"
+    head = f"{'variant':22s} {'impl':5s} {'load s':>7s} {'call s':>8s} {'min s':>8s} {'CPU s':>8s} {'pairs/s':>8s} {'peak RSS MiB':>13s} {'w/o weights':>11s}"
     gpu = result["device"].startswith("cuda")
     if gpu:
         head += f" {'GPU MiB':>8s} {'TFLOP/s':>8s} {'% peak':>7s}"
@@ -243,7 +247,7 @@ def print_case(result: dict, peak_tflops: float | None) -> None:
                 continue
             r = row[impl]
             line = (f"{row['variant']:22s} {impl:5s} {r['load_s']:7.1f} {r['call_s']:8.2f} {r['call_min_s']:8.2f} "
-                    f"{r['cpu_s'] or 0:8.2f} {r['pairs_per_s']:8.1f} {r['peak_rss_mib']:13.0f}")
+                    f"{r['cpu_s'] or 0:8.2f} {r['pairs_per_s']:8.1f} {r['peak_rss_mib']:13.0f} {r['beyond_weights_mib']:11.0f}")
             if gpu:
                 tf = r.get("tflops")
                 pct = f"{100 * tf / peak_tflops:6.1f}%" if tf and peak_tflops else "    n/a"

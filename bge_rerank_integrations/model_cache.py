@@ -1,4 +1,4 @@
-"""Process-wide cache of loaded models: one copy per (checkpoint, family, device, dtype)."""
+"""Process-wide cache of loaded models: one copy per (checkpoint, family, device, dtype, quantization)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from .loading import check_checkpoint, quiet_transformers
 
 logger = logging.getLogger(__name__)
 
-_Key = tuple[str, str, str, torch.dtype]
+_Key = tuple[str, str, str, torch.dtype, "str | None"]
 
 
 @dataclass
@@ -33,9 +33,14 @@ _loading: dict[_Key, threading.Lock] = {}
 _models_lock = threading.Lock()
 
 
-def get_model(path: Path, family: str, device: torch.device, dtype: torch.dtype) -> CachedModel:
-    """Return the cached model for this key, loading it on first use (a broken checkpoint raises ``CheckpointError``)."""
-    key = (str(Path(path).resolve()), family, str(canonical_device(device)), dtype)
+def get_model(
+    path: Path, family: str, device: torch.device, dtype: torch.dtype, quantization: str | None = None
+) -> CachedModel:
+    """Return the cached model for this key, loading it on first use (a broken checkpoint raises ``CheckpointError``).
+
+    ``quantization="int8"`` quantizes the loaded model once, here (see :mod:`.quantization`).
+    """
+    key = (str(Path(path).resolve()), family, str(canonical_device(device)), dtype, quantization)
     with _models_lock:
         cached = _models.get(key)
         if cached is not None:
@@ -48,10 +53,16 @@ def get_model(path: Path, family: str, device: torch.device, dtype: torch.dtype)
             start = time.perf_counter()
             check_checkpoint(path)
             with quiet_transformers():
-                cached = CachedModel(family_class(family).load(str(path), canonical_device(device), dtype))
+                loaded = family_class(family).load(str(path), canonical_device(device), dtype)
+            if quantization == "int8":
+                from .quantization import quantize_family
+
+                quantize_family(loaded)
+            cached = CachedModel(loaded)
             logger.info(
-                "Loaded %s: family %s, device %s, dtype %s, in %.2f s.",
-                path, family, canonical_device(device), str(dtype).replace("torch.", ""), time.perf_counter() - start,
+                "Loaded %s: family %s, device %s, dtype %s%s, in %.2f s.",
+                path, family, canonical_device(device), str(dtype).replace("torch.", ""),
+                f", quantization {quantization}" if quantization else "", time.perf_counter() - start,
             )
             with _models_lock:
                 _models[key] = cached

@@ -17,6 +17,7 @@ from .device import is_mps_dtype_error, resolve_device, resolve_dtype
 from .families import KNOWN_MODELS, RerankerFamily, ScoreOptions, canonical_family, detect_family, family_class
 from .inputs import MAX_INT, as_pairs, check_bool, check_cache_dir
 from .loading import cached_config, check_not_a_bare_official_name, read_config, resolve_checkpoint
+from .quantization import check_quantization
 from .model_cache import CachedModel, get_model
 from .options import (
     BY_NAME,
@@ -34,6 +35,9 @@ logger = logging.getLogger(__name__)
 
 #: On CPU a padded position costs as much as a real one: batches end before padding exceeds this share.
 CPU_MAX_PADDING = 0.2
+#: On CPU a batch holds at most this many padded tokens: it bounds the forward's activations (the
+#: peak memory of the decoders, whose MLPs are 8x wider than the model) and costs no speed there.
+CPU_MAX_BATCH_TOKENS = 1024
 
 
 class BGEReranker(Reranker):
@@ -42,7 +46,7 @@ class BGEReranker(Reranker):
     The model family (encoder, llm, layerwise, lightweight) is decided from the six official
     ids, else from the checkpoint's ``config.json``; ``model_class`` overrides it. The model is
     loaded on first use (or by ``load()``) and shared with every reranker that asks for the same
-    checkpoint, device and dtype. Every scoring option can be overridden per call.
+    checkpoint, device, dtype and quantization. Every scoring option can be overridden per call.
 
     The keyword options are those of ``options.OPTIONS`` (listed with their help in the
     constructor's docstring): load options choose how the model is loaded; scoring options are the
@@ -82,6 +86,10 @@ class BGEReranker(Reranker):
             check_bool(load["use_bf16"], "use_bf16"),
             model=_model_key(self._model_name_or_path),
         )
+        self.quantization = check_quantization(load["quantization"], self.device)
+        if self.quantization and (load["use_fp16"] or load["use_bf16"]):
+            raise ValueError(f"quantization={load['quantization']!r} and use_fp16/use_bf16 are both set; choose one.")
+        load["quantization"] = self.quantization
         self.cache_dir = check_cache_dir(load["cache_dir"])
         self.local_files_only = check_bool(load["local_files_only"], "local_files_only")
         self.show_progress = check_bool(load["show_progress"], "show_progress")
@@ -97,9 +105,10 @@ class BGEReranker(Reranker):
             self.load()
 
     def __repr__(self) -> str:
+        quantized = f", quantization={self.quantization!r}" if self.quantization else ""
         return (
             f"BGEReranker({self.model_name_or_path!r}, family={self.family_name!r}, "
-            f"device={str(self.device)!r}, dtype={self.dtype})"
+            f"device={str(self.device)!r}, dtype={self.dtype}{quantized})"
         )
 
     @property
@@ -201,7 +210,7 @@ class BGEReranker(Reranker):
         if self._model is None:
             path = resolve_checkpoint(self.model_name_or_path, self.cache_dir, self.local_files_only)
             family = self._family_name or detect_family(self.model_name_or_path, read_config(path))
-            model = get_model(path, family, self.device, self.dtype)
+            model = get_model(path, family, self.device, self.dtype, self.quantization)
             _check_against_model(model.family, self._defaults)
             self._model, self._path = model, path
         return self._model
@@ -307,6 +316,7 @@ class BGEReranker(Reranker):
                     lambda batch: family.forward(batch, options),
                     progress.update if progress is not None else None,
                     max_padding=CPU_MAX_PADDING if family.device.type == "cpu" else None,
+                    max_tokens=CPU_MAX_BATCH_TOKENS if family.device.type == "cpu" else None,
                 )
                 return scores, encoded
         finally:

@@ -272,7 +272,8 @@ def test_flagembedding_aliases():
 # --- device, dtype, batching ----------------------------------------------------------------
 
 
-def test_cpu_runs_fp32_and_warns(caplog):
+def test_cpu_runs_fp32_and_warns(caplog, monkeypatch):
+    monkeypatch.setattr("bge_rerank_integrations.device.cpu_fast_half_dtypes", frozenset)  # a CPU without fast half kernels
     with caplog.at_level(logging.WARNING):
         assert resolve_dtype(torch.device("cpu"), use_fp16=True) == torch.float32
     assert "float32" in caplog.text
@@ -335,9 +336,10 @@ def test_other_errors_propagate_at_once():
 # --- cache and threads ----------------------------------------------------------------------
 
 
-def test_same_checkpoint_shares_one_model(encoder_path):
+def test_same_checkpoint_shares_one_model(encoder_path, monkeypatch):
+    monkeypatch.setattr("bge_rerank_integrations.device.cpu_fast_half_dtypes", frozenset)
     first = BGEReranker(encoder_path, device="cpu")
-    second = BGEReranker(encoder_path, device="cpu", use_fp16=True)  # CPU runs fp32 either way
+    second = BGEReranker(encoder_path, device="cpu", use_fp16=True)  # fp32 on a CPU without fast fp16
     assert first.load().family is second.load().family
     clear_model_cache()
     third = BGEReranker(encoder_path, device="cpu")
