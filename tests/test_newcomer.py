@@ -42,12 +42,14 @@ def test_each_model_load_logs_one_line_with_checkpoint_family_device_dtype_and_s
     ), lines[0]
 
 
-def test_half_precision_on_cpu_is_warned_once_per_model(own_encoder, tmp_path, caplog):
+def test_half_precision_on_cpu_is_warned_once_per_model(own_encoder, tmp_path, caplog, monkeypatch):
     pytest.importorskip("langchain_classic")
+    from bge_rerank_integrations import device
     pytest.importorskip("llama_index.core")
     from bge_rerank_integrations.langchain import BGERerank as LangChainRerank
     from bge_rerank_integrations.llama_index import BGERerank as LlamaIndexRerank
 
+    monkeypatch.setattr(device, "cpu_fast_half_dtypes", frozenset)  # a CPU without fast half precision, whatever this one has
     caplog.set_level(logging.WARNING, logger="bge_rerank_integrations.device")
 
     def warnings() -> list[str]:
@@ -58,7 +60,8 @@ def test_half_precision_on_cpu_is_warned_once_per_model(own_encoder, tmp_path, c
     LangChainRerank(model=own_encoder, device="cpu", use_fp16=True)
     LlamaIndexRerank(model=own_encoder, device="cpu", use_fp16=True)
     assert warnings() == [
-        "torch.float16 was asked for on CPU, where half precision is slow or unsupported: using float32."
+        "torch.float16 was asked for on a CPU without fast float16 kernels (they need AVX-512 FP16 or AMX-FP16), "
+        "where it is many times slower: using float32."
     ]
     BGEReranker(own_encoder, device="cpu", use_bf16=True)  # another dtype asked for: its own warning
     other = tmp_path / "other"
