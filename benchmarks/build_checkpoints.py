@@ -26,9 +26,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
-from tools import build_fixtures as fx  # noqa: E402
+from tools import build_fixtures as fx
 
 INIT_RANGE = 0.02  # the models' usual initialiser; scores still differ clearly pair to pair
 
@@ -61,16 +61,35 @@ def _save(model, out: Path) -> None:
     (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
-def build_encoder(out: Path, layers: int, pieces, merges, hidden: int = 768, heads: int = 12, intermediate: int = 3072,
-                  positions: int = 514) -> None:
+def build_encoder(
+    out: Path,
+    layers: int,
+    pieces,
+    merges,
+    hidden: int = 768,
+    heads: int = 12,
+    intermediate: int = 3072,
+    positions: int = 514,
+) -> None:
     from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
 
     fx.save_encoder_tokenizer(out, pieces, merges)
     cfg = XLMRobertaConfig(
-        vocab_size=250002, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        intermediate_size=intermediate, hidden_act="gelu", max_position_embeddings=positions, type_vocab_size=1,
-        initializer_range=INIT_RANGE, layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2,
-        num_labels=1, architectures=["XLMRobertaForSequenceClassification"],
+        vocab_size=250002,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
+        hidden_act="gelu",
+        max_position_embeddings=positions,
+        type_vocab_size=1,
+        initializer_range=INIT_RANGE,
+        layer_norm_eps=1e-5,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        num_labels=1,
+        architectures=["XLMRobertaForSequenceClassification"],
     )
     torch.manual_seed(1)
     _save(XLMRobertaForSequenceClassification(cfg).eval(), out)
@@ -81,10 +100,23 @@ def build_llm(out: Path, layers: int, pieces, merges) -> None:
 
     fx.save_gemma_tokenizer(out, pieces, merges)
     cfg = GemmaConfig(
-        vocab_size=256000, hidden_size=2048, intermediate_size=16384, num_hidden_layers=layers,
-        num_attention_heads=8, num_key_value_heads=1, head_dim=256, hidden_act="gelu", hidden_activation=None,
-        max_position_embeddings=8192, initializer_range=INIT_RANGE, rms_norm_eps=1e-6, pad_token_id=0,
-        eos_token_id=1, bos_token_id=2, tie_word_embeddings=True, rope_theta=10000.0,
+        vocab_size=256000,
+        hidden_size=2048,
+        intermediate_size=16384,
+        num_hidden_layers=layers,
+        num_attention_heads=8,
+        num_key_value_heads=1,
+        head_dim=256,
+        hidden_act="gelu",
+        hidden_activation=None,
+        max_position_embeddings=8192,
+        initializer_range=INIT_RANGE,
+        rms_norm_eps=1e-6,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+        tie_word_embeddings=True,
+        rope_theta=10000.0,
         architectures=["GemmaForCausalLM"],
     )
     torch.manual_seed(2)
@@ -101,11 +133,28 @@ def build_layerwise(out: Path, layers: int, start_layer: int, pieces, merges) ->
 
     vocab = fx.save_llama_tokenizer(out, pieces, merges)
     cfg = LayerWiseMiniCPMConfig(
-        vocab_size=vocab, hidden_size=1024, intermediate_size=2816, num_hidden_layers=layers,
-        num_attention_heads=16, num_key_value_heads=16, hidden_act="silu", max_position_embeddings=2048,
-        initializer_range=INIT_RANGE, rms_norm_eps=1e-5, use_cache=False, pad_token_id=None, bos_token_id=1,
-        eos_token_id=2, tie_word_embeddings=False, rope_theta=10000.0, scale_emb=12, dim_model_base=256,
-        scale_depth=1.4, start_layer=start_layer, head_multi=True, head_type="simple",
+        vocab_size=vocab,
+        hidden_size=1024,
+        intermediate_size=2816,
+        num_hidden_layers=layers,
+        num_attention_heads=16,
+        num_key_value_heads=16,
+        hidden_act="silu",
+        max_position_embeddings=2048,
+        initializer_range=INIT_RANGE,
+        rms_norm_eps=1e-5,
+        use_cache=False,
+        pad_token_id=None,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+        rope_theta=10000.0,
+        scale_emb=12,
+        dim_model_base=256,
+        scale_depth=1.4,
+        start_layer=start_layer,
+        head_multi=True,
+        head_type="simple",
         architectures=["LayerWiseMiniCPMForCausalLM"],
     )
     torch.manual_seed(3)
@@ -118,12 +167,30 @@ def build_lightweight(out: Path, layers: int, start_layer: int, pieces, merges) 
 
     vocab = fx.save_gemma_tokenizer(out, pieces, merges)
     cfg = CostWiseGemmaConfig(
-        vocab_size=vocab, hidden_size=1024, intermediate_size=4096, num_hidden_layers=layers,
-        num_attention_heads=8, num_key_value_heads=4, head_dim=128, hidden_activation="gelu_pytorch_tanh",
-        max_position_embeddings=8192, initializer_range=INIT_RANGE, rms_norm_eps=1e-6, pad_token_id=0,
-        eos_token_id=1, bos_token_id=2, tie_word_embeddings=True, rope_theta=10000.0, query_pre_attn_scalar=128,
-        sliding_window=4096, final_logit_softcapping=30.0, attn_logit_softcapping=50.0,
-        cache_implementation="hybrid", start_layer=start_layer, layer_sep=1, layer_wise=True,
+        vocab_size=vocab,
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=layers,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=128,
+        hidden_activation="gelu_pytorch_tanh",
+        max_position_embeddings=8192,
+        initializer_range=INIT_RANGE,
+        rms_norm_eps=1e-6,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+        tie_word_embeddings=True,
+        rope_theta=10000.0,
+        query_pre_attn_scalar=128,
+        sliding_window=4096,
+        final_logit_softcapping=30.0,
+        attn_logit_softcapping=50.0,
+        cache_implementation="hybrid",
+        start_layer=start_layer,
+        layer_sep=1,
+        layer_wise=True,
         architectures=["CostWiseGemmaForCausalLM"],
     )
     torch.manual_seed(4)

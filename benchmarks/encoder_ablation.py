@@ -21,9 +21,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from bench import CASES, make_pairs  # noqa: E402
+from bench import CASES, make_pairs
 
-from bge_rerank_integrations import BGEReranker, reranker as reranker_module  # noqa: E402
+from bge_rerank_integrations import BGEReranker
+from bge_rerank_integrations import reranker as reranker_module
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,10 +33,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bge_rerank_integrations.families.base import Encoded, ScoreOptions  # noqa: E402
-from bge_rerank_integrations.families.lightweight import LightweightFamily  # noqa: E402
-from bge_rerank_integrations.loading import read_config  # noqa: E402
-from bge_rerank_integrations.models.gemma2_lightweight import (  # noqa: E402
+from bge_rerank_integrations.families.base import Encoded, ScoreOptions
+from bge_rerank_integrations.families.lightweight import LightweightFamily
+from bge_rerank_integrations.loading import read_config
+from bge_rerank_integrations.models.gemma2_lightweight import (
     Gemma2LightweightReranker,
     LightweightConfig,
     load_lightweight,
@@ -123,7 +123,7 @@ def make_pairs(args: argparse.Namespace) -> list[Encoded]:
 class PeakMemory:
     """Peak RSS (MiB) above the level at ``start`` while the block runs."""
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         _release_free_memory()
         self.base = _status_kib("VmRSS")
         self.kernel = _reset_peak()
@@ -229,21 +229,38 @@ def main(argv: list[str] | None = None) -> None:
     logger.info(
         "model: %d layers, hidden %d, %.1fM params (fp32 %.0f MiB); batch: %d pairs, %d tokens; compress at layer %d; "
         "%d torch threads, %d CPUs",
-        args.layers, args.hidden, params / 1e6, params * 4 / 2**20, len(batch), tokens, args.compress_layer,
-        torch.get_num_threads(), os.cpu_count() or 0,
+        args.layers,
+        args.hidden,
+        params / 1e6,
+        params * 4 / 2**20,
+        len(batch),
+        tokens,
+        args.compress_layer,
+        torch.get_num_threads(),
+        os.cpu_count() or 0,
     )
     family.forward(batch[:1], ScoreOptions(cutoff_layers=(args.start_layer,)))  # warm-up
 
-    logger.info("%-6s %-7s %8s %8s %8s %9s  %s", "ratio", "cutoff", "wall s", "cpu s", "speedup", "peak MiB", "score[0]")
+    logger.info(
+        "%-6s %-7s %8s %8s %8s %9s  %s", "ratio", "cutoff", "wall s", "cpu s", "speedup", "peak MiB", "score[0]"
+    )
     baseline: dict[int, float] = {}
     for ratio in args.ratios:
         for cutoff in cutoffs:
-            options = ScoreOptions(cutoff_layers=(cutoff,), compress_ratio=ratio, compress_layers=(args.compress_layer,))
+            options = ScoreOptions(
+                cutoff_layers=(cutoff,), compress_ratio=ratio, compress_layers=(args.compress_layer,)
+            )
             wall, cpu, peak, scores = measure(family, batch, options, args.repeat)
             baseline.setdefault(cutoff, wall)
             logger.info(
                 "%-6d %-7d %8.2f %8.2f %7.2fx %9.1f  %.4f",
-                ratio, cutoff, wall, cpu, baseline[cutoff] / wall, peak, scores[0, 0],
+                ratio,
+                cutoff,
+                wall,
+                cpu,
+                baseline[cutoff] / wall,
+                peak,
+                scores[0, 0],
             )
     logger.info("speedup = wall time at ratio 1 / wall time, same cutoff; peak = RSS above the loaded model.")
 

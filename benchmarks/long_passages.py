@@ -33,8 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bge_rerank_integrations import BGEReranker  # noqa: E402
-from lightweight_compression import PeakMemory  # noqa: E402
+from lightweight_compression import PeakMemory
+
+from bge_rerank_integrations import BGEReranker
 
 FIXTURE = ROOT / "tests" / "fixtures" / "checkpoints" / "encoder"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "sentencepiece.bpe.model")
@@ -55,8 +56,17 @@ def build_base_checkpoint(directory: Path) -> Path:
 
     torch.manual_seed(0)
     config = XLMRobertaConfig(
-        vocab_size=250002, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-        max_position_embeddings=514, type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2, num_labels=1,
+        vocab_size=250002,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        num_labels=1,
     )
     model = XLMRobertaForSequenceClassification(config).eval()
     model.save_pretrained(directory, safe_serialization=True)
@@ -86,10 +96,18 @@ def run(reranker: BGEReranker, pairs: list[list[str]], chunks: int, repeat: int)
             cpus.append(time.process_time() - cpu)
         peaks.append(peak.mib)
     (group,) = reranker.score_groups([[tuple(p) for p in pairs[:1]]], max_chunks_per_passage=chunks)
-    windows = len(reranker._encode(reranker.load().family, [tuple(pairs[0])], reranker.check_options(max_chunks_per_passage=chunks)))
+    windows = len(
+        reranker._encode(
+            reranker.load().family, [tuple(pairs[0])], reranker.check_options(max_chunks_per_passage=chunks)
+        )
+    )
     return {
-        "chunks": chunks, "windows": windows, "tokens": group.tokens[0], "wall": statistics.median(walls),
-        "cpu": statistics.median(cpus), "peak": max(peaks),
+        "chunks": chunks,
+        "windows": windows,
+        "tokens": group.tokens[0],
+        "wall": statistics.median(walls),
+        "cpu": statistics.median(cpus),
+        "peak": max(peaks),
     }
 
 
@@ -123,9 +141,15 @@ def main(argv: list[str] | None = None) -> int:
         pairs = [[query, passage_of(tokenizer, args.tokens, i)] for i in range(args.passages)]
         reranker.compute_score(pairs[:1])  # warm-up
         rows = [run(reranker, pairs, int(n), args.repeat) for n in args.chunks.split(",")]
-    print(f"# {cpu_name()}, torch {torch.__version__}, {args.threads} thread(s), float32; shared machine: noisy figures")
-    print(f"# bge-reranker-base shape, {args.passages} passages x {args.tokens} tokens, max_length=512, batch_size={args.batch_size}")
-    print("| max_chunks_per_passage | windows per passage | tokens per passage read | wall s | CPU s | x truncated (CPU) | peak MiB above model |")
+    print(
+        f"# {cpu_name()}, torch {torch.__version__}, {args.threads} thread(s), float32; shared machine: noisy figures"
+    )
+    print(
+        f"# bge-reranker-base shape, {args.passages} passages x {args.tokens} tokens, max_length=512, batch_size={args.batch_size}"
+    )
+    print(
+        "| max_chunks_per_passage | windows per passage | tokens per passage read | wall s | CPU s | x truncated (CPU) | peak MiB above model |"
+    )
     print("|---|---|---|---|---|---|---|")
     base = rows[0]["cpu"]
     for row in rows:

@@ -65,9 +65,19 @@ def build_base_shape(out: Path) -> Path:
     source = ROOT / "tests" / "fixtures" / "checkpoints" / "encoder"
     vocab = json.loads((source / "config.json").read_text())["vocab_size"]
     config = XLMRobertaConfig(
-        vocab_size=vocab, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-        max_position_embeddings=514, type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2, num_labels=1,
-        layer_norm_eps=1e-5, architectures=["XLMRobertaForSequenceClassification"],
+        vocab_size=vocab,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        num_labels=1,
+        layer_norm_eps=1e-5,
+        architectures=["XLMRobertaForSequenceClassification"],
     )
     torch.manual_seed(1)
     XLMRobertaForSequenceClassification(config).eval().save_pretrained(out)
@@ -108,9 +118,13 @@ def _peer(path: str, setting: dict, workdir: Path):
                 export_dynamic_quantized_onnx_model(model, "avx512_vnni", str(target))
             else:
                 export_static_quantized_openvino_model(model, None, str(target))
-        file_name = "onnx/model_qint8_avx512_vnni.onnx" if backend == "onnx" else "openvino/openvino_model_qint8_quantized.xml"
+        file_name = (
+            "onnx/model_qint8_avx512_vnni.onnx" if backend == "onnx" else "openvino/openvino_model_qint8_quantized.xml"
+        )
         kwargs["model_kwargs"] = {"file_name": file_name}
-    model = CrossEncoder(path if backend == "torch" else str(target), device="cpu", backend=backend, num_labels=1, **kwargs)
+    model = CrossEncoder(
+        path if backend == "torch" else str(target), device="cpu", backend=backend, num_labels=1, **kwargs
+    )
     identity = torch.nn.Identity()
     return setting.get("dtype", "float32") + ("" if backend == "torch" else f" {backend} int8"), (
         lambda pairs: [float(s) for s in model.predict([list(p) for p in pairs], activation_fn=identity, batch_size=32)]
@@ -134,19 +148,33 @@ def worker(args) -> dict:
     logging.disable(logging.WARNING)
     torch.set_num_threads(args.threads)
     from bench import make_pairs
-    from tools.minilm_reranker import RAG_PAIRS, build, kendall_tau
 
     from bge_rerank_integrations.device import cpu_fast_half_dtypes
+    from tools.minilm_reranker import RAG_PAIRS, build, kendall_tau
 
     workdir = Path(args.workdir)
     checkpoints = [("MiniLM-L6 real weights, 50 RAG pairs", str(build(workdir / "minilm-reranker")), RAG_PAIRS, True)]
     if not args.no_base:
         base = str(build_base_shape(workdir / "encoder-base-shape"))
-        checkpoints.append(("bge-reranker-base shape, random weights, 16 RAG pairs", base, [tuple(p) for p in make_pairs("rag", 16)], False))
-    ours = [("ours fp32", {}), ("ours use_bf16", {"use_bf16": True}), ("ours use_fp16", {"use_fp16": True}),
-            ("ours int8", {"quantization": "int8"})]
-    peers = [("ST CrossEncoder fp32", {}), ("ST CrossEncoder bf16", {"dtype": "bfloat16"}),
-             ("ST CrossEncoder fp16", {"dtype": "float16"})]
+        checkpoints.append(
+            (
+                "bge-reranker-base shape, random weights, 16 RAG pairs",
+                base,
+                [tuple(p) for p in make_pairs("rag", 16)],
+                False,
+            )
+        )
+    ours = [
+        ("ours fp32", {}),
+        ("ours use_bf16", {"use_bf16": True}),
+        ("ours use_fp16", {"use_fp16": True}),
+        ("ours int8", {"quantization": "int8"}),
+    ]
+    peers = [
+        ("ST CrossEncoder fp32", {}),
+        ("ST CrossEncoder bf16", {"dtype": "bfloat16"}),
+        ("ST CrossEncoder fp16", {"dtype": "float16"}),
+    ]
     for backend, module in (("onnx", "onnxruntime"), ("openvino", "openvino")):
         try:
             __import__(module)
@@ -154,8 +182,12 @@ def worker(args) -> dict:
             peers.append((f"ST CrossEncoder {backend} int8", {"backend": backend}))
         except ImportError:
             pass
-    result = {"capability": torch.backends.cpu.get_cpu_capability(), "fast_half": sorted(str(d) for d in cpu_fast_half_dtypes()),
-              "threads": args.threads, "tables": []}
+    result = {
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "fast_half": sorted(str(d) for d in cpu_fast_half_dtypes()),
+        "threads": args.threads,
+        "tables": [],
+    }
     for title, path, pairs, real in checkpoints:
         runs, skipped = {}, []
         for name, setting in ours + peers:
@@ -164,7 +196,9 @@ def worker(args) -> dict:
                 run(pairs[:2])
                 runs[name] = (label, run)
             except Exception as error:  # noqa: BLE001 - a peer backend that does not run here is reported, not fatal
-                skipped.append(f"{name}: {type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else ''}")
+                skipped.append(
+                    f"{name}: {type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else ''}"
+                )
         best = {name: [float("inf"), float("inf")] for name in runs}
         scores = {}
         for _ in range(args.repeat):
@@ -176,8 +210,14 @@ def worker(args) -> dict:
         reference = scores["ours fp32"]
         rows = []
         for name, (label, _) in runs.items():
-            row = {"name": name, "dtype": label, "wall_s": best[name][0], "cpu_s": best[name][1],
-                   "pairs_per_s": len(pairs) / best[name][0], "vs_fp32": best["ours fp32"][1] / best[name][1]}
+            row = {
+                "name": name,
+                "dtype": label,
+                "wall_s": best[name][0],
+                "cpu_s": best[name][1],
+                "pairs_per_s": len(pairs) / best[name][0],
+                "vs_fp32": best["ours fp32"][1] / best[name][1],
+            }
             if real:
                 row["tau"] = kendall_tau(reference, scores[name])
                 row["max_diff"] = max(abs(a - b) for a, b in zip(reference, scores[name]))
@@ -188,15 +228,21 @@ def worker(args) -> dict:
 
 
 def print_kind(kind: str, result: dict, cpu: str) -> None:
-    print(f"\n== {kind}: {cpu}; ATen {result['capability']}, fast half precision: {result['fast_half'] or 'none'}, "
-          f"{result['threads']} torch thread(s)")
+    print(
+        f"\n== {kind}: {cpu}; ATen {result['capability']}, fast half precision: {result['fast_half'] or 'none'}, "
+        f"{result['threads']} torch thread(s)"
+    )
     for table in result["tables"]:
         print(f"-- {table['title']}" + (f" (fp32 score spread {table['spread']:.3f})" if table["real"] else ""))
-        print(f"{'configuration':28s} {'runs as':18s} {'pairs/s':>8s} {'CPU s':>7s} {'vs fp32 (CPU)':>13s}"
-              + (f" {'tau':>7s} {'max|diff|':>9s}" if table["real"] else ""))
+        print(
+            f"{'configuration':28s} {'runs as':18s} {'pairs/s':>8s} {'CPU s':>7s} {'vs fp32 (CPU)':>13s}"
+            + (f" {'tau':>7s} {'max|diff|':>9s}" if table["real"] else "")
+        )
         for row in table["rows"]:
-            line = (f"{row['name']:28s} {row['dtype']:18s} {row['pairs_per_s']:8.2f} {row['cpu_s']:7.2f} "
-                    f"{row['vs_fp32']:12.2f}x")
+            line = (
+                f"{row['name']:28s} {row['dtype']:18s} {row['pairs_per_s']:8.2f} {row['cpu_s']:7.2f} "
+                f"{row['vs_fp32']:12.2f}x"
+            )
             if table["real"]:
                 line += f" {row['tau']:7.4f} {row['max_diff']:9.2e}"
             print(line)
@@ -222,8 +268,18 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for kind in args.kinds:
         out = Path(args.workdir) / f"{kind}.json"
-        command = [sys.executable, __file__, "--worker", str(out), "--repeat", str(args.repeat), "--threads",
-                   str(args.threads), "--workdir", args.workdir] + (["--no-base"] if args.no_base else [])
+        command = [
+            sys.executable,
+            __file__,
+            "--worker",
+            str(out),
+            "--repeat",
+            str(args.repeat),
+            "--threads",
+            str(args.threads),
+            "--workdir",
+            args.workdir,
+        ] + (["--no-base"] if args.no_base else [])
         env = {**os.environ, **(AVX2_ENV if kind == "avx2" else {})}
         done = subprocess.run(command, env=env, capture_output=True, text=True)
         if done.returncode != 0:

@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]
 
-from bench import make_pairs  # noqa: E402
+from bench import make_pairs
 
 #: The ms-marco-MiniLM-L-4-v2 cross-encoder shape (4 layers, hidden 384), XLM-R architecture.
 SHAPE = dict(hidden_size=384, num_hidden_layers=4, num_attention_heads=12, intermediate_size=1536)
@@ -79,7 +79,9 @@ def on_ray(checkpoint: str, pairs: list[list[str]], actors: int, batch_size: int
     rows = [{"id": i, "query": query, "text": text} for i, (query, text) in enumerate(pairs)]
     dataset = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // batch_size))
     start = time.perf_counter()
-    result = rerank_dataset(dataset, checkpoint, num_actors=actors, num_cpus_per_actor=1, batch_size=batch_size).take_all()
+    result = rerank_dataset(
+        dataset, checkpoint, num_actors=actors, num_cpus_per_actor=1, batch_size=batch_size
+    ).take_all()
     seconds = time.perf_counter() - start
     scores = [0.0] * len(pairs)
     for row in result:
@@ -93,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pairs", type=int, default=5000)
     ap.add_argument("--rounds", type=int, default=1, help="alternating rounds of every configuration (default 1)")
     ap.add_argument("--batch-size", type=int, default=250, help="rows per actor call (default 250)")
-    ap.add_argument("--workdir", default=os.environ.get("BGE_BENCH_DIR", "/tmp/bge-bench"), help="checkpoint (outside the repo)")
+    ap.add_argument(
+        "--workdir", default=os.environ.get("BGE_BENCH_DIR", "/tmp/bge-bench"), help="checkpoint (outside the repo)"
+    )
     args = ap.parse_args(argv)
 
     import ray
@@ -128,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, seconds in best.items():
         same_cores = "in-process, 1 thread" if "1" in name.split(",")[1] else "in-process, 2 threads"
         ratio = best[same_cores] / seconds
-        print(f"| {name} | {seconds:.1f} | {args.pairs / seconds:.1f} | {ratio:.2f}x ({(1 - ratio) * 100:+.0f}% overhead) |")
+        print(
+            f"| {name} | {seconds:.1f} | {args.pairs / seconds:.1f} | {ratio:.2f}x ({(1 - ratio) * 100:+.0f}% overhead) |"
+        )
     print(f"\nmax |score difference| between configurations: {worst:.1e}")
     return 0
 

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench import QUERIES, WORDS  # noqa: E402
+from bench import QUERIES, WORDS
 
 START_TIMEOUT = 600
 REQUEST_TIMEOUT = 600
@@ -63,14 +63,22 @@ def free_port() -> int:
 class Server:
     """A server process on 127.0.0.1:``port``, ready once ``health`` answers 200; always stopped."""
 
-    def __init__(self, name: str, command: list[str], port: int, health: str = "/health", env: dict | None = None) -> None:
+    def __init__(
+        self, name: str, command: list[str], port: int, health: str = "/health", env: dict | None = None
+    ) -> None:
         self.name, self.url = name, f"http://127.0.0.1:{port}"
-        self.log = tempfile.NamedTemporaryFile("w+", prefix=f"serve-load-{name}-", suffix=".log", delete=False)
-        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - the server writes to it until stop() closes it
+            "w+", prefix=f"serve-load-{name}-", suffix=".log", delete=False
+        )
+        self.process = subprocess.Popen(
+            command, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"{name} exited with {self.process.returncode}: {Path(self.log.name).read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"{name} exited with {self.process.returncode}: {Path(self.log.name).read_text()[-3000:]}"
+                )
             try:
                 if httpx.get(self.url + health, timeout=5).status_code == 200:
                     return
@@ -91,7 +99,9 @@ class Server:
         os.unlink(self.log.name)
 
 
-async def load(url: str, path: str, body, requests: list[tuple[str, list[str]]], concurrency: int) -> tuple[float, list[float], list[dict]]:
+async def load(
+    url: str, path: str, body, requests: list[tuple[str, list[str]]], concurrency: int
+) -> tuple[float, list[float], list[dict]]:
     """Send ``requests`` with ``concurrency`` clients; returns (wall seconds, latencies, index -> raw score maps)."""
     semaphore = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -117,14 +127,14 @@ def scores_by_index(answer) -> dict[int, float]:
 
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(share * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
 def in_process(args, requests) -> tuple[list[dict], list[list[float]]]:
     """Baselines on the same pairs: one ``compute_score`` call per request in sequence, and all pairs in one call."""
-    from bge_rerank_integrations import BGEReranker
-
     import torch
+
+    from bge_rerank_integrations import BGEReranker
 
     torch.set_num_threads(args.threads)
     reranker = BGEReranker(args.checkpoint, device=args.device, use_fp16=args.fp16)
@@ -153,7 +163,9 @@ def run_server(name: str, server: Server, path: str, body, args, plan, expected)
         asyncio.run(load(server.url, path, body, plan[-1][1][: args.warmup], 4))
         for concurrency, requests in plan:
             wall, latencies, got = asyncio.run(load(server.url, path, body, requests, concurrency))
-            diff = max(abs(got[r][i] - expected[r][i]) for r in range(len(requests)) for i in range(len(requests[r][1])))
+            diff = max(
+                abs(got[r][i] - expected[r][i]) for r in range(len(requests)) for i in range(len(requests[r][1]))
+            )
             rows.append(row(name, concurrency, requests, wall, latencies, diff))
             print(format_row(rows[-1]), flush=True)
     finally:
@@ -164,8 +176,13 @@ def run_server(name: str, server: Server, path: str, body, args, plan, expected)
 def row(name: str, concurrency: int, requests, wall: float, latencies: list[float], diff: float | None) -> dict:
     pairs = sum(len(texts) for _, texts in requests)
     return {
-        "server": name, "concurrency": concurrency, "requests": len(requests), "pairs_per_s": pairs / wall,
-        "p50_ms": 1000 * percentile(latencies, 0.5), "p99_ms": 1000 * percentile(latencies, 0.99), "max_abs_diff": diff,
+        "server": name,
+        "concurrency": concurrency,
+        "requests": len(requests),
+        "pairs_per_s": pairs / wall,
+        "p50_ms": 1000 * percentile(latencies, 0.5),
+        "p99_ms": 1000 * percentile(latencies, 0.99),
+        "max_abs_diff": diff,
     }
 
 
@@ -182,24 +199,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", default="/tmp/bge-bench/checkpoints/encoder-base")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--fp16", action="store_true")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of every process (default 1: a shared 2-core machine)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads of every process (default 1: a shared 2-core machine)"
+    )
     parser.add_argument("--docs", type=int, default=20, help="passages per request (default 20)")
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--requests", default="4,16,64", help="requests per concurrency level (default 4,16,64)")
     parser.add_argument("--infinity", help="the infinity_emb executable (its own venv); left out: Infinity is skipped")
     parser.add_argument("--skip", default="", help="comma-separated: batching, batching-256, no-batching")
     parser.add_argument("--one-call", action="store_true", help="also time all pairs in one in-process call")
-    parser.add_argument("--warmup", type=int, default=16, help="unmeasured requests sent to each server first (default 16)")
+    parser.add_argument(
+        "--warmup", type=int, default=16, help="unmeasured requests sent to each server first (default 16)"
+    )
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args(argv)
     if not (Path(args.checkpoint) / "config.json").is_file():
-        parser.error(f"no checkpoint at {args.checkpoint}: build it with benchmarks/build_checkpoints.py --only encoder-base")
+        parser.error(
+            f"no checkpoint at {args.checkpoint}: build it with benchmarks/build_checkpoints.py --only encoder-base"
+        )
 
     levels = [int(c) for c in args.concurrency.split(",")]
     counts = [int(n) for n in args.requests.split(",")]
     requests = make_requests(max(counts), args.docs)
     plan = [(c, requests[:n]) for c, n in zip(levels, counts)]
-    print(f"checkpoint {args.checkpoint}, device {args.device}, {args.docs} docs/request, {args.threads} torch thread(s), CPU cores {os.cpu_count()}")
+    print(
+        f"checkpoint {args.checkpoint}, device {args.device}, {args.docs} docs/request, {args.threads} torch thread(s), CPU cores {os.cpu_count()}"
+    )
     print("| server | conc. | requests | pairs/s | p50 ms | p99 ms | max abs diff |")
     print("|---|---:|---:|---:|---:|---:|---:|")
 
@@ -207,9 +232,23 @@ def main(argv: list[str] | None = None) -> int:
     for baseline in rows:
         print(format_row(baseline), flush=True)
 
-    ours = [sys.executable, "-m", "bge_rerank_integrations.cli", "serve", "--model", args.checkpoint, "--device", args.device,
-            "--no-normalize", "--max-documents", str(max(1024, args.docs)), "--log-level", "warning",
-            "--torch-threads", str(args.threads)] + (["--fp16"] if args.fp16 else [])
+    ours = [
+        sys.executable,
+        "-m",
+        "bge_rerank_integrations.cli",
+        "serve",
+        "--model",
+        args.checkpoint,
+        "--device",
+        args.device,
+        "--no-normalize",
+        "--max-documents",
+        str(max(1024, args.docs)),
+        "--log-level",
+        "warning",
+        "--torch-threads",
+        str(args.threads),
+    ] + (["--fp16"] if args.fp16 else [])
     tei_body = lambda query, texts: {"query": query, "texts": texts, "raw_scores": True}  # noqa: E731
     variants = {
         "batching": ("bge-rerank serve, batching", []),  # the server's default bound (32 pairs on CPU, 256 on GPU)
@@ -217,22 +256,50 @@ def main(argv: list[str] | None = None) -> int:
         "no-batching": ("bge-rerank serve, no batching", ["--max-batch-pairs", "1", "--max-wait-ms", "0"]),
     }
     skip = set(filter(None, args.skip.split(",")))
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     threads = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     for key, (name, extra) in variants.items():
         if key in skip:
             continue
         port = free_port()
-        server = Server(name, ours + ["--port", str(port)] + extra, port, env={**env, **threads})
+        server = Server(name, [*ours, "--port", str(port), *extra], port, env={**env, **threads})
         rows += run_server(name, server, "/rerank", tei_body, args, plan, expected)
 
     if args.infinity:
         port = free_port()
-        command = [args.infinity, "v2", "--model-id", args.checkpoint, "--engine", "torch", "--device", args.device,
-                   "--port", str(port), "--host", "127.0.0.1", "--batch-size", "32", "--no-model-warmup"]
-        infinity_body = lambda query, texts: {"query": query, "documents": texts, "raw_scores": True, "model": args.checkpoint}  # noqa: E731
+        command = [
+            args.infinity,
+            "v2",
+            "--model-id",
+            args.checkpoint,
+            "--engine",
+            "torch",
+            "--device",
+            args.device,
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "--batch-size",
+            "32",
+            "--no-model-warmup",
+        ]
+        infinity_body = lambda query, texts: {  # noqa: E731 - a one-expression request builder
+            "query": query,
+            "documents": texts,
+            "raw_scores": True,
+            "model": args.checkpoint,
+        }
         try:
-            server = Server("infinity (torch, batch 32)", command, port, env={"HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", **threads})
+            server = Server(
+                "infinity (torch, batch 32)",
+                command,
+                port,
+                env={"HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", **threads},
+            )
         except RuntimeError as error:
             print(f"Infinity did not start: {error}")
         else:

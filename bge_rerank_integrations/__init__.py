@@ -39,16 +39,16 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "KNOWN_MODELS",
     "BGEReranker",
-    "RemoteReranker",
-    "Reranker",
-    "RerankResult",
-    "ScoreOptions",
-    "ModelNotFoundError",
     "CheckpointError",
+    "ModelNotFoundError",
     "RemoteRerankError",
     "RemoteRerankTimeout",
-    "KNOWN_MODELS",
+    "RemoteReranker",
+    "RerankResult",
+    "Reranker",
+    "ScoreOptions",
     "clear_model_cache",
 ]
 

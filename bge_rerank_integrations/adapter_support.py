@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Annotated, Any, List, Mapping, Optional, Union
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Optional, Union, cast
 
 from pydantic import (
     BaseModel,
@@ -52,6 +53,9 @@ from .options import (
 from .ranking import RerankResult
 from .remote import RemoteReranker
 
+if TYPE_CHECKING:
+    from .reranker import BGEReranker  # only for the type checker: a URL-built adapter never imports torch
+
 logger = logging.getLogger(__name__)
 
 #: Settings given to the ``BGEReranker`` constructor only: which model is loaded, from where, where and how.
@@ -59,14 +63,21 @@ LOAD_SETTINGS = LOAD_OPTIONS
 #: Settings forwarded to every ``rerank`` call unchanged (``None`` = the model's default): every scoring option.
 SCORE_SETTINGS = SCORE_OPTIONS
 #: An adapter's ``score_threshold`` field: any real number (numpy scalars, ints, Decimal), never NaN; as the core checks it.
-ScoreThreshold = Annotated[Optional[float], BeforeValidator(check_score_threshold)]
+ScoreThreshold = Annotated[float | None, BeforeValidator(check_score_threshold)]
 #: A reranker's ``settings()`` names -> the adapters' field names (``model`` is its name, path or URL).
 FIELD_NAMES = {"model_name_or_path": "model", "url": "model", "model": "remote_model"}
 
 SharedReranker = Annotated[Reranker, WithJsonSchema({"type": "object", "title": "Reranker"})]
-Layers = Optional[Union[StrictInt, List[StrictInt]]]
+Layers = Optional[StrictInt | list[StrictInt]]
 #: Pydantic types of the scoring options' kinds (every scoring field is optional: ``None`` = the reranker's default).
-_FIELD_TYPES: dict[str, Any] = {"bool": StrictBool, "int": StrictInt, "count": StrictInt, "text": str, "format": str, "layers": Union[StrictInt, List[StrictInt]]}
+_FIELD_TYPES: dict[str, Any] = {
+    "bool": StrictBool,
+    "int": StrictInt,
+    "count": StrictInt,
+    "text": str,
+    "format": str,
+    "layers": Union[StrictInt, list[StrictInt]],
+}
 
 
 def _option_field(option: Option) -> tuple[Any, Any]:
@@ -87,7 +98,7 @@ class _Model(BaseModel):
         hide_input_in_errors=True,
     )
 
-    model: Union[str, SharedReranker] = Field(
+    model: str | SharedReranker = Field(
         default="BAAI/bge-reranker-v2-m3",
         frozen=True,
         description="Hub id, local checkpoint directory or rerank server URL, or an existing BGEReranker or RemoteReranker.",
@@ -129,38 +140,40 @@ class ScoringSettings(_OptionFields):
 
     # Remote settings (REMOTE_SETTINGS, the fields defined here): only with a server URL; fixed once built.
     # None: RemoteReranker's default.
-    api: Optional[str] = Field(
+    api: str | None = Field(
         default=None,
         frozen=True,
         description='The server\'s API: "bge" (bge-rerank serve, default), "tei", "infinity", "vllm", "cohere".',
     )
-    api_key: Optional[SecretStr] = Field(
+    api_key: SecretStr | None = Field(
         default=None,
         frozen=True,
         exclude=True,
         description="Bearer token for the server (default: $BGE_RERANK_API_KEY); never serialized.",
     )
-    remote_model: Optional[str] = Field(
+    remote_model: str | None = Field(
         default=None, frozen=True, description="Model name sent to servers that take one (required by Cohere)."
     )
-    timeout: Optional[float] = Field(default=None, gt=0, frozen=True, description="Deadline of a whole call in seconds (60).")
-    max_documents_per_request: Optional[StrictInt] = Field(
+    timeout: float | None = Field(
+        default=None, gt=0, frozen=True, description="Deadline of a whole call in seconds (60)."
+    )
+    max_documents_per_request: StrictInt | None = Field(
         default=None, ge=1, frozen=True, description="Split larger calls (default: the API's limit, 32 for TEI)."
     )
-    retries: Optional[StrictInt] = Field(
+    retries: StrictInt | None = Field(
         default=None, ge=0, frozen=True, description="Retries on connection errors, 429 and 503 (3)."
     )
-    max_concurrent_requests: Optional[StrictInt] = Field(
+    max_concurrent_requests: StrictInt | None = Field(
         default=None, ge=1, frozen=True, description="Requests of one call in flight at once (4)."
     )
-    max_response_bytes: Optional[StrictInt] = Field(
+    max_response_bytes: StrictInt | None = Field(
         default=None,
         ge=1,
         frozen=True,
         description="Most decompressed bytes of one answer (default: 1 MiB + 1 KiB per document + 8x their UTF-8 size).",
     )
 
-    _reranker: Optional[Reranker] = PrivateAttr(default=None)
+    _reranker: Reranker | None = PrivateAttr(default=None)
 
     @field_validator("model", *(option.name for option in OPTIONS if option.kind == "path"), mode="before")
     @classmethod
@@ -168,25 +181,26 @@ class ScoringSettings(_OptionFields):
         return os.fspath(value) if isinstance(value, os.PathLike) else value
 
     @model_validator(mode="after")
-    def _build_reranker(self) -> "ScoringSettings":
+    def _build_reranker(self) -> ScoringSettings:
         """Build the reranker at construction (the model loads on first use, or now with ``load_on_init``);
         re-check the options on assignment. Several ``cutoff_layers`` are an error whose hint names the
         checkpoint's own score layers when they are known."""
         if self._reranker is None:
             settings = self.reranker_settings()
-            if several_layers(self.cutoff_layers):  # built without them, only to name the checkpoint's layers
+            layers = settings.get("cutoff_layers")
+            if several_layers(layers):  # built without them, only to name the checkpoint's layers
                 named = build_reranker(self.model, {**settings, "cutoff_layers": None, "load_on_init": False})
-                check_single_score(self.cutoff_layers, _score_layers(named))
+                check_single_score(layers, _score_layers(named))
             self._reranker = build_reranker(self.model, settings)
         else:
-            check_single_score(self.cutoff_layers, _score_layers(self._reranker))
+            check_single_score(self.call_options().get("cutoff_layers"), _score_layers(self._reranker))
             self._reranker.check_options(**self.call_options())
         return self
 
     def load(self) -> ScoringSettings:
         """Load the model now (otherwise on the first call), so that a missing or broken checkpoint fails here."""
-        if not isinstance(self._reranker, RemoteReranker):
-            self._reranker.load()
+        if not isinstance(self.reranker, RemoteReranker):
+            cast("BGEReranker", self.reranker).load()
         return self
 
     @property
@@ -196,9 +210,9 @@ class ScoringSettings(_OptionFields):
         The family is known at construction for an official id, a local checkpoint, a cached Hub id
         or ``model_class``; else once the model is loaded.
         """
-        reranker = self._reranker
-        if isinstance(reranker, RemoteReranker):
-            return {"url": reranker.url, "api": reranker.api}
+        if isinstance(self.reranker, RemoteReranker):
+            return {"url": self.reranker.url, "api": self.reranker.api}
+        reranker = cast("BGEReranker", self.reranker)
         return {
             "model": reranker.model_name_or_path,
             "family": reranker.family_name,
@@ -232,7 +246,7 @@ class ScoringSettings(_OptionFields):
             raise
 
     @field_serializer("model")
-    def _serialize_model(self, model: Union[str, Reranker]) -> str:
+    def _serialize_model(self, model: str | Reranker) -> str:
         return reranker_fields(model)["model"] if isinstance(model, Reranker) else model
 
     @model_serializer(mode="wrap")
@@ -267,7 +281,7 @@ REMOTE_SETTINGS = tuple(name for name in ScoringSettings.model_fields if name no
 class RerankSettings(ScoringSettings):
     """``ScoringSettings`` plus what a reranking step keeps: ``top_n`` and ``score_threshold``."""
 
-    top_n: Optional[StrictInt] = Field(
+    top_n: StrictInt | None = Field(
         default=3, ge=0, description="Keep at most this many (applied after score_threshold); None keeps all."
     )
     score_threshold: ScoreThreshold = Field(
@@ -277,7 +291,7 @@ class RerankSettings(ScoringSettings):
     _warned_raw_threshold: bool = PrivateAttr(default=False)
 
     @model_validator(mode="after")
-    def _warn_raw_threshold(self) -> "RerankSettings":
+    def _warn_raw_threshold(self) -> RerankSettings:
         """Warn once when ``score_threshold`` applies to raw logits, which have no fixed scale."""
         raw = self.score_threshold is not None and not self.reranker.check_options(**self.call_options()).normalize
         if raw and not self._warned_raw_threshold:

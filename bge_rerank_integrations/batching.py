@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import torch
 
@@ -71,7 +72,12 @@ def run_batches(
 
 
 def _next_chunk(
-    order: list[int], start: int, size: int, lengths: Sequence[int], max_padding: float | None, max_tokens: int | None = None
+    order: list[int],
+    start: int,
+    size: int,
+    lengths: Sequence[int],
+    max_padding: float | None,
+    max_tokens: int | None = None,
 ) -> list[int]:
     """The next batch: up to ``size`` items of ``order`` from ``start`` (longest first), cut where padding would
     exceed ``max_padding`` or padded tokens ``max_tokens``.

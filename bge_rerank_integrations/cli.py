@@ -30,7 +30,8 @@ import logging
 import math
 import os
 import sys
-from typing import TYPE_CHECKING, Any, NoReturn, Sequence, TextIO
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from . import __version__
 from .options import LOAD_OPTIONS, SCORE_OPTIONS, add_flags, given_options
@@ -45,7 +46,10 @@ PROGRESS_FROM = 256
 #: named. A new subcommand (``eval``, say) is one entry here. ``DEFAULT_COMMAND`` runs when none is named.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "rank": (__name__, "rank passages for a query (the default: bge-rerank --model M --query Q PASSAGE ...)"),
-    "serve": ("bge_rerank_integrations.serving.serve", "serve a reranker over HTTP (TEI and Cohere/Jina/vLLM rerank APIs)"),
+    "serve": (
+        "bge_rerank_integrations.serving.serve",
+        "serve a reranker over HTTP (TEI and Cohere/Jina/vLLM rerank APIs)",
+    ),
     "eval": ("bge_rerank_integrations.evaluation.cli", "quality and latency of models and settings on BEIR data"),
 }
 DEFAULT_COMMAND = "rank"
@@ -72,14 +76,18 @@ def build_parser(command: str | None = DEFAULT_COMMAND) -> argparse.ArgumentPars
     """The ``bge-rerank`` parser: every subcommand listed, the arguments of ``command`` added (its module imported)."""
     parser = _TopParser(prog="bge-rerank", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    subcommands = parser.add_subparsers(title="subcommands", metavar="{" + ",".join(SUBCOMMANDS) + "}", parser_class=_Parser)
+    subcommands = parser.add_subparsers(
+        title="subcommands", metavar="{" + ",".join(SUBCOMMANDS) + "}", parser_class=_Parser
+    )
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         prog = "bge-rerank" if name == DEFAULT_COMMAND else f"bge-rerank {name}"
         if name != command:
             subcommands.add_parser(name, help=help_text, prog=prog)
             continue
         module = importlib.import_module(module_name)
-        subparser = subcommands.add_parser(name, help=help_text, prog=prog, description=getattr(module, "DESCRIPTION", None))
+        subparser = subcommands.add_parser(
+            name, help=help_text, prog=prog, description=getattr(module, "DESCRIPTION", None)
+        )
         module.add_arguments(subparser)
         # dests no flag of a subcommand can take (a subcommand may well have its own --run or --parser)
         subparser.set_defaults(_subcommand_run=module.run, _subcommand_parser=subparser)
@@ -90,25 +98,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``bge-rerank rank``'s arguments: the input, the output, and every option's flag (``options.OPTIONS``)."""
     parser.add_argument("passages", nargs="*", help="passages to score (else --file, else standard input)")
     parser.add_argument("--model", "-m", help="Hub id (e.g. BAAI/bge-reranker-v2-m3) or local checkpoint directory")
-    parser.add_argument("--url", help="rank through a rerank server at this URL instead of --model (e.g. http://127.0.0.1:8080)")
     parser.add_argument(
-        "--api", default="bge", choices=["bge", "tei", "infinity", "vllm", "cohere"],
+        "--url", help="rank through a rerank server at this URL instead of --model (e.g. http://127.0.0.1:8080)"
+    )
+    parser.add_argument(
+        "--api",
+        default="bge",
+        choices=["bge", "tei", "infinity", "vllm", "cohere"],
         help="the server's API with --url (default bge: bge-rerank serve); API key from $BGE_RERANK_API_KEY",
     )
-    parser.add_argument("--remote-model", help="with --url: the model name sent to servers that take one (Cohere needs it)")
     parser.add_argument(
-        "--timeout", type=float, help="with --url: seconds the whole call may take, retries and waits included (default 60)"
+        "--remote-model", help="with --url: the model name sent to servers that take one (Cohere needs it)"
     )
     parser.add_argument(
-        "--max-response-bytes", type=int,
+        "--timeout",
+        type=float,
+        help="with --url: seconds the whole call may take, retries and waits included (default 60)",
+    )
+    parser.add_argument(
+        "--max-response-bytes",
+        type=int,
         help="with --url: most bytes of one decompressed answer (default: 1 MiB + 1 KiB per passage + 8x the passages' size)",
     )
     parser.add_argument("--query", "-q", required=True, help="the query")
-    parser.add_argument("--file", "-f", help="read passages from this file ('-' = standard input): one per non-blank line, or JSONL")
+    parser.add_argument(
+        "--file", "-f", help="read passages from this file ('-' = standard input): one per non-blank line, or JSONL"
+    )
     parser.add_argument("--text-field", default="text", help="JSONL field holding the passage (default: text)")
     parser.add_argument("--top-n", type=int, help="print only the best N")
     parser.add_argument(
-        "--score-threshold", type=float, help="drop passages scoring below this (before --top-n; use with --normalize for a (0, 1) scale)"
+        "--score-threshold",
+        type=float,
+        help="drop passages scoring below this (before --top-n; use with --normalize for a (0, 1) scale)",
     )
     add_flags(parser, SCORE_OPTIONS)
     add_flags(parser, LOAD_OPTIONS)
@@ -158,7 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser(command)
     except ImportError as error:  # a subcommand whose extra is not installed (serve: fastapi, uvicorn)
-        print(f"bge-rerank {command}: {error}; install the extra it needs, e.g. pip install 'bge-rerank-integrations[{command}]'", file=sys.stderr)
+        print(
+            f"bge-rerank {command}: {error}; install the extra it needs, e.g. pip install 'bge-rerank-integrations[{command}]'",
+            file=sys.stderr,
+        )
         return 2
     args = parser.parse_args(argv)
     return args._subcommand_run(args)
@@ -167,7 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     """Rank the passages the parsed ``args`` give (``bge-rerank [rank]``); returns the exit status."""
     parser = args._subcommand_parser
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         records = _gather_records(args)
     except (OSError, ValueError) as error:
@@ -184,7 +210,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         reranker = _reranker(args, len(records))
         passages = [text for text, _ in records]
-        results = reranker.rerank(args.query, passages, top_n=args.top_n, score_threshold=args.score_threshold, **options)
+        results = reranker.rerank(
+            args.query, passages, top_n=args.top_n, score_threshold=args.score_threshold, **options
+        )
     except (ModelNotFoundError, CheckpointError, RemoteRerankError) as error:
         return _fail(error, 1)
     except (ValueError, TypeError) as error:
@@ -214,7 +242,9 @@ def _reranker(args: argparse.Namespace, count: int) -> Any:
         return BGEReranker(args.model, **load, show_progress=count >= PROGRESS_FROM)
     given = sorted(name for name, value in load.items() if value)
     if given:
-        raise ValueError(f"{', '.join(given)} choose how a local model is loaded: set them on the server, not with --url.")
+        raise ValueError(
+            f"{', '.join(given)} choose how a local model is loaded: set them on the server, not with --url."
+        )
     from .remote import RemoteReranker
 
     remote = {"model": args.remote_model, "timeout": args.timeout, "max_response_bytes": args.max_response_bytes}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, Optional, cast
+from typing import Any, cast
 
 from .options import ScoreOptions, check_single_score
 from .ranking import RerankResult, rank, rerank_pairs
@@ -86,12 +86,14 @@ class Reranker(ABC):
         scores, spans = await self._ascores_and_spans(pairs, **options)
         return rank(passages, scores, top_n, score_threshold, spans)
 
-    def _scores_and_spans(self, pairs: list[tuple[str, str]], **options: Any) -> tuple[list[float], Optional[list[Any]]]:
+    def _scores_and_spans(self, pairs: list[tuple[str, str]], **options: Any) -> tuple[list[float], list[Any] | None]:
         """One score per pair (checked by ``_rerank_pairs``) and, where the reranker knows them, each passage's
         best window (``RerankResult.span``), else ``None``."""
         return cast(list[float], self.compute_score(pairs, **options)), None
 
-    async def _ascores_and_spans(self, pairs: list[tuple[str, str]], **options: Any) -> tuple[list[float], Optional[list[Any]]]:
+    async def _ascores_and_spans(
+        self, pairs: list[tuple[str, str]], **options: Any
+    ) -> tuple[list[float], list[Any] | None]:
         """``_scores_and_spans`` without blocking the running event loop."""
         return cast(list[float], await self.acompute_score(pairs, **options)), None
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from typing import Mapping
+from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 
 import torch
 
@@ -93,7 +94,10 @@ def resolve_dtype(
             other = " (this CPU runs bfloat16 fast: use_bf16=True)" if torch.bfloat16 in fast else ""
             logger.warning(
                 "%s was asked for on a CPU without fast %s kernels (%s), where it is many times slower: using float32%s.",
-                wanted, _HALF_NAMES[wanted], _HALF_NEEDS[wanted], other,
+                wanted,
+                _HALF_NAMES[wanted],
+                _HALF_NEEDS[wanted],
+                other,
             )
             if model is not None:
                 _warned_on_cpu.add((model, wanted))
@@ -110,9 +114,22 @@ _HALF_NEEDS = {torch.float16: "they need AVX-512 FP16 or AMX-FP16", torch.bfloat
 HALF_PRECISION_FLAGS = {torch.bfloat16: ("avx512_bf16", "amx_bf16"), torch.float16: ("avx512_fp16", "amx_fp16")}
 #: oneDNN's ISA levels (``ONEDNN_MAX_CPU_ISA`` values; AVX10_1 names are aliases), and the lowest that runs each dtype.
 _ONEDNN_LEVELS = {
-    "SSE41": 0, "AVX": 1, "AVX2": 2, "AVX2_VNNI": 3, "AVX2_VNNI_2": 4, "AVX512_CORE": 5, "AVX512_CORE_VNNI": 6,
-    "AVX512_CORE_BF16": 7, "AVX512_CORE_FP16": 8, "AVX10_1_512": 8, "AVX512_CORE_AMX": 9, "AVX10_1_512_AMX": 9,
-    "AVX512_CORE_AMX_FP16": 10, "AVX10_1_512_AMX_FP16": 10, "ALL": 11, "DEFAULT": 11,
+    "SSE41": 0,
+    "AVX": 1,
+    "AVX2": 2,
+    "AVX2_VNNI": 3,
+    "AVX2_VNNI_2": 4,
+    "AVX512_CORE": 5,
+    "AVX512_CORE_VNNI": 6,
+    "AVX512_CORE_BF16": 7,
+    "AVX512_CORE_FP16": 8,
+    "AVX10_1_512": 8,
+    "AVX512_CORE_AMX": 9,
+    "AVX10_1_512_AMX": 9,
+    "AVX512_CORE_AMX_FP16": 10,
+    "AVX10_1_512_AMX_FP16": 10,
+    "ALL": 11,
+    "DEFAULT": 11,
 }
 _ONEDNN_NEEDS = {torch.bfloat16: "AVX512_CORE_BF16", torch.float16: "AVX512_CORE_FP16"}
 
@@ -130,7 +147,7 @@ def cpu_fast_half_dtypes() -> frozenset[torch.dtype]:
     return cpu_half_support(torch.backends.cpu.get_cpu_capability(), cpu_flags(), os.environ)
 
 
-def cpu_half_support(capability: str, flags: set[str], environ: Mapping[str, str]) -> frozenset[torch.dtype]:
+def cpu_half_support(capability: str, flags: AbstractSet[str], environ: Mapping[str, str]) -> frozenset[torch.dtype]:
     """:func:`cpu_fast_half_dtypes` for a given ATen ``capability``, CPU ``flags`` and environment.
 
     >>> sorted(map(str, cpu_half_support("AVX512", {"avx512_bf16"}, {})))
@@ -164,8 +181,11 @@ def cpu_flags() -> frozenset[str]:
     except OSError:
         pass
     cpu = getattr(torch, "cpu", None)
-    for flag, probe in (("avx512_bf16", "_is_avx512_bf16_supported"), ("amx_bf16", "_is_amx_tile_supported"),
-                        ("amx_fp16", "_is_amx_fp16_supported")):
+    for flag, probe in (
+        ("avx512_bf16", "_is_avx512_bf16_supported"),
+        ("amx_bf16", "_is_amx_tile_supported"),
+        ("amx_fp16", "_is_amx_fp16_supported"),
+    ):
         try:
             if getattr(cpu, probe)():
                 flags.add(flag)
@@ -192,6 +212,8 @@ def is_out_of_memory(error: BaseException) -> bool:
 def is_mps_dtype_error(error: BaseException, device: torch.device) -> bool:
     """True for MPS refusing mixed half/float operands (the reference's ``'mps.add' op`` error)."""
     message = str(error)
-    return device.type == "mps" and isinstance(error, RuntimeError) and (
-        "same element type" in message or "mps." in message and "f16" in message
+    return (
+        device.type == "mps"
+        and isinstance(error, RuntimeError)
+        and ("same element type" in message or ("mps." in message and "f16" in message))
     )

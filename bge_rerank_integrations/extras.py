@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 
 @contextmanager
@@ -17,6 +17,6 @@ def needs_extra(extra: str, module: str) -> Iterator[None]:
         yield
     except ImportError as error:
         raise ImportError(
-            f"{module} needs the {extra!r} extra ({error}): pip install \"bge-rerank-integrations[{extra}]\" "
-            f"(from a clone: pip install \".[{extra}]\"; see the README's Install section)."
+            f'{module} needs the {extra!r} extra ({error}): pip install "bge-rerank-integrations[{extra}]" '
+            f'(from a clone: pip install ".[{extra}]"; see the README\'s Install section).'
         ) from error

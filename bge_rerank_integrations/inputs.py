@@ -7,7 +7,8 @@ import math
 import numbers
 import os
 import string
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 #: Largest length accepted for max_length and the like (tokenizers take lengths as machine integers).
 MAX_INT = 2**31 - 1
@@ -112,7 +113,11 @@ def check_instruction_format(value: Any, name: str) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a string, got {type(value).__name__}.")
     try:
-        fields = [(field, spec, conversion) for _, field, spec, conversion in string.Formatter().parse(value) if field is not None]
+        fields = [
+            (field, spec, conversion)
+            for _, field, spec, conversion in string.Formatter().parse(value)
+            if field is not None
+        ]
     except ValueError as error:
         raise ValueError(f"{name}={value!r:.200} is not a valid format string ({error}).") from None
     if len(fields) != 2 or any(field != "" for field, _, _ in fields):

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Optional, Sequence, cast
+from collections.abc import Sequence
+from typing import cast
 
 from .extras import needs_extra
 
@@ -27,11 +28,11 @@ with needs_extra("langchain", __name__):
     from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict
 
-from .adapter_support import ScoringSettings, RerankSettings
+from .adapter_support import RerankSettings, ScoringSettings
 from .inputs import check_text
 from .ranking import RerankResult
 
-__all__ = ["BGERerank", "BGECrossEncoder"]
+__all__ = ["BGECrossEncoder", "BGERerank"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class BGERerank(RerankSettings, BaseDocumentCompressor):
         self,
         documents: Sequence[Document],
         query: str,
-        callbacks: Optional[Callbacks] = None,
+        callbacks: Callbacks | None = None,
     ) -> Sequence[Document]:
         """Score ``documents`` against ``query`` and return new documents, best first.
 
@@ -82,7 +83,7 @@ class BGERerank(RerankSettings, BaseDocumentCompressor):
         self,
         documents: Sequence[Document],
         query: str,
-        callbacks: Optional[Callbacks] = None,
+        callbacks: Callbacks | None = None,
     ) -> Sequence[Document]:
         """``compress_documents`` without blocking the event loop.
 

@@ -12,7 +12,9 @@ Only this module imports ``llama_index.core``; install it with ``pip install bge
 from __future__ import annotations
 
 import logging
-from typing import Any, ContextManager, List, Optional, Sequence
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any
 
 from .extras import needs_extra
 
@@ -29,7 +31,7 @@ from .adapter_support import RerankSettings
 from .inputs import check_text
 from .ranking import RerankResult
 
-__all__ = ["BGERerank", "RETRIEVAL_SCORE_KEY", "SPAN_KEY"]
+__all__ = ["RETRIEVAL_SCORE_KEY", "SPAN_KEY", "BGERerank"]
 
 logger = logging.getLogger(__name__)
 dispatcher = get_dispatcher(__name__)
@@ -75,8 +77,8 @@ class BGERerank(RerankSettings, BaseNodePostprocessor):
         return "BGERerank"
 
     def _postprocess_nodes(
-        self, nodes: List[NodeWithScore], query_bundle: Optional[QueryBundle] = None
-    ) -> List[NodeWithScore]:
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
         query = _query_str(query_bundle)
         if not _check_nodes(nodes):
             return []
@@ -88,8 +90,8 @@ class BGERerank(RerankSettings, BaseNodePostprocessor):
         return reranked
 
     async def _apostprocess_nodes(
-        self, nodes: List[NodeWithScore], query_bundle: Optional[QueryBundle] = None
-    ) -> List[NodeWithScore]:
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
         query = _query_str(query_bundle)
         if not _check_nodes(nodes):
             return []
@@ -101,11 +103,13 @@ class BGERerank(RerankSettings, BaseNodePostprocessor):
         dispatcher.event(ReRankEndEvent(nodes=reranked))
         return reranked
 
-    def _rerank(self, query: str, nodes: List[NodeWithScore]) -> List[RerankResult]:
+    def _rerank(self, query: str, nodes: list[NodeWithScore]) -> list[RerankResult]:
         logger.debug("Reranking %d nodes with %s.", len(nodes), self.reranker.model_name_or_path)
         return self.rank_texts(query, _texts(nodes))
 
-    def _reranking_event(self, nodes: List[NodeWithScore], query_bundle: QueryBundle) -> ContextManager[EventContext]:
+    def _reranking_event(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle
+    ) -> AbstractContextManager[EventContext]:
         """Emit ``ReRankStartEvent`` and open the ``CBEventType.RERANKING`` callback event."""
         model_name = self.reranker.model_name_or_path
         top_n = len(nodes) if self.top_n is None else self.top_n
@@ -120,7 +124,7 @@ class BGERerank(RerankSettings, BaseNodePostprocessor):
             },
         )
 
-    def _to_nodes(self, nodes: List[NodeWithScore], results: List[RerankResult]) -> List[NodeWithScore]:
+    def _to_nodes(self, nodes: list[NodeWithScore], results: list[RerankResult]) -> list[NodeWithScore]:
         """New ``NodeWithScore`` objects for ``results``, each holding a deep copy of its node.
 
         The copy (``model_copy(deep=True)``: metadata, relationships, key lists, embedding) keeps a
@@ -143,12 +147,12 @@ class BGERerank(RerankSettings, BaseNodePostprocessor):
         return reranked
 
 
-def _texts(nodes: List[NodeWithScore]) -> List[str]:
+def _texts(nodes: list[NodeWithScore]) -> list[str]:
     """What is scored: the text LlamaIndex embeds."""
     return [item.node.get_content(metadata_mode=MetadataMode.EMBED) for item in nodes]
 
 
-def _query_str(query_bundle: Optional[QueryBundle]) -> str:
+def _query_str(query_bundle: QueryBundle | None) -> str:
     if query_bundle is None:
         raise ValueError("BGERerank needs a query: pass query_str=... or query_bundle=... to postprocess_nodes.")
     return check_text(query_bundle.query_str, "query")
@@ -167,7 +171,7 @@ def _check_nodes(nodes: Any) -> Sequence[NodeWithScore]:
     return nodes
 
 
-def _span_in_text(node: Any, span: tuple[int, int]) -> List[int]:
+def _span_in_text(node: Any, span: tuple[int, int]) -> list[int]:
     """``span`` (in the scored text: metadata header + text) moved into the node's own text (``get_content()``).
 
     When the text cannot be found in the scored text (a custom template), the span stays in the scored one.
@@ -179,5 +183,5 @@ def _span_in_text(node: Any, span: tuple[int, int]) -> List[int]:
     return [min(max(position - offset, 0), len(text)) for position in span]
 
 
-def _with_key(keys: List[str], key: str) -> List[str]:
+def _with_key(keys: list[str], key: str) -> list[str]:
     return list(keys) if key in keys else [*keys, key]

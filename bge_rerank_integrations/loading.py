@@ -10,9 +10,10 @@ import logging
 import os
 import threading
 import zipfile
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -34,9 +35,21 @@ class CheckpointError(OSError):
 
 
 #: The checkpoint's own weight files, in the order transformers looks for them (index files list shards).
-WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin")
+WEIGHT_FILES = (
+    "model.safetensors.index.json",
+    "model.safetensors",
+    "pytorch_model.bin.index.json",
+    "pytorch_model.bin",
+)
 #: Any one of these makes a tokenizer; without them transformers 5 builds an almost empty one that scores every pair the same.
-TOKENIZER_FILES = ("tokenizer.json", "sentencepiece.bpe.model", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+    "spiece.model",
+    "vocab.json",
+    "vocab.txt",
+)
 
 
 def cached_config(model: str, cache_dir: str | os.PathLike | None = None) -> dict[str, Any] | None:
@@ -47,7 +60,9 @@ def cached_config(model: str, cache_dir: str | os.PathLike | None = None) -> dic
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        found = try_to_load_from_cache(model.strip(), "config.json", cache_dir=cache_dir)
+        found = try_to_load_from_cache(
+            model.strip(), "config.json", cache_dir=None if cache_dir is None else str(cache_dir)
+        )
     except Exception:  # noqa: BLE001 - not a valid Hub id, or no cache: nothing to check yet
         return None
     return read_config(Path(found).parent) if isinstance(found, str) else None
@@ -93,17 +108,32 @@ def resolve_checkpoint(model: str, cache_dir: str | None = None, local_files_onl
     local = Path(model).expanduser()
     if local.is_dir():
         if not (local / "config.json").is_file():
-            raise ModelNotFoundError(f"{str(local)!r} is a directory but has no config.json: point to a checkpoint directory.")
+            raise ModelNotFoundError(
+                f"{str(local)!r} is a directory but has no config.json: point to a checkpoint directory."
+            )
         return local
     if os.path.exists(model) or model.startswith((".", "/", "~")) or model.count("/") > 1:
-        raise ModelNotFoundError(f"Local checkpoint {model!r} does not exist: pass an existing directory or a Hub id such as 'BAAI/bge-reranker-v2-m3'.")
+        raise ModelNotFoundError(
+            f"Local checkpoint {model!r} does not exist: pass an existing directory or a Hub id such as 'BAAI/bge-reranker-v2-m3'."
+        )
     check_not_a_bare_official_name(model)
     try:
         from huggingface_hub import snapshot_download
 
-        path = Path(snapshot_download(model, cache_dir=cache_dir, local_files_only=local_files_only, allow_patterns=_CHECKPOINT_FILES))
+        path = Path(
+            snapshot_download(
+                model, cache_dir=cache_dir, local_files_only=local_files_only, allow_patterns=_CHECKPOINT_FILES
+            )
+        )
         if not any(path.glob("*.safetensors")):
-            path = Path(snapshot_download(model, cache_dir=cache_dir, local_files_only=local_files_only, allow_patterns=[*_CHECKPOINT_FILES, "*.bin"]))
+            path = Path(
+                snapshot_download(
+                    model,
+                    cache_dir=cache_dir,
+                    local_files_only=local_files_only,
+                    allow_patterns=[*_CHECKPOINT_FILES, "*.bin"],
+                )
+            )
     except Exception as error:  # every Hub failure becomes one actionable message
         raise ModelNotFoundError(
             f"Could not load {model!r}: it is not a local directory, and the Hugging Face Hub could not provide it "
@@ -137,7 +167,9 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     if architectures is not None and (
         not isinstance(architectures, list) or not all(isinstance(name, str) for name in architectures)
     ):
-        raise CheckpointError(f"{str(file)!r}: architectures must be a list of class names, got {architectures!r:.120}.")
+        raise CheckpointError(
+            f"{str(file)!r}: architectures must be a list of class names, got {architectures!r:.120}."
+        )
     if not isinstance(config.get("model_type", ""), str):
         raise CheckpointError(f"{str(file)!r}: model_type must be a string, got {config['model_type']!r:.120}.")
     return config
@@ -321,7 +353,12 @@ def transformers_load_kwargs(path: str | os.PathLike[str], dtype: torch.dtype) -
             f"{str(Path(path) / 'config.json')!r} has model_type {model_type!r}, which transformers does not know; "
             "loading it would need the checkpoint's own Python code, which this package never runs."
         )
-    return {"trust_remote_code": False, "output_loading_info": True, "ignore_mismatched_sizes": True, **dtype_kwargs(dtype)}
+    return {
+        "trust_remote_code": False,
+        "output_loading_info": True,
+        "ignore_mismatched_sizes": True,
+        **dtype_kwargs(dtype),
+    }
 
 
 def _one_line(error: BaseException) -> str:

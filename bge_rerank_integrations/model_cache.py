@@ -61,8 +61,12 @@ def get_model(
             cached = CachedModel(loaded)
             logger.info(
                 "Loaded %s: family %s, device %s, dtype %s%s, in %.2f s.",
-                path, family, canonical_device(device), str(dtype).replace("torch.", ""),
-                f", quantization {quantization}" if quantization else "", time.perf_counter() - start,
+                path,
+                family,
+                canonical_device(device),
+                str(dtype).replace("torch.", ""),
+                f", quantization {quantization}" if quantization else "",
+                time.perf_counter() - start,
             )
             with _models_lock:
                 _models[key] = cached

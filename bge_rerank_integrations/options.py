@@ -116,9 +116,29 @@ OPTIONS: tuple[Option, ...] = (
         LOAD,
     ),
     Option("device", "text", None, '"cpu", "cuda", "cuda:1", "mps" (default: the best available)', LOAD),
-    Option("use_fp16", "bool", False, "float16 on CUDA/MPS, and on CPUs with AVX-512 FP16 or AMX-FP16 (else float32)", LOAD, flag="--fp16"),
-    Option("use_bf16", "bool", False, "bfloat16 on CUDA/MPS, and on CPUs with AVX-512 BF16 or AMX (else float32)", LOAD, flag="--bf16"),
-    Option("quantization", "text", None, '"int8": linear layers in int8, CPU only, quantized once at load (default: none)', LOAD),
+    Option(
+        "use_fp16",
+        "bool",
+        False,
+        "float16 on CUDA/MPS, and on CPUs with AVX-512 FP16 or AMX-FP16 (else float32)",
+        LOAD,
+        flag="--fp16",
+    ),
+    Option(
+        "use_bf16",
+        "bool",
+        False,
+        "bfloat16 on CUDA/MPS, and on CPUs with AVX-512 BF16 or AMX (else float32)",
+        LOAD,
+        flag="--bf16",
+    ),
+    Option(
+        "quantization",
+        "text",
+        None,
+        '"int8": linear layers in int8, CPU only, quantized once at load (default: none)',
+        LOAD,
+    ),
     Option("batch_size", "int", 128, "pairs per forward pass (default 128)", request=False),
     Option("max_length", "int", 512, "longest pair, in tokens (default 512; at most the model's positions)"),
     Option("query_max_length", "int", None, "longest query, in tokens (default: max_length * 3 // 4)"),
@@ -216,7 +236,7 @@ def _check_text(value: Any, name: str) -> str:
 
 def _check_count(value: Any, name: str) -> int:
     """A non-negative integer (``chunk_overlap``)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value <= MAX_INT:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= int(value) <= MAX_INT:
         raise ValueError(f"{name} must be a non-negative integer (at most {MAX_INT}), got {value!r:.60}.")
     return int(value)
 
@@ -280,6 +300,7 @@ if TYPE_CHECKING:  # pragma: no cover - what type checkers see: every option is 
 
     class ScoreOptions:
         __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]  # a dataclass at run time
+
         def __init__(self, **options: Any) -> None: ...
         def __getattr__(self, name: str) -> Any: ...
 
@@ -415,7 +436,11 @@ def add_flags(parser: Any, names: Iterable[str], overrides: Mapping[str, Mapping
             keywords: dict[str, Any] = {"action": "store_true", "default": None}
         else:
             metavar = option.flag_name.lstrip("-").replace("-", "_").upper()
-            keywords = {"type": {"int": int, "count": int, "layers": int_list}.get(option.kind), "default": None, "metavar": metavar}
+            keywords = {
+                "type": {"int": int, "count": int, "layers": int_list}.get(option.kind),
+                "default": None,
+                "metavar": metavar,
+            }
         keywords.update(dest=name, help=option.help)
         keywords.update((overrides or {}).get(name, {}))
         parser.add_argument(option.flag_name, **{k: v for k, v in keywords.items() if v is not None or k == "default"})

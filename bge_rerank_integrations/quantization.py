@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -34,13 +34,19 @@ SMOOTHING_ALPHA = 0.6
 #: Pairs the activation ranges are calibrated on, once per load (general text, not any test or benchmark set).
 CALIBRATION_PAIRS = [
     ("how tall is mount everest?", "Mount Everest is 8,849 metres high, on the border of Nepal and China."),
-    ("who painted the mona lisa", "Leonardo da Vinci painted the Mona Lisa in the early sixteenth century; it hangs in the Louvre."),
+    (
+        "who painted the mona lisa",
+        "Leonardo da Vinci painted the Mona Lisa in the early sixteenth century; it hangs in the Louvre.",
+    ),
     ("python list comprehension", "A list comprehension builds a list from an iterable: [x * x for x in range(10)]."),
     ("what is inflation", "Inflation is the rate at which the general level of prices for goods and services rises."),
     ("symptoms of flu", "Influenza causes fever, cough, sore throat, muscle aches and fatigue over several days."),
     ("how do vaccines work", "Vaccines train the immune system to recognise a pathogen without causing the disease."),
     ("capital of australia", "Canberra is the capital city of Australia, not Sydney, which is the largest city."),
-    ("what is a black hole", "A black hole is a region of spacetime where gravity is so strong that nothing can escape."),
+    (
+        "what is a black hole",
+        "A black hole is a region of spacetime where gravity is so strong that nothing can escape.",
+    ),
     ("Wie spät ist es in Tokio?", "Tokio liegt in der Zeitzone UTC+9 und kennt keine Sommerzeit."),
     ("best way to learn guitar", "Practice chords daily, start slowly with a metronome, and learn songs you enjoy."),
 ]
@@ -97,7 +103,9 @@ def quantize_int8(model: nn.Module, calibrate: Callable[[], object]) -> int:
         parent_name, _, attribute = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, attribute, Int8Linear(module.weight, module.bias, peaks.get(name), reduce_range=saturating))
-    logger.info("Quantized %d linear layers to int8 (per-channel weights, per-token activations, smoothed).", len(layers))
+    logger.info(
+        "Quantized %d linear layers to int8 (per-channel weights, per-token activations, smoothed).", len(layers)
+    )
     return len(layers)
 
 
@@ -110,7 +118,9 @@ class Int8Linear(nn.Module):
     one scale per token. Output is float32.
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, peaks: torch.Tensor | None, reduce_range: bool = False):
+    def __init__(
+        self, weight: torch.Tensor, bias: torch.Tensor | None, peaks: torch.Tensor | None, reduce_range: bool = False
+    ):
         super().__init__()
         weight = weight.detach().float()
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
@@ -125,10 +135,15 @@ class Int8Linear(nn.Module):
         scales = (weight.abs().amax(1) / 127.0).clamp(min=1e-8).double()
         with warnings.catch_warnings():  # torch flags its quantized-tensor constructors as deprecated (2.13)
             warnings.simplefilter("ignore")
-            quantized = torch.quantize_per_channel(weight, scales, torch.zeros_like(scales, dtype=torch.long), 0, torch.qint8)
+            quantized = torch.quantize_per_channel(
+                weight, scales, torch.zeros_like(scales, dtype=torch.long), 0, torch.qint8
+            )
             self._packed = torch.ops.quantized.linear_prepack(quantized, None)
         #: Without VNNI/AMX the kernel sums pairs of u8 x s8 products in 16 bits: activations keep 7 bits there.
         self.reduce_range = reduce_range
+
+    inverse_smoothing: torch.Tensor | None
+    bias: torch.Tensor | None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape

@@ -7,8 +7,9 @@ reranker ranks the same scores the same way; servers order their answers with ``
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from .inputs import check_score_threshold, check_text
 

@@ -25,8 +25,9 @@ import threading
 import time
 import weakref
 import zlib
+from collections.abc import Awaitable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, Awaitable, Coroutine, Optional, Sequence
+from typing import Any, Optional
 from urllib.parse import urlsplit
 
 from .contract import Reranker, Scores
@@ -41,7 +42,7 @@ from .options import (
     signature_with_options,
 )
 
-__all__ = ["RemoteReranker", "RemoteRerankError", "RemoteRerankTimeout", "API_KEY_ENV", "APIS"]
+__all__ = ["APIS", "API_KEY_ENV", "RemoteRerankError", "RemoteRerankTimeout", "RemoteReranker"]
 
 logger = logging.getLogger(__name__)
 
@@ -313,13 +314,13 @@ class RemoteReranker(Reranker):
         if client is not None:
             await client.aclose()
 
-    def __enter__(self) -> "RemoteReranker":
+    def __enter__(self) -> RemoteReranker:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    async def __aenter__(self) -> "RemoteReranker":
+    async def __aenter__(self) -> RemoteReranker:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -370,7 +371,9 @@ class RemoteReranker(Reranker):
             by_query.setdefault(query, []).append(index)
         size = self.max_documents_per_request or len(pairs)
         chunks = [
-            (query, indices[start : start + size]) for query, indices in by_query.items() for start in range(0, len(indices), size)
+            (query, indices[start : start + size])
+            for query, indices in by_query.items()
+            for start in range(0, len(indices), size)
         ]
         call = _Call(self._client(), options, deadline, asyncio.Semaphore(self.max_concurrent_requests))
         chunk_scores = await _gather_or_cancel(
@@ -383,7 +386,7 @@ class RemoteReranker(Reranker):
                 scores[index], spans[index] = value, span
         return scores, spans
 
-    async def _post(self, call: "_Call", query: str, texts: list[str]) -> list[tuple[float, Span]]:
+    async def _post(self, call: _Call, query: str, texts: list[str]) -> list[tuple[float, Span]]:
         """One request's scores, in ``texts`` order; retried on connection errors, 429 and 503; halved on 413.
 
         Each attempt holds one of the call's ``max_concurrent_requests`` slots while it is in flight
@@ -423,7 +426,7 @@ class RemoteReranker(Reranker):
             return self._scores(answer.content, texts)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _request(self, call: "_Call", body: dict[str, Any], limit: int, count: int) -> "_Answer":
+    async def _request(self, call: _Call, body: dict[str, Any], limit: int, count: int) -> _Answer:
         """Send one request and read its answer incrementally, decompressing as it comes.
 
         A 200 is read up to ``limit`` bytes (beyond: an error); an error answer up to
@@ -435,7 +438,9 @@ class RemoteReranker(Reranker):
         async with call.client.stream("POST", self.endpoint, json=body, timeout=left) as response:
             decoder = _Decoder(response.headers.get("Content-Encoding"))
             if decoder.error is not None:
-                raise RemoteRerankError(f"{self.endpoint} answered {response.status_code} {decoder.error}", response.status_code)
+                raise RemoteRerankError(
+                    f"{self.endpoint} answered {response.status_code} {decoder.error}", response.status_code
+                )
             ok = response.status_code == 200
             cap = limit if ok else ERROR_BODY_BYTES
             content = bytearray()
@@ -470,7 +475,11 @@ class RemoteReranker(Reranker):
         return RESPONSE_BASE_BYTES + RESPONSE_BYTES_PER_DOCUMENT * len(texts) + RESPONSE_TEXT_FACTOR * text_bytes
 
     def _too_large_message(self, cap: int, count: int) -> str:
-        setting = f"max_response_bytes={self.max_response_bytes}" if self.max_response_bytes is not None else "the default limit"
+        setting = (
+            f"max_response_bytes={self.max_response_bytes}"
+            if self.max_response_bytes is not None
+            else "the default limit"
+        )
         return (
             f"{self.endpoint} ({self.api} API) answered more than {cap} bytes (decompressed) for {count} document(s), "
             f"{setting}; reading stopped and nothing was returned. If the server is right to answer this much "
@@ -494,11 +503,15 @@ class RemoteReranker(Reranker):
             body["truncate"] = True  # as in-process: long passages are truncated, never refused
         if self._api.bge_options:
             body.update(
-                {name: list(value) if isinstance(value, tuple) else value for name, value in options.items() if name != "normalize"}
+                {
+                    name: list(value) if isinstance(value, tuple) else value
+                    for name, value in options.items()
+                    if name != "normalize"
+                }
             )
         return body
 
-    async def _wait(self, call: "_Call", attempt: int, answer: "_Answer | None", reason: str) -> None:
+    async def _wait(self, call: _Call, attempt: int, answer: _Answer | None, reason: str) -> None:
         """Wait before the next attempt: ``Retry-After`` if the server gave one, else backoff, never past the deadline.
 
         A wait longer than what is left of ``timeout`` fails now with ``RemoteRerankTimeout`` (with
@@ -516,15 +529,19 @@ class RemoteReranker(Reranker):
                     f"left of timeout={self.timeout:g}s; nothing was returned. Retry later, or raise timeout=."
                 )
             else:
-                message = self._timeout_message(f"last attempt: {reason}; the next retry, in {wait:.2f}s, would come after it")
+                message = self._timeout_message(
+                    f"last attempt: {reason}; the next retry, in {wait:.2f}s, would come after it"
+                )
             raise RemoteRerankTimeout(message, status)
         wait = min(wait, MAX_WAIT_SECONDS)
         logger.warning("%s: %s; retry %d of %d in %.2fs.", self.endpoint, reason, attempt + 1, self.retries, wait)
         await asyncio.sleep(wait)
 
-    def _status_error(self, answer: "_Answer", attempt: int) -> RemoteRerankError:
+    def _status_error(self, answer: _Answer, attempt: int) -> RemoteRerankError:
         status = answer.status
-        message = f"{self.endpoint} ({self.api} API) answered {status} {answer.reason}: {_server_message(answer.content)}"
+        message = (
+            f"{self.endpoint} ({self.api} API) answered {status} {answer.reason}: {_server_message(answer.content)}"
+        )
         if status in RETRY_STATUSES:
             message += f" (after {attempt + 1} attempts)"
         elif status in (401, 403):
@@ -548,7 +565,9 @@ class RemoteReranker(Reranker):
         try:
             body = json.loads(content)
         except (ValueError, RecursionError) as error:
-            raise self._bad_answer(f"it is not JSON ({type(error).__name__}: {str(error)[:200]}). Check api=", content) from None
+            raise self._bad_answer(
+                f"it is not JSON ({type(error).__name__}: {str(error)[:200]}). Check api=", content
+            ) from None
         key, score_key = self._api.results_key, self._api.score_key
         if key is None:
             items = body
@@ -573,10 +592,14 @@ class RemoteReranker(Reranker):
                 raise self._bad_answer(f"index {index} appears twice (again in {where})", content)
             value = _finite_float(score)
             if value is None:
-                raise self._bad_answer(f"{where} has {score_key} {_short(score)}, not a finite number that fits a float", content)
+                raise self._bad_answer(
+                    f"{where} has {score_key} {_short(score)}, not a finite number that fits a float", content
+                )
             span = item.get("span") if self._api.bge_options else None
             if span is not None and not (
-                isinstance(span, list) and len(span) == 2 and all(type(x) is int for x in span)
+                isinstance(span, list)
+                and len(span) == 2
+                and all(type(x) is int for x in span)
                 and 0 <= span[0] <= span[1] <= len(texts[index])
             ):
                 raise self._bad_answer(f"{where} has span {_short(span)}, not [start, end] within its text", content)
@@ -632,7 +655,9 @@ class _Decoder:
             self._zlib = zlib.decompressobj()
             self._raw_fallback = True  # some servers send raw deflate: tried if the zlib header is missing
         elif self.encoding not in ("identity", ""):
-            self.error = f"with Content-Encoding {encoding!r}, which the client did not ask for (it asks for {ACCEPT_ENCODING})"
+            self.error = (
+                f"with Content-Encoding {encoding!r}, which the client did not ask for (it asks for {ACCEPT_ENCODING})"
+            )
 
     def decode(self, data: bytes):
         """Yield the decoded bytes of ``data`` in pieces of at most ``DECODE_PIECE_BYTES`` (a bomb never inflates at once)."""

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence, cast
+from typing import Any, cast
 
 import torch
 
@@ -17,7 +18,6 @@ from .device import is_mps_dtype_error, resolve_device, resolve_dtype
 from .families import KNOWN_MODELS, RerankerFamily, ScoreOptions, canonical_family, detect_family, family_class
 from .inputs import MAX_INT, as_pairs, check_bool, check_cache_dir
 from .loading import cached_config, check_not_a_bare_official_name, read_config, resolve_checkpoint
-from .quantization import check_quantization
 from .model_cache import CachedModel, get_model
 from .options import (
     BY_NAME,
@@ -29,6 +29,7 @@ from .options import (
     parse_score_options,
     signature_with_options,
 )
+from .quantization import check_quantization
 from .ranking import RerankResult  # noqa: F401 - RerankResult: also importable from here, as before
 
 logger = logging.getLogger(__name__)
@@ -93,7 +94,12 @@ class BGEReranker(Reranker):
         self.cache_dir = check_cache_dir(load["cache_dir"])
         self.local_files_only = check_bool(load["local_files_only"], "local_files_only")
         self.show_progress = check_bool(load["show_progress"], "show_progress")
-        self._load_settings = {**load, "model_class": self.model_class, "device": self._requested_device, "cache_dir": self.cache_dir}
+        self._load_settings = {
+            **load,
+            "model_class": self.model_class,
+            "device": self._requested_device,
+            "cache_dir": self.cache_dir,
+        }
         self._given = parse_score_options({name: options[name] for name in DEFAULT_OPTIONS if name in options})
         self._defaults = ScoreOptions(**self._given)
         self._model: CachedModel | None = None
@@ -268,7 +274,9 @@ class BGEReranker(Reranker):
             layers = [layer[start:end] for layer in scores]
             layer_spans = [layer[start:end] for layer in spans]
             one = len(layers) == 1
-            results.append(GroupScores(layers[0] if one else layers, tokens[start:end], layer_spans[0] if one else layer_spans))
+            results.append(
+                GroupScores(layers[0] if one else layers, tokens[start:end], layer_spans[0] if one else layer_spans)
+            )
             start = end
         return results
 
@@ -291,14 +299,18 @@ class BGEReranker(Reranker):
         nan = int(torch.isnan(scores).sum())
         if nan:
             logger.warning(
-                "%d of %d scores are NaN: the model's weights or its precision are broken (try float32).", nan, scores.numel()
+                "%d of %d scores are NaN: the model's weights or its precision are broken (try float32).",
+                nan,
+                scores.numel(),
             )
         scores, tokens, spans = best_windows(scores, encoded)
         if options.normalize:
             scores = torch.sigmoid(scores.double())
         return scores.tolist(), tokens, spans
 
-    def _run(self, model: CachedModel, groups: list[list[tuple[str, str]]], options: ScoreOptions) -> tuple[torch.Tensor, list]:
+    def _run(
+        self, model: CachedModel, groups: list[list[tuple[str, str]]], options: ScoreOptions
+    ) -> tuple[torch.Tensor, list]:
         """Raw scores of every window (one row per output) and the windows (``Encoded``), all groups in order."""
         family = model.family
         encoded: list = []
@@ -328,7 +340,9 @@ class BGEReranker(Reranker):
         (scored,) = self.score_groups([pairs], **options)
         return cast(list, scored.scores), cast(list, scored.spans)
 
-    async def _ascores_and_spans(self, pairs: list[tuple[str, str]], **options: Any) -> tuple[list[Any], list[Any] | None]:
+    async def _ascores_and_spans(
+        self, pairs: list[tuple[str, str]], **options: Any
+    ) -> tuple[list[Any], list[Any] | None]:
         """``_scores_and_spans`` in a worker thread."""
         return await asyncio.to_thread(self._scores_and_spans, pairs, **options)
 
@@ -357,7 +371,9 @@ class GroupScores:
     spans: list[tuple[int, int] | None] | list[list[tuple[int, int] | None]] | None = None
 
 
-def best_windows(scores: torch.Tensor, encoded: Sequence[Any]) -> tuple[torch.Tensor, list[int], list[list[tuple[int, int] | None]]]:
+def best_windows(
+    scores: torch.Tensor, encoded: Sequence[Any]
+) -> tuple[torch.Tensor, list[int], list[list[tuple[int, int] | None]]]:
     """Per pair (a run of windows starting at ``window == 0``): the best window's score and span per output,
     and the tokens of all its windows.
 
@@ -370,7 +386,11 @@ def best_windows(scores: torch.Tensor, encoded: Sequence[Any]) -> tuple[torch.Te
     """
     starts = [index for index, item in enumerate(encoded) if item.window == 0]
     if len(starts) == len(encoded):
-        return scores, [len(item) for item in encoded], [[item.span for item in encoded] for _ in range(scores.shape[0])]
+        return (
+            scores,
+            [len(item) for item in encoded],
+            [[item.span for item in encoded] for _ in range(scores.shape[0])],
+        )
     ends = [*starts[1:], len(encoded)]
     best = torch.empty(scores.shape[0], len(starts), dtype=scores.dtype)
     spans: list[list[tuple[int, int] | None]] = [[] for _ in range(scores.shape[0])]
@@ -438,10 +458,15 @@ def cut_passages(tokenizer: Any, pairs: list[tuple[str, str]], limit: int) -> li
     The cut is at the character where that token ends, so spans and texts stay those of the passage.
     """
     if not getattr(tokenizer, "is_fast", False):
-        raise ValueError("max_tokens_per_passage needs a fast tokenizer (a tokenizer.json) for the cut's character offset.")
+        raise ValueError(
+            "max_tokens_per_passage needs a fast tokenizer (a tokenizer.json) for the cut's character offset."
+        )
     encoded = tokenizer(
-        [passage for _, passage in pairs], add_special_tokens=False, truncation=True,
-        max_length=min(limit + 1, MAX_INT), return_offsets_mapping=True,
+        [passage for _, passage in pairs],
+        add_special_tokens=False,
+        truncation=True,
+        max_length=min(limit + 1, MAX_INT),
+        return_offsets_mapping=True,
     )
     cut = []
     for (query, passage), offsets in zip(pairs, encoded["offset_mapping"]):

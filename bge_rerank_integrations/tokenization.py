@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 #: Settings a tokenizer class holds as class attributes; ``tokenizer_config.json`` may override them.
 CLASS_SETTINGS = ("padding_side", "truncation_side", "model_input_names")
@@ -104,7 +105,9 @@ def _read_json(file: Path) -> dict[str, Any]:
 
 @contextmanager
 def _hide_expected_transformers_logs() -> Iterator[None]:
-    loggers = [logging.getLogger(name) for name in ("transformers.configuration_utils", "transformers.tokenization_utils_base")]
+    loggers = [
+        logging.getLogger(name) for name in ("transformers.configuration_utils", "transformers.tokenization_utils_base")
+    ]
 
     def keep(record: logging.LogRecord) -> bool:
         message = record.getMessage()

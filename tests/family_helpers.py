@@ -8,6 +8,7 @@ from bge_rerank_integrations.families.base import ScoreOptions
 from bge_rerank_integrations.reranker import _apply_instructions
 
 from .conftest import TOLERANCE  # noqa: F401 - re-exported for the family tests
+
 PAIRS = [
     ("What is the capital of France?", "Paris is the capital of France."),
     ("What is the capital of France?", "The population of China is over 1.4 billion people."),

@@ -22,9 +22,26 @@ class ServerProcess:
     """``bge-rerank serve --model CHECKPOINT --port 0 ...`` in a subprocess; ``url`` once ``/health`` is 200."""
 
     def __init__(self, model: str, *args: str, env: dict[str, str] | None = None) -> None:
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="bge-serve-", suffix=".log", delete=False)
-        command = [sys.executable, "-m", "bge_rerank_integrations.cli", "serve", "--model", model, "--device", "cpu",
-                   "--host", "127.0.0.1", "--port", "0", "--torch-threads", "1", *args]
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - the server writes to it until stop() closes it
+            "w+", prefix="bge-serve-", suffix=".log", delete=False
+        )
+        command = [
+            sys.executable,
+            "-m",
+            "bge_rerank_integrations.cli",
+            "serve",
+            "--model",
+            model,
+            "--device",
+            "cpu",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--torch-threads",
+            "1",
+            *args,
+        ]
         environment = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
         environment.pop("BGE_RERANK_API_KEY", None)
         environment.update(env or {})

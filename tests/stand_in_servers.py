@@ -30,7 +30,8 @@ import time
 import uuid
 import zlib
 from collections import deque
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -68,7 +69,7 @@ class StandInServer:
         self._stopper = threading.Timer(LIFETIME_SECONDS, self.stop)
         self._stopper.daemon = True
 
-    def start(self) -> "StandInServer":
+    def start(self) -> StandInServer:
         self._thread.start()
         self._stopper.start()
         deadline = time.monotonic() + 20
@@ -138,7 +139,9 @@ def _app(server: StandInServer) -> FastAPI:
 
     def ranked(query: str, texts: list[str], normalized: bool, top_n: int | None = None) -> list[tuple[int, float]]:
         score = normalized_score if normalized else raw_score
-        return sorted(((i, score(query, text)) for i, text in enumerate(texts)), key=lambda item: -item[1])[: top_n or None]
+        return sorted(((i, score(query, text)) for i, text in enumerate(texts)), key=lambda item: -item[1])[
+            : top_n or None
+        ]
 
     def usage(docs: list[str]) -> dict[str, int]:
         return {"prompt_tokens": 7 * len(docs), "total_tokens": 7 * len(docs)}
@@ -188,7 +191,10 @@ def _app(server: StandInServer) -> FastAPI:
             return JSONResponse({"message": "invalid request: model is required"}, status_code=400)
         return {
             "id": str(uuid.uuid4()),
-            "results": [{"index": i, "relevance_score": s} for i, s in ranked(body["query"], body["documents"], True, body.get("top_n"))],
+            "results": [
+                {"index": i, "relevance_score": s}
+                for i, s in ranked(body["query"], body["documents"], True, body.get("top_n"))
+            ],
             "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}},
         }
 
@@ -217,7 +223,7 @@ class MisbehavingServer:
         self._stopper = threading.Timer(LIFETIME_SECONDS, self.stop)
         self._stopper.daemon = True
 
-    def start(self) -> "MisbehavingServer":
+    def start(self) -> MisbehavingServer:
         self._thread.start()
         self._server = asyncio.run_coroutine_threadsafe(
             asyncio.start_server(self._handle, "127.0.0.1", 0), self._loop
@@ -244,7 +250,7 @@ class MisbehavingServer:
             self._thread.join(timeout=10)
             self._loop.close()
 
-    def __enter__(self) -> "MisbehavingServer":
+    def __enter__(self) -> MisbehavingServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

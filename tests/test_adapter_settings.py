@@ -13,15 +13,15 @@ import pytest
 pytest.importorskip("langchain_core")
 pytest.importorskip("llama_index.core")
 
-from langchain_core.documents import Document  # noqa: E402
-from llama_index.core.schema import NodeWithScore, TextNode  # noqa: E402
+from langchain_core.documents import Document
+from llama_index.core.schema import NodeWithScore, TextNode
 
-from bge_rerank_integrations import BGEReranker, ModelNotFoundError  # noqa: E402
-from bge_rerank_integrations.adapter_support import LOAD_SETTINGS, REMOTE_SETTINGS, SCORE_SETTINGS, RerankSettings  # noqa: E402
-from bge_rerank_integrations.langchain import BGERerank as LangChainRerank  # noqa: E402
-from bge_rerank_integrations.llama_index import BGERerank as LlamaIndexRerank  # noqa: E402
+from bge_rerank_integrations import BGEReranker, ModelNotFoundError
+from bge_rerank_integrations.adapter_support import LOAD_SETTINGS, REMOTE_SETTINGS, SCORE_SETTINGS, RerankSettings
+from bge_rerank_integrations.langchain import BGERerank as LangChainRerank
+from bge_rerank_integrations.llama_index import BGERerank as LlamaIndexRerank
 
-from .conftest import checkpoint  # noqa: E402
+from .conftest import checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -62,7 +62,10 @@ def test_both_adapters_take_their_settings_from_one_definition():
         for name, field in shared.items():
             got = adapter.model_fields[name]
             assert (got.annotation, got.default, got.frozen, got.description) == (
-                field.annotation, field.default, field.frozen, field.description
+                field.annotation,
+                field.default,
+                field.frozen,
+                field.description,
             ), name
 
 
@@ -103,18 +106,35 @@ def test_a_shared_reranker_serializes_to_a_config_that_rebuilds_it(adapter, tmp_
     """An adapter around an existing BGEReranker saves its path and every setting as plain JSON; the config
     rebuilds an adapter that scores the same, through the same cached model."""
     shared = BGEReranker(
-        ENCODER, device="cpu", cache_dir=str(tmp_path), local_files_only=True, use_fp16=True, normalize=True,
-        max_length=64, query_instruction_for_rerank="Q: ",
+        ENCODER,
+        device="cpu",
+        cache_dir=str(tmp_path),
+        local_files_only=True,
+        use_fp16=True,
+        normalize=True,
+        max_length=64,
+        query_instruction_for_rerank="Q: ",
     )
     built = adapter(model=shared, top_n=None, batch_size=2)
     assert built.reranker is shared
     saved = dump(built)
     assert saved["model"] == ENCODER
-    settings = ("device", "cache_dir", "local_files_only", "use_fp16", "normalize", "max_length", "query_instruction_for_rerank", "batch_size")
+    settings = (
+        "device",
+        "cache_dir",
+        "local_files_only",
+        "use_fp16",
+        "normalize",
+        "max_length",
+        "query_instruction_for_rerank",
+        "batch_size",
+    )
     assert [saved[name] for name in settings] == ["cpu", str(tmp_path), True, True, True, 64, "Q: ", 2]
     assert saved["query_max_length"] is None  # derived from max_length, not frozen at 48
     text = json.dumps(saved)  # each framework's own way back from JSON
-    again = LlamaIndexRerank.from_json(text) if adapter is LlamaIndexRerank else LangChainRerank.model_validate_json(text)
+    again = (
+        LlamaIndexRerank.from_json(text) if adapter is LlamaIndexRerank else LangChainRerank.model_validate_json(text)
+    )
     assert again.reranker is not shared and dump(again) == saved
     assert again.reranker.load() is shared.load()  # the same loaded model, via the cache
     assert run(again) == run(built) != run(adapter(model=ENCODER, device="cpu", top_n=None))

@@ -54,7 +54,7 @@ def test_windows_match_reference(name, case):
     got = [window for windows in ours for window in windows]
     assert [item.input_ids for item in got] == [window["row"] for window in expected]
     assert [None if item.span is None else list(item.span) for item in got] == [window["span"] for window in expected]
-    for (query, passage), windows in zip(pairs, ours):
+    for (_query, passage), windows in zip(pairs, ours):
         for item in windows:
             if item.span is not None:
                 start, end = item.span
@@ -98,7 +98,7 @@ def test_chunk_goldens_pin_what_the_issue_asks(name):
             for window in windows:
                 if window["span"] is None:
                     continue
-                start, end = window["span"]
+                _start, end = window["span"]
                 inside_word |= end < len(passage) and passage[end - 1].isalnum() and passage[end].isalnum()
             if windows[-1]["span"] and len(windows) > 1:
                 full = len(windows[-1]["ids"]) == len(windows[0]["ids"])

@@ -9,6 +9,7 @@ text, and the adapters reporting the core's best window).
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 
@@ -80,7 +81,7 @@ def test_windows_overlap_cover_the_passage_and_stop_at_n(reranker):
         assert len({len(w) for w in windows[:-1]}) == 1 and len(windows[-1]) <= len(windows[0])
         if len(windows) < n:  # not cut at N: the last window reaches the passage's end
             assert windows[-1].span[1] == len(LONG)
-        for before, after in zip(windows, windows[1:]):
+        for before, after in itertools.pairwise(windows):
             if overlap == 0:
                 assert after.span[0] >= before.span[1]
             else:
@@ -99,12 +100,17 @@ def test_the_text_at_a_span_is_the_windows_text(reranker):
     for window in windows:
         start, end = window.span
         inside = [
-            token for token, (a, b) in zip(full["input_ids"], full["offset_mapping"])
+            token
+            for token, (a, b) in zip(full["input_ids"], full["offset_mapping"])
             if b > len(instruction) and max(a - len(instruction), 0) >= start and b - len(instruction) <= end
         ]
         segment = window.input_ids[window.query_length : len(window) - window.prompt_length - tail]
         assert inside and segment[len(segment) - len(inside) :] == inside
-        head = [t for t, (_, b) in zip(full["input_ids"], full["offset_mapping"]) if b <= len(instruction)] if instruction else []
+        head = (
+            [t for t, (_, b) in zip(full["input_ids"], full["offset_mapping"]) if b <= len(instruction)]
+            if instruction
+            else []
+        )
         assert segment[: len(segment) - len(inside)] == head  # the instruction's own tokens head every window
         assert LONG[start:end].strip() and 0 <= start < end <= len(LONG)
 
@@ -118,7 +124,7 @@ def test_the_best_window_scores_the_passage_and_rerank_reports_its_span(reranker
     options = reranker.check_options(max_chunks_per_passage=6)
     scores, encoded = reranker._run(reranker.load(), [[tuple(p) for p in PAIRS]], options)
     starts = [i for i, item in enumerate(encoded) if item.window == 0] + [len(encoded)]
-    for pair, (a, b) in enumerate(zip(starts, starts[1:])):
+    for pair, (a, b) in enumerate(itertools.pairwise(starts)):
         window_scores = scores[0, a:b].tolist()
         assert group.scores[pair] == max(window_scores)
         best = window_scores.index(max(window_scores))
@@ -187,7 +193,10 @@ def test_an_overlap_that_leaves_a_pair_no_room_says_so(one_torch_thread):
 
 def test_a_passage_format_that_does_not_end_with_the_passage_is_an_error_with_windows(one_torch_thread):
     reranker = BGEReranker(
-        checkpoint("encoder"), device="cpu", max_length=64, passage_instruction_for_rerank="Passage",
+        checkpoint("encoder"),
+        device="cpu",
+        max_length=64,
+        passage_instruction_for_rerank="Passage",
         passage_instruction_format="{}: {} (end)",
     )
     reranker.compute_score([QUERY, LONG])  # fine when truncating
@@ -226,9 +235,13 @@ def test_langchain_reports_the_cores_best_window_without_touching_the_input(one_
 
     docs = [Document(LONG, metadata={"source": "a"}), Document(SHORT, metadata={"source": "b"})]
     before = copy.deepcopy(docs)
-    compressor = BGERerank(model=checkpoint("encoder"), device="cpu", top_n=None, max_length=64, max_chunks_per_passage=4)
+    compressor = BGERerank(
+        model=checkpoint("encoder"), device="cpu", top_n=None, max_length=64, max_chunks_per_passage=4
+    )
     ranked = compressor.compress_documents(docs, QUERY)
-    core = BGEReranker(checkpoint("encoder"), device="cpu", max_length=64).rerank(QUERY, [LONG, SHORT], max_chunks_per_passage=4)
+    core = BGEReranker(checkpoint("encoder"), device="cpu", max_length=64).rerank(
+        QUERY, [LONG, SHORT], max_chunks_per_passage=4
+    )
     assert [(d.page_content, d.metadata["relevance_score"], d.metadata.get("relevance_span")) for d in ranked] == [
         (r.text, r.score, None if r.span is None else list(r.span)) for r in core
     ]
@@ -246,7 +259,9 @@ def test_llama_index_reports_the_cores_best_window_hidden_from_embed_and_llm_tex
     before = copy.deepcopy(nodes)
     rerank = BGERerank(model=checkpoint("encoder"), device="cpu", top_n=None, max_length=64, max_chunks_per_passage=4)
     ranked = rerank.postprocess_nodes(nodes, query_str=QUERY)
-    core = BGEReranker(checkpoint("encoder"), device="cpu", max_length=64).rerank(QUERY, [LONG, SHORT], max_chunks_per_passage=4)
+    core = BGEReranker(checkpoint("encoder"), device="cpu", max_length=64).rerank(
+        QUERY, [LONG, SHORT], max_chunks_per_passage=4
+    )
     assert [(n.node.get_content(), n.score, n.node.metadata.get("relevance_span")) for n in ranked] == [
         (r.text, r.score, None if r.span is None else list(r.span)) for r in core
     ]
@@ -269,14 +284,16 @@ def test_llama_index_span_is_in_the_nodes_text_when_metadata_is_embedded(one_tor
     rerank = BGERerank(model=checkpoint("encoder"), device="cpu", top_n=1, max_length=64, max_chunks_per_passage=4)
     (ranked,) = rerank.postprocess_nodes([NodeWithScore(node=node)], query_str=QUERY)
     scored = node.get_content(metadata_mode=MetadataMode.EMBED)
-    (result,) = BGEReranker(checkpoint("encoder"), device="cpu", max_length=64).rerank(QUERY, [scored], max_chunks_per_passage=4)
+    (result,) = BGEReranker(checkpoint("encoder"), device="cpu", max_length=64).rerank(
+        QUERY, [scored], max_chunks_per_passage=4
+    )
     offset = len(scored) - len(LONG)
     assert ranked.node.metadata["relevance_span"] == [max(result.span[0] - offset, 0), result.span[1] - offset]
 
 
 @pytest.mark.parametrize("span", ["[0]", "[3, 1]", "[0, 999]", "[true, 2]", '"0-2"', "[0.0, 2]"])
 def test_a_span_from_a_server_that_is_not_within_its_text_is_an_error(span):
-    from bge_rerank_integrations.remote import RemoteRerankError, RemoteReranker
+    from bge_rerank_integrations.remote import RemoteReranker, RemoteRerankError
 
     from .stand_in_servers import StandInServer
 
@@ -287,7 +304,9 @@ def test_a_span_from_a_server_that_is_not_within_its_text_is_an_error(span):
         remote = RemoteReranker(f"{server.url}/tei/rerank", api="bge")
         results = remote.rerank(QUERY, ["abc", "d"], max_chunks_per_passage=2)
         assert [(r.index, r.score, r.span) for r in results] == [(0, 1.5, (0, 2)), (1, 0.5, None)]
-        server.fail_next(1, 200, b'[{"index": 0, "score": 1.5, "span": %s}, {"index": 1, "score": 0.5}]' % span.encode())
+        server.fail_next(
+            1, 200, b'[{"index": 0, "score": 1.5, "span": %s}, {"index": 1, "score": 0.5}]' % span.encode()
+        )
         with pytest.raises(RemoteRerankError, match="has span .* not \\[start, end\\] within its text"):
             remote.rerank(QUERY, ["abc", "d"], max_chunks_per_passage=2)
         remote.close()

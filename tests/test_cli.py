@@ -40,7 +40,10 @@ def test_table_output(capsys):
 def test_passages_from_a_file_one_per_line(tmp_path, capsys):
     path = tmp_path / "passages.txt"
     path.write_text("\n".join(PASSAGES) + "\n\n", encoding="utf-8")
-    assert main(["-m", checkpoint("encoder"), "-q", QUERY, "--device", "cpu", "--json", "--normalize", "-f", str(path)]) == 0
+    assert (
+        main(["-m", checkpoint("encoder"), "-q", QUERY, "--device", "cpu", "--json", "--normalize", "-f", str(path)])
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     assert [p["index"] for p in printed] == [r.index for r in _expected(normalize=True)]
     assert all(0 < p["score"] < 1 for p in printed)
@@ -49,7 +52,10 @@ def test_passages_from_a_file_one_per_line(tmp_path, capsys):
 def test_passages_from_jsonl_on_stdin(monkeypatch, capsys):
     lines = "".join(json.dumps({"id": i, "body": text}) + "\n" for i, text in enumerate(PASSAGES))
     monkeypatch.setattr(sys, "stdin", io.StringIO(lines))
-    assert main(["-m", checkpoint("encoder"), "-q", QUERY, "--device", "cpu", "--json", "-f", "-", "--text-field", "body"]) == 0
+    assert (
+        main(["-m", checkpoint("encoder"), "-q", QUERY, "--device", "cpu", "--json", "-f", "-", "--text-field", "body"])
+        == 0
+    )
     assert [p["text"] for p in json.loads(capsys.readouterr().out)] == [r.text for r in _expected()]
 
 
@@ -76,7 +82,10 @@ def test_missing_model_exits_1(tmp_path, capsys):
 def test_blank_passages_and_query_given_as_arguments_are_scored(capsys):
     assert main(["-m", checkpoint("encoder"), "-q", QUERY, "--device", "cpu", "--json", "", "   "]) == 0
     printed = {p["text"]: p["score"] for p in json.loads(capsys.readouterr().out)}
-    assert printed == {text: pytest.approx(reference_score("encoder", "blank_texts", QUERY, text), abs=TOLERANCE) for text in ("", "   ")}
+    assert printed == {
+        text: pytest.approx(reference_score("encoder", "blank_texts", QUERY, text), abs=TOLERANCE)
+        for text in ("", "   ")
+    }
     assert main(["-m", checkpoint("encoder"), "-q", "", "--device", "cpu", "--json", "hi"]) == 0
     (printed,) = json.loads(capsys.readouterr().out)
     assert printed["score"] == pytest.approx(reference_score("encoder", "blank_texts", "", "hi"), abs=TOLERANCE)
@@ -91,13 +100,28 @@ def test_blank_lines_are_skipped_but_blank_jsonl_records_are_scored(tmp_path, ca
     records.write_text('{"text": ""}\n\n{"text": "   "}\n', encoding="utf-8")
     assert main(["-m", checkpoint("encoder"), "-q", QUERY, "--device", "cpu", "--json", "-f", str(records)]) == 0
     printed = {p["index"]: p["score"] for p in json.loads(capsys.readouterr().out)}
-    assert printed == {i: pytest.approx(reference_score("encoder", "blank_texts", QUERY, text), abs=TOLERANCE) for i, text in enumerate(["", "   "])}
+    assert printed == {
+        i: pytest.approx(reference_score("encoder", "blank_texts", QUERY, text), abs=TOLERANCE)
+        for i, text in enumerate(["", "   "])
+    }
 
 
 @pytest.mark.slow
 def test_console_script_runs():
     completed = subprocess.run(
-        [sys.executable, "-m", "bge_rerank_integrations.cli", "-m", checkpoint("encoder"), "-q", QUERY, "--device", "cpu", "--json", "hi"],
+        [
+            sys.executable,
+            "-m",
+            "bge_rerank_integrations.cli",
+            "-m",
+            checkpoint("encoder"),
+            "-q",
+            QUERY,
+            "--device",
+            "cpu",
+            "--json",
+            "hi",
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -117,9 +141,16 @@ def test_console_script_runs():
         (["--query-max-length", "3"], {"query_max_length": 3}),
         (
             ["--query-instruction", "Q:", "--query-instruction-format", "{}\\n{}", "--passage-instruction", "P: "],
-            {"query_instruction_for_rerank": "Q:", "query_instruction_format": "{}\\n{}", "passage_instruction_for_rerank": "P: "},
+            {
+                "query_instruction_for_rerank": "Q:",
+                "query_instruction_format": "{}\\n{}",
+                "passage_instruction_for_rerank": "P: ",
+            },
         ),
-        (["--passage-instruction", "P", "--passage-instruction-format", "{} {}"], {"passage_instruction_for_rerank": "P", "passage_instruction_format": "{} {}"}),
+        (
+            ["--passage-instruction", "P", "--passage-instruction-format", "{} {}"],
+            {"passage_instruction_for_rerank": "P", "passage_instruction_format": "{} {}"},
+        ),
     ],
 )
 def test_scoring_options_reach_the_core(flags, options, capsys):
@@ -130,7 +161,20 @@ def test_scoring_options_reach_the_core(flags, options, capsys):
 
 
 def test_cache_dir_and_local_files_only_never_reach_the_hub(tmp_path, capsys):
-    code = main(["-m", "BAAI/bge-reranker-v2-m3", "-q", QUERY, "--device", "cpu", "--cache-dir", str(tmp_path), "--local-files-only", "x"])
+    code = main(
+        [
+            "-m",
+            "BAAI/bge-reranker-v2-m3",
+            "-q",
+            QUERY,
+            "--device",
+            "cpu",
+            "--cache-dir",
+            str(tmp_path),
+            "--local-files-only",
+            "x",
+        ]
+    )
     assert code == 1
     assert "BAAI/bge-reranker-v2-m3" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # nothing fetched into the cache
@@ -142,8 +186,27 @@ def test_jsonl_json_output_keeps_each_records_other_fields(tmp_path, capsys):
         for i, text in enumerate(PASSAGES)
     ]
     path = tmp_path / "p.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in records[:2]) + "\n\n" + json.dumps(records[2]) + "\n", encoding="utf-8")
-    assert main(["-m", checkpoint("encoder"), "-q", QUERY, "--device", "cpu", "--json", "-f", str(path), "--text-field", "body"]) == 0
+    path.write_text(
+        "\n".join(json.dumps(r) for r in records[:2]) + "\n\n" + json.dumps(records[2]) + "\n", encoding="utf-8"
+    )
+    assert (
+        main(
+            [
+                "-m",
+                checkpoint("encoder"),
+                "-q",
+                QUERY,
+                "--device",
+                "cpu",
+                "--json",
+                "-f",
+                str(path),
+                "--text-field",
+                "body",
+            ]
+        )
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     want = []
     for result in _expected():

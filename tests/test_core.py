@@ -84,7 +84,7 @@ def test_truncation_follows_the_reference_but_never_exceeds_positions(reranker, 
     family = reranker.load().family
     long_query = " ".join(["what is panda?"] * 50)
     options = reranker.options.__class__(max_length=16, query_max_length=8)
-    assert [len(item) for item in family.encode([(long_query, PANDA * 30), ("q", "p")], options)][0] == 16
+    assert next(len(item) for item in family.encode([(long_query, PANDA * 30), ("q", "p")], options)) == 16
     # The query leaves no room: like the reference, the passage is kept whole.
     options = reranker.options.__class__(max_length=16, query_max_length=32)
     (kept,) = family.encode([(long_query, "hi")], options)
@@ -163,7 +163,9 @@ def test_blank_texts_are_scored_as_the_reference_scores_them(reranker):
     )
     results = reranker.rerank("what is panda?", ["", "   "])
     assert sorted(results, key=lambda r: r.index) == [
-        RerankResult(i, pytest.approx(reference_score("encoder", "blank_texts", "what is panda?", text), abs=TOLERANCE), text)
+        RerankResult(
+            i, pytest.approx(reference_score("encoder", "blank_texts", "what is panda?", text), abs=TOLERANCE), text
+        )
         for i, text in enumerate(["", "   "])
     ]
     (blank_query,) = reranker.rerank("", ["hi"])
@@ -200,15 +202,22 @@ def _build(builder: str, model: str, **options):
     if builder == "core":
         return BGEReranker(model, device="cpu", **options)
     if builder == "llama_index":
-        return pytest.importorskip("bge_rerank_integrations.llama_index", exc_type=ImportError).BGERerank(model=model, **options)
+        return pytest.importorskip("bge_rerank_integrations.llama_index", exc_type=ImportError).BGERerank(
+            model=model, **options
+        )
     langchain = pytest.importorskip("bge_rerank_integrations.langchain", exc_type=ImportError)
-    return (langchain.BGECrossEncoder if builder == "langchain_cross_encoder" else langchain.BGERerank)(model=model, **options)
+    return (langchain.BGECrossEncoder if builder == "langchain_cross_encoder" else langchain.BGERerank)(
+        model=model, **options
+    )
 
 
 @pytest.mark.parametrize("builder", ["core", "langchain", "langchain_cross_encoder", "llama_index"])
 @pytest.mark.parametrize(
     "model, option, family",
-    [(checkpoint("encoder"), {"cutoff_layers": [2]}, "encoder"), ("BAAI/bge-reranker-v2-gemma", {"compress_ratio": 2}, "llm")],
+    [
+        (checkpoint("encoder"), {"cutoff_layers": [2]}, "encoder"),
+        ("BAAI/bge-reranker-v2-gemma", {"compress_ratio": 2}, "llm"),
+    ],
     ids=["encoder", "llm"],
 )
 def test_an_option_the_family_lacks_fails_at_construction(builder, model, option, family):
@@ -232,7 +241,9 @@ def test_missing_local_checkpoint_is_clear(tmp_path):
 
 def test_hub_id_offline_says_how_to_use_a_local_path(tmp_path):
     reranker = BGEReranker("BAAI/bge-reranker-v2-m3", device="cpu", cache_dir=str(tmp_path), local_files_only=True)
-    with pytest.raises(ModelNotFoundError, match="hf download BAAI/bge-reranker-v2-m3.*BGEReranker\\('./bge-reranker-v2-m3'\\)"):
+    with pytest.raises(
+        ModelNotFoundError, match="hf download BAAI/bge-reranker-v2-m3.*BGEReranker\\('./bge-reranker-v2-m3'\\)"
+    ):
         reranker.compute_score(PAIRS)
 
 
@@ -273,7 +284,9 @@ def test_flagembedding_aliases():
 
 
 def test_cpu_runs_fp32_and_warns(caplog, monkeypatch):
-    monkeypatch.setattr("bge_rerank_integrations.device.cpu_fast_half_dtypes", frozenset)  # a CPU without fast half kernels
+    monkeypatch.setattr(
+        "bge_rerank_integrations.device.cpu_fast_half_dtypes", frozenset
+    )  # a CPU without fast half kernels
     with caplog.at_level(logging.WARNING):
         assert resolve_dtype(torch.device("cpu"), use_fp16=True) == torch.float32
     assert "float32" in caplog.text
@@ -284,7 +297,9 @@ def test_cpu_runs_fp32_and_warns(caplog, monkeypatch):
 
 
 def test_device_policy_here():
-    assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu")
+    assert resolve_device(None).type == (
+        "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    )
     assert resolve_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
@@ -392,7 +407,12 @@ def test_left_padded_scores_do_not_depend_on_our_batching(family, monkeypatch, o
         family_obj = reranker.load().family
         batches = []
         forward = family_obj.forward
-        monkeypatch.setattr(family_obj, "forward", lambda batch, options: batches.append(len(batch)) or forward(batch, options))
+
+        def counting_forward(batch, options, batches=batches, forward=forward):
+            batches.append(len(batch))
+            return forward(batch, options)
+
+        monkeypatch.setattr(family_obj, "forward", counting_forward)
         monkeypatch.setattr(reranker_module, "CPU_MAX_PADDING", 0.2)
         capped = torch.tensor(reranker.compute_score(case["pairs"], **case["call"]))
         capped_batches = list(batches)
@@ -413,13 +433,17 @@ def test_reference_position_offsets_follow_the_reference_batches():
     assert reference_position_offsets([5, 9, 7], [6, 10, 8], batch_size=2) == [2, 6, 8]
     assert reference_position_offsets([5, 9, 7], [6, 10, 8], batch_size=3) == [10, 6, 8]
     assert reference_position_offsets([3], [13], batch_size=128) == [3]
+
+
 # --- token counts (the servers' usage figures) ---------------------------------------------
 
 
 def test_score_groups_counts_what_the_encoder_reads(reranker):
     tokenizer = reranker.load().family.tokenizer
     query, passage = PAIRS[1]
-    alone = len(tokenizer(query, add_special_tokens=False)["input_ids"]) + len(tokenizer(passage, add_special_tokens=False)["input_ids"])
+    alone = len(tokenizer(query, add_special_tokens=False)["input_ids"]) + len(
+        tokenizer(passage, add_special_tokens=False)["input_ids"]
+    )
 
     def tokens(pairs, **options):
         return [group.tokens for group in reranker.score_groups(pairs, **options)]

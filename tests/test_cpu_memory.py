@@ -13,7 +13,8 @@ import sys
 import pytest
 import torch
 
-from bge_rerank_integrations import BGEReranker, reranker as reranker_module
+from bge_rerank_integrations import BGEReranker
+from bge_rerank_integrations import reranker as reranker_module
 from bge_rerank_integrations.batching import run_batches
 from bge_rerank_integrations.families.llm import LLMFamily
 

@@ -19,16 +19,15 @@ yaml = pytest.importorskip("yaml")
 pytest.importorskip("langchain_core")
 pytest.importorskip("llama_index.core")
 
-from langchain_core.documents import Document  # noqa: E402
-from llama_index.core.schema import NodeWithScore, TextNode  # noqa: E402
+from langchain_core.documents import Document
+from llama_index.core.schema import NodeWithScore, TextNode
 
-from bge_rerank_integrations import BGEReranker  # noqa: E402
-from bge_rerank_integrations.adapter_support import LOAD_SETTINGS, SCORE_SETTINGS  # noqa: E402
-from bge_rerank_integrations.langchain import BGERerank as LangChainRerank  # noqa: E402
-from bge_rerank_integrations.llama_index import BGERerank as LlamaIndexRerank  # noqa: E402
+from bge_rerank_integrations import BGEReranker
+from bge_rerank_integrations.adapter_support import LOAD_SETTINGS, SCORE_SETTINGS
+from bge_rerank_integrations.langchain import BGERerank as LangChainRerank
+from bge_rerank_integrations.llama_index import BGERerank as LlamaIndexRerank
 
-from .conftest import checkpoint  # noqa: E402
-
+from .conftest import checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -48,10 +47,28 @@ TEXTS = [
 
 #: One configuration per family, each with that family's own options and some common ones.
 CONFIGS = {
-    "encoder": {"model": _path("encoder"), "top_n": 2, "normalize": True, "max_length": 128, "batch_size": 2, "device": "cpu"},
+    "encoder": {
+        "model": _path("encoder"),
+        "top_n": 2,
+        "normalize": True,
+        "max_length": 128,
+        "batch_size": 2,
+        "device": "cpu",
+    },
     "encoder-threshold": {"model": _path("encoder"), "top_n": None, "score_threshold": -0.5, "query_max_length": 8},
-    "llm": {"model": _path("llm"), "model_class": "llm", "top_n": 3, "prompt": "Does B answer A? Yes or No.", "max_length": 64},
-    "layerwise": {"model": _path("layerwise"), "model_class": "decoder-only-layerwise", "top_n": 3, "cutoff_layers": [4]},
+    "llm": {
+        "model": _path("llm"),
+        "model_class": "llm",
+        "top_n": 3,
+        "prompt": "Does B answer A? Yes or No.",
+        "max_length": 64,
+    },
+    "layerwise": {
+        "model": _path("layerwise"),
+        "model_class": "decoder-only-layerwise",
+        "top_n": 3,
+        "cutoff_layers": [4],
+    },
     "lightweight": {
         "model": _path("lightweight"),
         "top_n": 4,
@@ -69,7 +86,7 @@ FORMATS = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def expected_for(name: str) -> list[tuple[str, float]]:
     """``expected(CONFIGS[name])``, computed once."""
     return expected(CONFIGS[name])
@@ -80,7 +97,9 @@ def expected(config: dict) -> list[tuple[str, float]]:
     load = {name: config[name] for name in LOAD_SETTINGS if config.get(name) is not None}
     score = {name: config[name] for name in SCORE_SETTINGS if config.get(name) is not None}
     reranker = BGEReranker(config["model"], **load)
-    results = reranker.rerank(QUERY, TEXTS, top_n=config.get("top_n", 3), score_threshold=config.get("score_threshold"), **score)
+    results = reranker.rerank(
+        QUERY, TEXTS, top_n=config.get("top_n", 3), score_threshold=config.get("score_threshold"), **score
+    )
     return [(str(result.index), result.score) for result in results]
 
 

@@ -23,7 +23,9 @@ def _cases():
 def test_every_checkpoint_has_goldens_with_blank_texts(name):
     cases = load_goldens(name)["cases"]
     assert cases
-    blanks = {text for case in cases for pair in case["pairs"] for text in pair if isinstance(text, str) and not text.strip()}
+    blanks = {
+        text for case in cases for pair in case["pairs"] for text in pair if isinstance(text, str) and not text.strip()
+    }
     assert {"", "   "} <= blanks, "every checkpoint pins blank and whitespace-only texts"
 
 

@@ -77,7 +77,10 @@ def add_checkpoint_code(path: Path, marker: Path, model_type: str | None) -> Non
     code = f"open({str(marker)!r}, 'w').write('checkpoint code ran')\n"
     for module in ("configuration_evil", "modeling_evil", "tokenization_evil"):
         (path / f"{module}.py").write_text(code, encoding="utf-8")
-    auto_map = {name: "modeling_evil.Model" for name in ("AutoModel", "AutoModelForSequenceClassification", "AutoModelForCausalLM")}
+    auto_map = {
+        name: "modeling_evil.Model"
+        for name in ("AutoModel", "AutoModelForSequenceClassification", "AutoModelForCausalLM")
+    }
 
     def config(data):
         data["auto_map"] = {"AutoConfig": "configuration_evil.Config", **auto_map}
@@ -85,7 +88,10 @@ def add_checkpoint_code(path: Path, marker: Path, model_type: str | None) -> Non
             data["model_type"] = model_type
 
     edit_json(path / "config.json", config)
-    edit_json(path / "tokenizer_config.json", lambda data: data.update(auto_map={"AutoTokenizer": ["tokenization_evil.Tok", None]}))
+    edit_json(
+        path / "tokenizer_config.json",
+        lambda data: data.update(auto_map={"AutoTokenizer": ["tokenization_evil.Tok", None]}),
+    )
 
 
 @pytest.mark.parametrize("family", ["encoder", "llm"])
@@ -139,13 +145,17 @@ def test_loading_one_checkpoint_does_not_block_loading_another(monkeypatch):
             return cls()
 
     monkeypatch.setattr(model_cache, "family_class", lambda name: FakeFamily)
-    slow = threading.Thread(target=model_cache.get_model, args=(Path(checkpoint("llm")), "fake", torch.device("cpu"), torch.float32))
+    slow = threading.Thread(
+        target=model_cache.get_model, args=(Path(checkpoint("llm")), "fake", torch.device("cpu"), torch.float32)
+    )
     slow.start()
     try:
         assert started.wait(10)
         loaded = []
         fast = threading.Thread(
-            target=lambda: loaded.append(model_cache.get_model(Path(checkpoint("encoder")), "fake", torch.device("cpu"), torch.float32))
+            target=lambda: loaded.append(
+                model_cache.get_model(Path(checkpoint("encoder")), "fake", torch.device("cpu"), torch.float32)
+            )
         )
         fast.start()
         fast.join(5)
@@ -172,7 +182,9 @@ def test_no_tokenizer_files_is_an_error(tmp_path, family):
 def test_missing_weights_are_named(tmp_path, family):
     path = copy_checkpoint(tmp_path, family)
     edit_weights(path, lambda state: state.pop(SOME_WEIGHT[family]))
-    with pytest.raises(CheckpointError, match=f"does not fit a {family} reranker: it lacks 1 weights.*{SOME_WEIGHT[family]}"):
+    with pytest.raises(
+        CheckpointError, match=f"does not fit a {family} reranker: it lacks 1 weights.*{SOME_WEIGHT[family]}"
+    ):
         score(path)
 
 
@@ -270,8 +282,14 @@ def _pickle_bin(path: Path) -> None:
 
 
 BROKEN = {
-    "config is a list": (lambda p: (p / "config.json").write_text("[1, 2]"), "config.json' must hold a JSON object, got a list"),
-    "config is not JSON": (lambda p: (p / "config.json").write_text("{'model_type': "), "config.json' is not valid JSON"),
+    "config is a list": (
+        lambda p: (p / "config.json").write_text("[1, 2]"),
+        "config.json' must hold a JSON object, got a list",
+    ),
+    "config is not JSON": (
+        lambda p: (p / "config.json").write_text("{'model_type': "),
+        "config.json' is not valid JSON",
+    ),
     "architectures not strings": (
         lambda p: edit_json(p / "config.json", lambda d: d.update(architectures=[None])),
         "config.json': architectures must be a list of class names",
@@ -311,7 +329,7 @@ def encoder():
 
 def test_score_threshold_takes_any_real_number_but_not_nan(encoder):
     expected = encoder.rerank(QUERY, PASSAGES, score_threshold=-1e9)
-    for threshold in (np.float32(-1e9), np.float64(-1e9), -1000000000, decimal.Decimal("-1e9"), np.int64(-10**9)):
+    for threshold in (np.float32(-1e9), np.float64(-1e9), -1000000000, decimal.Decimal("-1e9"), np.int64(-(10**9))):
         assert encoder.rerank(QUERY, PASSAGES, score_threshold=threshold) == expected
     with pytest.raises(ValueError, match="score_threshold is NaN"):
         encoder.rerank(QUERY, PASSAGES, score_threshold=float("nan"))
@@ -324,14 +342,14 @@ def test_adapters_take_any_real_threshold_but_not_nan(adapter):
     pytest.importorskip({"langchain": "langchain_core", "llama_index": "llama_index.core"}[adapter])
     module = __import__(f"bge_rerank_integrations.{adapter}", fromlist=["BGERerank"])
     for threshold in (np.float32(0.5), 1, decimal.Decimal("0.25")):
-        assert module.BGERerank(model=checkpoint("encoder"), device="cpu", score_threshold=threshold).score_threshold == float(threshold)
+        assert module.BGERerank(
+            model=checkpoint("encoder"), device="cpu", score_threshold=threshold
+        ).score_threshold == float(threshold)
     with pytest.raises(ValueError, match="score_threshold is NaN"):
         module.BGERerank(model=checkpoint("encoder"), device="cpu", score_threshold=float("nan"))
 
 
-@pytest.mark.parametrize(
-    "template", ["{{}}{}", "{x}{}{}", "{}{}{:>9}", "{0}{1}", "{}", "{}{:{}}", "{}{"]
-)
+@pytest.mark.parametrize("template", ["{{}}{}", "{x}{}{}", "{}{}{:>9}", "{0}{1}", "{}", "{}{:{}}", "{}{"])
 def test_instruction_formats_are_parsed(encoder, template):
     with pytest.raises(ValueError, match="query_instruction_format"):
         encoder.compute_score(PAIRS, query_instruction_for_rerank="Q: ", query_instruction_format=template)
@@ -367,7 +385,10 @@ def test_lone_surrogate_names_the_pair(encoder):
 
 
 def test_cpu_and_cpu0_share_one_cached_model():
-    assert BGEReranker(checkpoint("encoder"), device="cpu").load().family is BGEReranker(checkpoint("encoder"), device="cpu:0").load().family
+    assert (
+        BGEReranker(checkpoint("encoder"), device="cpu").load().family
+        is BGEReranker(checkpoint("encoder"), device="cpu:0").load().family
+    )
 
 
 def test_mps_float32_fallback_leaves_the_shared_half_model_alone(monkeypatch, caplog, encoder):
@@ -418,7 +439,9 @@ def test_deeply_nested_jsonl_is_a_clear_error():
 
 
 def test_table_output_escapes_control_characters(capsys):
-    assert main(["-m", checkpoint("encoder"), "-q", QUERY, "--device", "cpu", "red \x1b[31mtext\x1b[0m", "x\u202ey"]) == 0
+    assert (
+        main(["-m", checkpoint("encoder"), "-q", QUERY, "--device", "cpu", "red \x1b[31mtext\x1b[0m", "x\u202ey"]) == 0
+    )
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\u202e" not in out
     assert "red \\x1b[31mtext\\x1b[0m" in out and "x\\u202ey" in out

@@ -116,7 +116,10 @@ def test_scores_and_order_equal_the_core_exactly():
 def test_top_n_keeps_the_best():
     docs = make_docs()
     assert got(BGERerank(model=ENCODER, device="cpu").compress_documents(docs, QUERY)) == expected(QUERY, docs)[:3]
-    assert got(BGERerank(model=ENCODER, device="cpu", top_n=1).compress_documents(docs, QUERY)) == expected(QUERY, docs)[:1]
+    assert (
+        got(BGERerank(model=ENCODER, device="cpu", top_n=1).compress_documents(docs, QUERY))
+        == expected(QUERY, docs)[:1]
+    )
     assert BGERerank(model=ENCODER, device="cpu", top_n=0).compress_documents(docs, QUERY) == []
 
 
@@ -261,7 +264,12 @@ def test_construction_errors():
         ("not a list", QUERY, TypeError, "list of Document"),
         (Document("one"), QUERY, TypeError, "list of Document"),
         ([*make_docs(), "plain text"], QUERY, TypeError, r"documents\[6\] must be a langchain Document"),
-        ([Document.model_construct(page_content=42)], QUERY, TypeError, "page_content of documents.0. must be a string"),
+        (
+            [Document.model_construct(page_content=42)],
+            QUERY,
+            TypeError,
+            "page_content of documents.0. must be a string",
+        ),
     ],
 )
 async def test_bad_input_is_a_clear_error_before_loading(no_loading, documents, query, error, match):
@@ -277,8 +285,16 @@ async def test_bad_input_is_a_clear_error_before_loading(no_loading, documents, 
 def test_config_from_a_plain_dict():
     config = json.loads(
         json.dumps(
-            {"model": ENCODER, "device": "cpu", "top_n": 2, "score_threshold": 0.2, "normalize": True,
-             "batch_size": 2, "max_length": 32, "query_max_length": 8}
+            {
+                "model": ENCODER,
+                "device": "cpu",
+                "top_n": 2,
+                "score_threshold": 0.2,
+                "normalize": True,
+                "batch_size": 2,
+                "max_length": 32,
+                "query_max_length": 8,
+            }
         )
     )
     compressor = BGERerank(**config)
@@ -306,7 +322,9 @@ def test_blank_documents_and_query_are_scored_as_the_reference_scores_them():
         "hi": pytest.approx(reference_score("encoder", "panda_seed", QUERY, "hi"), abs=TOLERANCE),
     }
     (scored,) = BGERerank(model=ENCODER, device="cpu").compress_documents([Document("hi")], "")
-    assert scored.metadata["relevance_score"] == pytest.approx(reference_score("encoder", "blank_texts", "", "hi"), abs=TOLERANCE)
+    assert scored.metadata["relevance_score"] == pytest.approx(
+        reference_score("encoder", "blank_texts", "", "hi"), abs=TOLERANCE
+    )
 
 
 def test_contextual_compression_retriever_invoke():
@@ -420,7 +438,11 @@ async def test_decoder_families(family, monkeypatch):
 
 
 def test_instructions_reach_the_core():
-    options = {"query_instruction_for_rerank": "Q:", "query_instruction_format": "{}\\n{}", "passage_instruction_for_rerank": "P: "}
+    options = {
+        "query_instruction_for_rerank": "Q:",
+        "query_instruction_format": "{}\\n{}",
+        "passage_instruction_for_rerank": "P: ",
+    }
     compressor = BGERerank(model=ENCODER, device="cpu", top_n=None, **options)
     docs = make_docs()
     assert got(compressor.compress_documents(docs, QUERY)) == expected(QUERY, docs, **options)

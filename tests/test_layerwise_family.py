@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from bge_rerank_integrations import BGEReranker, CheckpointError
-from bge_rerank_integrations.options import family_options
 from bge_rerank_integrations.families import family_class
 from bge_rerank_integrations.families.decoder_text import token_ids
 from bge_rerank_integrations.families.layerwise import LayerwiseFamily
 from bge_rerank_integrations.loading import load_state_dict, read_config
 from bge_rerank_integrations.models.minicpm_layerwise import LayerwiseConfig, LayerwiseMiniCPM, attention_bias
+from bge_rerank_integrations.options import family_options
 
 from .conftest import checkpoint, load_goldens
 from .family_helpers import PAIRS, TOLERANCE, options, score
@@ -37,7 +37,7 @@ def test_registry_and_class_attributes():
 
 
 def test_default_cutoff_is_the_last_layer(family):
-    start, last = layers_of(family)
+    _start, last = layers_of(family)
     default = score(family, PAIRS, options())
     assert default.shape == (1, len(PAIRS)) and default.dtype == torch.float32
     assert torch.equal(default, score(family, PAIRS, options(cutoff_layers=[last])))
@@ -78,7 +78,14 @@ def test_bos_always_and_layout(family):
     tok = family.tokenizer
     (encoded,) = family.encode([("A: q", "B: p")], options(prompt="P"))
     sep = token_ids(tok, "\n")
-    assert encoded.input_ids == [tok.bos_token_id] + token_ids(tok, "A: q") + sep + token_ids(tok, "B: p") + sep + token_ids(tok, "P")
+    assert encoded.input_ids == [
+        tok.bos_token_id,
+        *token_ids(tok, "A: q"),
+        *sep,
+        *token_ids(tok, "B: p"),
+        *sep,
+        *token_ids(tok, "P"),
+    ]
 
 
 def test_batching_and_padding_side_do_not_change_scores(family):

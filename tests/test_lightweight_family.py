@@ -20,7 +20,6 @@ import pytest
 import torch
 
 from bge_rerank_integrations import CheckpointError
-from bge_rerank_integrations.options import family_options
 from bge_rerank_integrations.families.base import Encoded, ScoreOptions
 from bge_rerank_integrations.families.lightweight import DEFAULT_PROMPT, LightweightFamily
 from bge_rerank_integrations.models.gemma2_lightweight import (
@@ -30,6 +29,7 @@ from bge_rerank_integrations.models.gemma2_lightweight import (
     compress_passages,
     load_lightweight,
 )
+from bge_rerank_integrations.options import family_options
 
 from .conftest import TOLERANCE, checkpoint
 
@@ -173,7 +173,9 @@ def tiny_model(tmp_path_factory) -> Gemma2LightweightReranker:
 def test_forward_matches_reference_model(tiny_model, ratio, compress, cutoff):
     ids, mask, queries, prompts = tiny_batch()
     with torch.inference_mode():
-        scores = tiny_model(ids, mask, queries, prompts, cutoff_layers=list(cutoff), compress_layers=compress, compress_ratio=ratio)
+        scores = tiny_model(
+            ids, mask, queries, prompts, cutoff_layers=list(cutoff), compress_layers=compress, compress_ratio=ratio
+        )
     assert scores.dtype == torch.float32 and scores.shape == (len(cutoff), 4)
     assert scores.tolist() == [pytest.approx(row, abs=TOLERANCE) for row in REFERENCE_SCORES[(ratio, compress, cutoff)]]
 
@@ -182,7 +184,9 @@ def test_forward_in_bfloat16_keeps_the_model_dtype(tmp_path):
     model = load_lightweight(tiny_checkpoint(tmp_path / "ckpt"), CPU, torch.bfloat16)
     ids, mask, queries, prompts = tiny_batch()
     with torch.inference_mode():
-        scores = model(ids, mask.to(torch.bfloat16), queries, prompts, cutoff_layers=[3, 4], compress_layers=[3], compress_ratio=2)
+        scores = model(
+            ids, mask.to(torch.bfloat16), queries, prompts, cutoff_layers=[3, 4], compress_layers=[3], compress_ratio=2
+        )
     assert scores.dtype == torch.float32 and torch.isfinite(scores).all()
     expected = torch.tensor(REFERENCE_SCORES[(2, (3,), (3, 4))])
     assert (scores - expected).abs().max() < 0.25, "bfloat16 stays close to the float32 reference"

@@ -12,30 +12,30 @@ import copy
 import json
 import threading
 from pathlib import Path
-from typing import Any, List
+from typing import Any
 
 import pytest
 
 pytest.importorskip("llama_index.core")
 
-from llama_index.core import VectorStoreIndex  # noqa: E402
-from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload, LlamaDebugHandler  # noqa: E402
-from llama_index.core.embeddings import MockEmbedding  # noqa: E402
-from llama_index.core.instrumentation import get_dispatcher  # noqa: E402
-from llama_index.core.instrumentation.event_handlers import BaseEventHandler  # noqa: E402
-from llama_index.core.instrumentation.events import BaseEvent  # noqa: E402
-from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent  # noqa: E402
-from llama_index.core.llms import MockLLM  # noqa: E402
-from llama_index.core.postprocessor.types import BaseNodePostprocessor  # noqa: E402
-from llama_index.core.query_engine import RetrieverQueryEngine  # noqa: E402
-from llama_index.core.schema import MetadataMode, NodeWithScore, TextNode  # noqa: E402
+from llama_index.core import VectorStoreIndex
+from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload, LlamaDebugHandler
+from llama_index.core.embeddings import MockEmbedding
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+from llama_index.core.instrumentation.events import BaseEvent
+from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
+from llama_index.core.llms import MockLLM
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.query_engine import RetrieverQueryEngine
+from llama_index.core.schema import MetadataMode, NodeWithScore, TextNode
 
-import bge_rerank_integrations  # noqa: E402
-from bge_rerank_integrations import BGEReranker  # noqa: E402
-from bge_rerank_integrations.adapter_support import LOAD_SETTINGS, SCORE_SETTINGS  # noqa: E402
-from bge_rerank_integrations.llama_index import BGERerank  # noqa: E402
+import bge_rerank_integrations
+from bge_rerank_integrations import BGEReranker
+from bge_rerank_integrations.adapter_support import LOAD_SETTINGS, SCORE_SETTINGS
+from bge_rerank_integrations.llama_index import BGERerank
 
-from .conftest import TOLERANCE, checkpoint, reference_score  # noqa: E402
+from .conftest import TOLERANCE, checkpoint, reference_score
 
 ENCODER = checkpoint("encoder")
 QUERY = "what is a panda?"
@@ -48,7 +48,7 @@ TEXTS = [
 ]
 
 
-def make_nodes() -> List[TextNode]:
+def make_nodes() -> list[TextNode]:
     """Nodes whose embed text differs from their raw text and from their LLM text."""
     return [
         TextNode(
@@ -61,14 +61,14 @@ def make_nodes() -> List[TextNode]:
     ]
 
 
-def scored(nodes: List[TextNode]) -> List[NodeWithScore]:
+def scored(nodes: list[TextNode]) -> list[NodeWithScore]:
     return [NodeWithScore(node=node, score=0.1 * (i + 1)) for i, node in enumerate(nodes)]
 
 
 _SCORES: dict = {}
 
 
-def core_scores(query: str, **options: Any) -> List[float]:
+def core_scores(query: str, **options: Any) -> list[float]:
     """The core's scores for ``make_nodes()``'s embed texts, in input order (cached: every call costs a forward)."""
     key = (query, tuple(sorted(options.items())))
     if key not in _SCORES:
@@ -85,7 +85,7 @@ def expected(query: str, top_n: int | None = 3, threshold: float | None = None, 
     return ranked[:top_n]
 
 
-def ids_scores(nodes: List[NodeWithScore]):
+def ids_scores(nodes: list[NodeWithScore]):
     return [(item.node.node_id, item.score) for item in nodes]
 
 
@@ -103,7 +103,7 @@ def query_engine(rerank: BGERerank, callback_manager: CallbackManager | None = N
 class Collect(BaseEventHandler):
     """Instrumentation handler that keeps every rerank event."""
 
-    events: List[BaseEvent] = []
+    events: list[BaseEvent] = []  # noqa: RUF012 - pydantic field: copied per instance
 
     def handle(self, event: BaseEvent, **kwargs: Any) -> None:
         if isinstance(event, (ReRankStartEvent, ReRankEndEvent)):
@@ -286,7 +286,7 @@ def test_callback_and_instrumentation_events(instrumented, use_async):
     engine = query_engine(rerank, callback_manager=CallbackManager([debug]))
     response = asyncio.run(engine.aquery(QUERY)) if use_async else engine.query(QUERY)
 
-    (start, end), = debug.get_event_pairs(CBEventType.RERANKING)
+    ((start, end),) = debug.get_event_pairs(CBEventType.RERANKING)
     retrieved = start.payload[EventPayload.NODES]
     assert sorted(item.node.node_id for item in retrieved) == sorted(node.node_id for node in make_nodes())
     assert start.payload[EventPayload.MODEL_NAME] == ENCODER

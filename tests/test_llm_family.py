@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from bge_rerank_integrations import BGEReranker
-from bge_rerank_integrations.options import family_options
 from bge_rerank_integrations.families import family_class
 from bge_rerank_integrations.families.base import Encoded
 from bge_rerank_integrations.families.decoder_text import (
@@ -21,6 +20,7 @@ from bge_rerank_integrations.families.decoder_text import (
 )
 from bge_rerank_integrations.families.llm import LLMFamily
 from bge_rerank_integrations.loading import dtype_kwargs
+from bge_rerank_integrations.options import family_options
 
 from .conftest import checkpoint, load_goldens
 from .family_helpers import PAIRS, TOLERANCE, options, score, with_instructions
@@ -201,4 +201,3 @@ def test_through_bge_reranker_matches_goldens_and_validates_options():
     assert reranker.compute_score(case["pairs"], **case["call"]) == pytest.approx(case["scores"], abs=TOLERANCE)
     with pytest.raises(ValueError, match="cutoff_layers"):
         reranker.compute_score(case["pairs"], cutoff_layers=[2])
-

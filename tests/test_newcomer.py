@@ -45,11 +45,14 @@ def test_each_model_load_logs_one_line_with_checkpoint_family_device_dtype_and_s
 def test_half_precision_on_cpu_is_warned_once_per_model(own_encoder, tmp_path, caplog, monkeypatch):
     pytest.importorskip("langchain_classic")
     from bge_rerank_integrations import device
+
     pytest.importorskip("llama_index.core")
     from bge_rerank_integrations.langchain import BGERerank as LangChainRerank
     from bge_rerank_integrations.llama_index import BGERerank as LlamaIndexRerank
 
-    monkeypatch.setattr(device, "cpu_fast_half_dtypes", frozenset)  # a CPU without fast half precision, whatever this one has
+    monkeypatch.setattr(
+        device, "cpu_fast_half_dtypes", frozenset
+    )  # a CPU without fast half precision, whatever this one has
     caplog.set_level(logging.WARNING, logger="bge_rerank_integrations.device")
 
     def warnings() -> list[str]:
@@ -213,7 +216,9 @@ def test_adapters_load_on_init_and_load(own_encoder, caplog):
     postprocessor = LlamaIndexRerank(model=own_encoder, device="cpu", load_on_init=True)  # the cached model
     assert postprocessor.to_dict()["load_on_init"] is True
     assert LlamaIndexRerank.from_dict(postprocessor.to_dict()).load_on_init is True
-    with pytest.raises(ValueError, match=r"\[.load_on_init.\] choose how a model is loaded in this process, but model is a server URL"):
+    with pytest.raises(
+        ValueError, match=r"\[.load_on_init.\] choose how a model is loaded in this process, but model is a server URL"
+    ):
         LangChainRerank(model="http://127.0.0.1:9", load_on_init=True)
 
 

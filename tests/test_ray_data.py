@@ -12,9 +12,9 @@ from .conftest import checkpoint, kill_actor_process
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
-import ray.data  # noqa: E402
+import ray.data
 
-from bge_rerank_integrations.ray import rerank_dataset  # noqa: E402
+from bge_rerank_integrations.ray import rerank_dataset
 
 ENCODER = checkpoint("encoder")
 
@@ -33,7 +33,7 @@ def expected() -> list[float]:
 
 
 def _check(result: list[dict], expected: list[float]) -> None:
-    assert sorted(row["id"] for row in result) == list(range(len(expected)))   # every row, once
+    assert sorted(row["id"] for row in result) == list(range(len(expected)))  # every row, once
     for row in result:
         assert row["source"] == f"doc-{row['id']}"
         assert row["score"] == pytest.approx(expected[row["id"]], abs=1e-4)
@@ -48,16 +48,18 @@ def test_two_actors_give_in_process_scores_for_every_row(local_ray, expected):
 
 
 def test_killed_actor_is_replaced_and_every_row_is_scored_once(local_ray, expected):
-    dataset = rerank_dataset(ray.data.from_items(_rows(500), override_num_blocks=50), ENCODER, num_actors=2, batch_size=10)
+    dataset = rerank_dataset(
+        ray.data.from_items(_rows(500), override_num_blocks=50), ENCODER, num_actors=2, batch_size=10
+    )
     result, killed, errors = [], [], []
 
     def consume():
         try:
             for row in dataset.iter_rows():
                 result.append(row)
-                if len(result) == 1:   # the pool is busy: kill one of its actors mid-job
+                if len(result) == 1:  # the pool is busy: kill one of its actors mid-job
                     killed.append(kill_actor_process("MapBatches(_PairScorer)"))
-        except BaseException as error:  # reported below
+        except BaseException as error:  # noqa: BLE001 - reported below
             errors.append(error)
 
     worker = threading.Thread(target=consume, daemon=True)

@@ -15,10 +15,10 @@ from .serve_support import metric
 pytest.importorskip("ray")
 httpx = pytest.importorskip("httpx")
 pytestmark = pytest.mark.ray
-from ray import serve  # noqa: E402
+from ray import serve
 
-from bge_rerank_integrations.ray import build_app  # noqa: E402
-from bge_rerank_integrations.ray.serve import free_port  # noqa: E402
+from bge_rerank_integrations.ray import build_app
+from bge_rerank_integrations.ray.serve import free_port
 
 ENCODER = checkpoint("encoder")
 APP = "bge-rerank"
@@ -37,7 +37,11 @@ def endpoint(local_ray):
 
 
 def _request(number: int) -> dict:
-    return {"query": f"question {number % 5}?", "texts": [f"passage {number} " * (k + 1) for k in range(4)], "raw_scores": True}
+    return {
+        "query": f"question {number % 5}?",
+        "texts": [f"passage {number} " * (k + 1) for k in range(4)],
+        "raw_scores": True,
+    }
 
 
 def _expected(number: int) -> list[float]:
@@ -73,7 +77,7 @@ def test_two_replicas_answer_concurrent_requests_with_in_process_scores(endpoint
     for number, scores in enumerate(answers):
         assert scores == pytest.approx(_expected(number), abs=1e-4)
     assert httpx.get(f"{endpoint}/health", timeout=10).status_code == 200
-    merged = []   # each /metrics answer is one replica's: some model call there served several requests
+    merged = []  # each /metrics answer is one replica's: some model call there served several requests
     for _ in range(6):
         text = httpx.get(f"{endpoint}/metrics", timeout=10).text
         merged.append(metric(text, "bge_rerank_batch_requests_sum") > metric(text, "bge_rerank_batch_requests_count"))
@@ -84,7 +88,9 @@ def _replicas() -> list[str]:
     import ray
 
     return sorted(
-        actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True) if actor["name"].startswith("SERVE_REPLICA::")
+        actor["name"]
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if actor["name"].startswith("SERVE_REPLICA::")
     )
 
 
@@ -104,14 +110,14 @@ def test_killed_replica_is_replaced_and_every_request_is_answered(endpoint):
 
     with ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(one, number) for number in range(48)]
-        while done < 8:   # some load has been served: now kill one replica's actor mid-load
+        while done < 8:  # some load has been served: now kill one replica's actor mid-load
             assert time.monotonic() < deadline
             time.sleep(0.05)
         ray.kill(ray.get_actor(before[0], namespace="serve"), no_restart=True)
         answers = [future.result(timeout=max(1.0, deadline - time.monotonic())) for future in futures]
     for number, scores in enumerate(answers):
         assert scores == pytest.approx(_expected(number), abs=1e-4)
-    while True:   # the deployment is back to two running replicas, one of them new
+    while True:  # the deployment is back to two running replicas, one of them new
         replicas = _replicas()
         states = serve.status().applications[APP].deployments["BGEReranker"].replica_states
         if len(replicas) == 2 and before[0] not in replicas and states.get("RUNNING") == 2:

@@ -36,7 +36,7 @@ HUB_IDS = {
 }
 
 #: What the README leaves to the reader ("your vector store", "your index"), built offline.
-READER_OBJECTS = '''
+READER_OBJECTS = """
 def reader_objects():
     from langchain_core.documents import Document
     from langchain_core.embeddings import DeterministicFakeEmbedding
@@ -53,9 +53,11 @@ def reader_objects():
     Settings.llm, Settings.embed_model = MockLLM(), MockEmbedding(embed_dim=8)
     index = VectorStoreIndex([TextNode(text=t, id_=f"node-{i}") for i, t in enumerate(texts)])
     return {"vectorstore": vectorstore, "index": index}
-'''
+"""
 
-RUNNER = READER_OBJECTS + '''
+RUNNER = (
+    READER_OBJECTS
+    + """
 import json, sys, traceback
 blocks = json.load(open(sys.argv[1]))
 given = reader_objects()
@@ -69,7 +71,8 @@ for line, code in blocks:
         traceback.print_exc()
 print(f"{len(blocks) - failed} passed, {failed} failed")
 sys.exit(1 if failed else 0)
-'''
+"""
+)
 
 
 def readme_blocks(language: str) -> list[tuple[int, str]]:
@@ -174,4 +177,4 @@ def test_ci_runs_the_quick_start_commands_as_the_readme_writes_them():
     assert completed.stdout.splitlines() == quick_start_commands()
     assert 'bash -euo pipefail -c "$(sed -n 1p <<<"$quick_start")"' in ci
     assert 'bash -euo pipefail -c "$(sed -n 2p <<<"$quick_start")"' in ci
-    assert "-m pytest\n" not in ci.split("quick_start=")[1].split("echo \"== package")[0]  # no test run of its own
+    assert "-m pytest\n" not in ci.split("quick_start=")[1].split('echo "== package')[0]  # no test run of its own

@@ -93,7 +93,9 @@ def test_scores_in_input_order_and_the_scale_asked_for(server, api, normalize, f
     reranker = client(server, api, normalize=normalize)
     scores = reranker.compute_score([[QUERY, text] for text in TEXTS])
     assert scores == pytest.approx(expected_scores(TEXTS, normalize), abs=1e-12)
-    assert reranker.compute_score([QUERY, TEXTS[1]]) == pytest.approx(expected_scores(TEXTS[1:2], normalize)[0], abs=1e-12)
+    assert reranker.compute_score([QUERY, TEXTS[1]]) == pytest.approx(
+        expected_scores(TEXTS[1:2], normalize)[0], abs=1e-12
+    )
     body = server.requests[0]["body"]
     assert body["query"] == QUERY and body["texts" if api == "tei" else "documents"] == TEXTS
     assert {name: body.get(name) for name in fields} == fields
@@ -129,7 +131,9 @@ def test_rerank_ranks_like_the_in_process_reranker(server):
 
 def test_per_call_normalize_overrides_the_default(server):
     reranker = client(server, "infinity")
-    assert reranker.compute_score([[QUERY, t] for t in TEXTS], normalize=True) == pytest.approx(expected_scores(TEXTS, True))
+    assert reranker.compute_score([[QUERY, t] for t in TEXTS], normalize=True) == pytest.approx(
+        expected_scores(TEXTS, True)
+    )
     assert server.requests[-1]["body"]["raw_scores"] is False
     assert reranker.compute_score([[QUERY, t] for t in TEXTS]) == pytest.approx(expected_scores(TEXTS))
     reranker.close()
@@ -221,7 +225,9 @@ async def test_429_is_retried_with_backoff_on_the_async_path(server):
 def test_retries_give_up_with_the_servers_message(server):
     server.fail_next(3, 503, {"error": "Model is overloaded", "error_type": "overloaded"}, {"Retry-After": "0"})
     reranker = client(server, "tei", retries=2)
-    with pytest.raises(RemoteRerankError, match="503 Service Unavailable: Model is overloaded .after 3 attempts") as caught:
+    with pytest.raises(
+        RemoteRerankError, match="503 Service Unavailable: Model is overloaded .after 3 attempts"
+    ) as caught:
         reranker.compute_score([QUERY, "hi"])
     assert caught.value.status_code == 503
     assert len(server.requests) == 3
@@ -233,7 +239,9 @@ def test_connection_errors_are_retried_then_reported():
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     reranker = RemoteReranker(f"http://127.0.0.1:{port}", api="tei", retries=1)
-    with pytest.raises(RemoteRerankError, match=r"Could not reach http://127.0.0.1:\d+/rerank after 2 attempt\(s\): ConnectError"):
+    with pytest.raises(
+        RemoteRerankError, match=r"Could not reach http://127.0.0.1:\d+/rerank after 2 attempt\(s\): ConnectError"
+    ):
         reranker.compute_score([QUERY, "hi"])
     reranker.close()
 
@@ -256,7 +264,9 @@ def test_a_4xx_is_one_error_with_the_servers_message_and_no_retry(server):
 
 def test_a_single_document_too_large_for_the_server_is_an_error(server):
     server.fail_next(1, 413, {"error": "payload too large", "error_type": "validation"})
-    with pytest.raises(RemoteRerankError, match="413 Payload Too Large|413 Request Entity Too Large|413 Content Too Large"):
+    with pytest.raises(
+        RemoteRerankError, match="413 Payload Too Large|413 Request Entity Too Large|413 Content Too Large"
+    ):
         client(server, "tei").compute_score([QUERY, "hi"])
 
 
@@ -297,7 +307,10 @@ async def test_a_timeout_fails_the_whole_async_call(server):
 ALL_APIS = ["bge", "tei", "infinity", "vllm", "cohere"]
 #: Answers for three documents, as (index, score) JSON texts, with what the error must say.
 BAD_RESULTS = {
-    "an extra duplicate": ([("0", "0.1"), ("1", "0.2"), ("2", "0.3"), ("0", "999.0")], r"index 0 appears twice \(again in result 3\)"),
+    "an extra duplicate": (
+        [("0", "0.1"), ("1", "0.2"), ("2", "0.3"), ("0", "999.0")],
+        r"index 0 appears twice \(again in result 3\)",
+    ),
     "one missing": ([("0", "0.1"), ("2", "0.3")], r"it has 2 result\(s\) for 3 document\(s\)"),
     "a duplicate": ([("0", "0.1"), ("0", "999.0"), ("2", "0.3")], "index 0 appears twice"),
     "index true": ([("0", "0.1"), ("true", "0.2"), ("2", "0.3")], "index True, not an integer"),
@@ -305,7 +318,10 @@ BAD_RESULTS = {
     "index null": ([("0", "0.1"), ("null", "0.2"), ("2", "0.3")], "index None, not an integer"),
     "index out of range": ([("0", "0.1"), ("1", "0.2"), ("3", "0.3")], r"index 3, outside 0\.\.2"),
     "negative index": ([("-1", "0.1"), ("1", "0.2"), ("2", "0.3")], r"index -1, outside 0\.\.2"),
-    "401-digit score": ([("0", "1" + "0" * 400), ("1", "0.2"), ("2", "0.3")], "an integer of 401 digits, not a finite number"),
+    "401-digit score": (
+        [("0", "1" + "0" * 400), ("1", "0.2"), ("2", "0.3")],
+        "an integer of 401 digits, not a finite number",
+    ),
     "NaN score": ([("0", "NaN"), ("1", "0.2"), ("2", "0.3")], "nan, not a finite number"),
     "overflowing float": ([("0", "1e999"), ("1", "0.2"), ("2", "0.3")], "inf, not a finite number"),
     "score true": ([("0", "true"), ("1", "0.2"), ("2", "0.3")], "True, not a finite number"),
@@ -323,7 +339,8 @@ def bad_answer(api: str, results: list[tuple[str, str | None]]) -> bytes:
     """``results`` in the answer shape of ``api`` (bare array or ``{"results": [...]}``), as raw JSON."""
     score_key = "score" if api in ("bge", "tei") else "relevance_score"
     items = ", ".join(
-        '{"index": %s%s}' % (index, "" if score is None else f', "{score_key}": {score}') for index, score in results
+        '{{"index": {}{}}}'.format(index, "" if score is None else f', "{score_key}": {score}')
+        for index, score in results
     )
     return f"[{items}]".encode() if api in ("bge", "tei") else f'{{"id": "x", "results": [{items}]}}'.encode()
 
@@ -350,7 +367,10 @@ def test_an_answer_that_is_not_one_finite_score_per_document_is_an_error_naming_
     with pytest.raises(RemoteRerankError) as caught:
         reranker.compute_score([[QUERY, text] for text in TEXTS[:3]])
     assert type(caught.value) is RemoteRerankError and caught.value.status_code == 200
-    assert re.search(f"^{re.escape(reranker.endpoint)} \\({api} API\\) answered 200 with an unusable answer: .*{message}", str(caught.value))
+    assert re.search(
+        f"^{re.escape(reranker.endpoint)} \\({api} API\\) answered 200 with an unusable answer: .*{message}",
+        str(caught.value),
+    )
     assert len(server.requests) == 1  # a wrong answer is not retried
     reranker.close()
 
@@ -369,7 +389,9 @@ async def test_a_right_answer_in_any_order_with_integer_scores_is_taken(server, 
 def test_a_server_that_trickles_one_byte_at_a_time_is_cut_off_at_the_deadline():
     with MisbehavingServer(trickle(every=0.5, count=40)) as slow:  # 20 s of bytes, each well within a read timeout
         reranker = RemoteReranker(slow.url, api="tei", timeout=2, retries=0)
-        with pytest.raises(RemoteRerankTimeout, match="did not answer within timeout=2s, the deadline of the whole call"):
+        with pytest.raises(
+            RemoteRerankTimeout, match="did not answer within timeout=2s, the deadline of the whole call"
+        ):
             reranker.compute_score([[QUERY, text] for text in TEXTS])
         assert slow.sent < 40  # the call ended before the server finished trickling
         reranker.close()
@@ -390,7 +412,10 @@ def test_a_retry_after_beyond_the_deadline_fails_at_once_with_the_servers_wait(s
     with pytest.raises(RemoteRerankTimeout) as caught:
         reranker.compute_score([[QUERY, text] for text in TEXTS])
     message = str(caught.value)
-    assert "answered 503 Service Unavailable: Model is overloaded and asked to retry after 3600s (Retry-After: 3600)" in message
+    assert (
+        "answered 503 Service Unavailable: Model is overloaded and asked to retry after 3600s (Retry-After: 3600)"
+        in message
+    )
     assert "left of timeout=5s" in message and caught.value.status_code == 503
     assert len(server.requests) == 1  # no capped waits and retries
     reranker.close()
@@ -399,7 +424,10 @@ def test_a_retry_after_beyond_the_deadline_fails_at_once_with_the_servers_wait(s
 async def test_retries_and_their_waits_count_against_the_deadline(server):
     server.fail_next(20, 503, {"error": "Model is overloaded", "error_type": "overloaded"}, {"Retry-After": "1"})
     reranker = client(server, "vllm", timeout=2.5, retries=10)
-    with pytest.raises(RemoteRerankTimeout, match="asked to retry after 1s .Retry-After: 1., more than the [01]\\.\\ds left of timeout=2.5s"):
+    with pytest.raises(
+        RemoteRerankTimeout,
+        match="asked to retry after 1s .Retry-After: 1., more than the [01]\\.\\ds left of timeout=2.5s",
+    ):
         await reranker.acompute_score([[QUERY, text] for text in TEXTS])
     assert 2 <= len(server.requests) <= 3  # not the 11 attempts that retries=10 allows
     await reranker.aclose()
@@ -415,7 +443,10 @@ def test_a_gzip_bomb_fails_at_the_limit_with_a_small_peak_memory():
         tracemalloc.start()
         try:
             limit = (1 << 20) + 1024 * 3 + 8 * sum(len(text.encode()) for text in TEXTS[:3])  # the documented default
-            with pytest.raises(RemoteRerankError, match=rf"answered more than {limit} bytes \(decompressed\) for 3 document\(s\), the default limit"):
+            with pytest.raises(
+                RemoteRerankError,
+                match=rf"answered more than {limit} bytes \(decompressed\) for 3 document\(s\), the default limit",
+            ):
                 reranker.compute_score([[QUERY, text] for text in TEXTS[:3]])
             _, peak = tracemalloc.get_traced_memory()
         finally:
@@ -425,10 +456,14 @@ def test_a_gzip_bomb_fails_at_the_limit_with_a_small_peak_memory():
 
 
 def test_max_response_bytes_bounds_an_answer_and_the_default_scales_with_the_documents(server):
-    with pytest.raises(RemoteRerankError, match="answered more than 100 bytes .decompressed. for 5 document.s., max_response_bytes=100"):
+    with pytest.raises(
+        RemoteRerankError, match="answered more than 100 bytes .decompressed. for 5 document.s., max_response_bytes=100"
+    ):
         client(server, "vllm", max_response_bytes=100).compute_score([[QUERY, text] for text in TEXTS])
     long_texts = [f"{i} " + "bamboo " * 60_000 for i in range(3)]  # vLLM echoes each: an answer of 1.3 MB
-    assert client(server, "vllm").compute_score([[QUERY, text] for text in long_texts]) == pytest.approx(expected_scores(long_texts))
+    assert client(server, "vllm").compute_score([[QUERY, text] for text in long_texts]) == pytest.approx(
+        expected_scores(long_texts)
+    )
     assert client(server, "vllm", max_response_bytes=2_000_000).settings()["max_response_bytes"] == 2_000_000
     with pytest.raises(ValueError, match="max_response_bytes must be a positive"):
         client(server, "vllm", max_response_bytes=0)
@@ -443,7 +478,9 @@ def test_max_concurrent_requests_bounds_the_halves_of_a_413_too():
         server.delay = 0.2  # so that requests in flight overlap at the server
         texts = [f"passage {i} about bamboo" for i in range(256)]
         reranker = client(server, "tei", max_documents_per_request=256, max_concurrent_requests=2)
-        assert reranker.compute_score([[QUERY, text] for text in texts]) == pytest.approx(expected_scores(texts), abs=1e-12)
+        assert reranker.compute_score([[QUERY, text] for text in texts]) == pytest.approx(
+            expected_scores(texts), abs=1e-12
+        )
         assert sorted(server.sizes()) == [32] * 8 + [64] * 4 + [128] * 2 + [256]
         assert server.max_in_flight == 2
         reranker.close()
@@ -573,7 +610,10 @@ async def adapter_ranking(adapter, use_async: bool) -> list[tuple[int, float]]:
         docs = [langchain_documents.Document(page_content=text, id=str(i)) for i, text in enumerate(TEXTS)]
         out = await adapter.acompress_documents(docs, QUERY) if use_async else adapter.compress_documents(docs, QUERY)
         return [(int(d.id), d.metadata["relevance_score"]) for d in out]
-    nodes = [llama_schema.NodeWithScore(node=llama_schema.TextNode(text=text, id_=str(i)), score=0.0) for i, text in enumerate(TEXTS)]
+    nodes = [
+        llama_schema.NodeWithScore(node=llama_schema.TextNode(text=text, id_=str(i)), score=0.0)
+        for i, text in enumerate(TEXTS)
+    ]
     if use_async:
         out = await adapter.apostprocess_nodes(nodes, query_str=QUERY)
     else:
@@ -598,14 +638,20 @@ async def test_adapters_score_through_a_server_url(server, name, api, monkeypatc
 
 @pytest.mark.parametrize("name", ADAPTERS)
 async def test_adapters_share_a_remote_reranker_and_serialize_it_without_its_key(server, name, monkeypatch):
-    remote = RemoteReranker(f"{server.url}/cohere", api="cohere", model="rerank-v3.5", api_key=COHERE_KEY, normalize=True, timeout=5)
+    remote = RemoteReranker(
+        f"{server.url}/cohere", api="cohere", model="rerank-v3.5", api_key=COHERE_KEY, normalize=True, timeout=5
+    )
     adapter = ADAPTERS[name](model=remote, top_n=None)
     assert adapter.reranker is remote
     want = [(r.index, r.score) for r in rank(TEXTS, expected_scores(TEXTS, normalize=True), None, None)]
     assert await adapter_ranking(adapter, use_async=True) == want
     saved = adapter.to_dict() if hasattr(adapter, "to_dict") else adapter.model_dump()
     assert {k: saved[k] for k in ("model", "api", "remote_model", "timeout", "normalize")} == {
-        "model": f"{server.url}/cohere", "api": "cohere", "remote_model": "rerank-v3.5", "timeout": 5.0, "normalize": True,
+        "model": f"{server.url}/cohere",
+        "api": "cohere",
+        "remote_model": "rerank-v3.5",
+        "timeout": 5.0,
+        "normalize": True,
     }
     assert "api_key" not in saved and COHERE_KEY not in repr(saved) + repr(adapter)
     saved.pop("class_name", None)
@@ -616,7 +662,9 @@ async def test_adapters_share_a_remote_reranker_and_serialize_it_without_its_key
 
 @pytest.mark.parametrize("name", ADAPTERS)
 def test_the_adapters_api_key_setting_is_used_and_never_dumped(server, name):
-    adapter = ADAPTERS[name](model=f"{server.url}/cohere", api="cohere", remote_model="rerank-v3.5", api_key=COHERE_KEY, normalize=True)
+    adapter = ADAPTERS[name](
+        model=f"{server.url}/cohere", api="cohere", remote_model="rerank-v3.5", api_key=COHERE_KEY, normalize=True
+    )
     asyncio.run(adapter_ranking(adapter, use_async=False))
     assert server.requests[-1]["headers"]["authorization"] == f"Bearer {COHERE_KEY}"
     saved = adapter.to_json() if hasattr(adapter, "to_json") else adapter.model_dump_json()
@@ -633,7 +681,9 @@ def test_an_api_key_never_shows_in_a_validation_error(server, name):
     url = f"{server.url}/cohere"
     attempts = [
         lambda: build(model=url, api="cohere", remote_model="rerank-v3.5", normalize=True, apikey=secret),  # misspelled
-        lambda: build(model=url, api="cohere", remote_model="rerank-v3.5", normalize=True, api_key=[secret]),  # wrong type
+        lambda: build(
+            model=url, api="cohere", remote_model="rerank-v3.5", normalize=True, api_key=[secret]
+        ),  # wrong type
         lambda: setattr(build(model=url, api="tei"), "api_key", secret),  # frozen once built
     ]
     for attempt in attempts:
@@ -673,16 +723,27 @@ def test_the_command_line_ranks_through_a_server(server, capsys):
 
     assert main(["--url", f"{server.url}/tei", "--api", "tei", "-q", QUERY, "--json", "--top-n", "3", *TEXTS]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed == [{"index": r.index, "score": r.score, "text": r.text} for r in rank(TEXTS, expected_scores(TEXTS), 3, None)]
+    assert printed == [
+        {"index": r.index, "score": r.score, "text": r.text} for r in rank(TEXTS, expected_scores(TEXTS), 3, None)
+    ]
     assert server.requests[-1]["body"]["raw_scores"] is True
-    assert main(["--url", f"{server.url}/infinity", "--api", "infinity", "-q", QUERY, "--normalize", "--json", *TEXTS]) == 0
-    assert [r["score"] for r in json.loads(capsys.readouterr().out)] == sorted(expected_scores(TEXTS, True), reverse=True)
+    assert (
+        main(["--url", f"{server.url}/infinity", "--api", "infinity", "-q", QUERY, "--normalize", "--json", *TEXTS])
+        == 0
+    )
+    assert [r["score"] for r in json.loads(capsys.readouterr().out)] == sorted(
+        expected_scores(TEXTS, True), reverse=True
+    )
 
 
 @pytest.mark.parametrize(
     "args, status, message",
     [
-        (["--url", "http://127.0.0.1:9", "--device", "cpu", "--fp16"], 2, "device, use_fp16 choose how a local model is loaded"),
+        (
+            ["--url", "http://127.0.0.1:9", "--device", "cpu", "--fp16"],
+            2,
+            "device, use_fp16 choose how a local model is loaded",
+        ),
         (["--url", "http://127.0.0.1:9", "--api", "cohere", "--remote-model", "m"], 2, "normalize=True"),
         (["--url", "http://127.0.0.1:9", "--api", "tei", "--prompt", "p"], 2, "prompt are BGE scoring options"),
         ([], 2, "give a local model with --model, or a rerank server with --url"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from typing import Iterator, List
+from collections.abc import Iterator
 
 import pytest
 
@@ -20,23 +20,23 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("httpx")
 yaml = pytest.importorskip("yaml")
 
-from langchain_classic.retrievers import ContextualCompressionRetriever  # noqa: E402
-from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun  # noqa: E402
-from langchain_core.documents import Document  # noqa: E402
-from langchain_core.retrievers import BaseRetriever  # noqa: E402
-from llama_index.core import VectorStoreIndex  # noqa: E402
-from llama_index.core.embeddings import MockEmbedding  # noqa: E402
-from llama_index.core.llms import MockLLM  # noqa: E402
-from llama_index.core.query_engine import RetrieverQueryEngine  # noqa: E402
-from llama_index.core.schema import MetadataMode, TextNode  # noqa: E402
+from langchain_classic.retrievers import ContextualCompressionRetriever
+from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
+from langchain_core.documents import Document
+from langchain_core.retrievers import BaseRetriever
+from llama_index.core import VectorStoreIndex
+from llama_index.core.embeddings import MockEmbedding
+from llama_index.core.llms import MockLLM
+from llama_index.core.query_engine import RetrieverQueryEngine
+from llama_index.core.schema import MetadataMode, TextNode
 
-from bge_rerank_integrations import BGEReranker, RemoteReranker, RemoteRerankError  # noqa: E402
-from bge_rerank_integrations.langchain import BGERerank as LangChainRerank  # noqa: E402
-from bge_rerank_integrations.llama_index import BGERerank as LlamaIndexRerank  # noqa: E402
-from bge_rerank_integrations.options import REQUEST_OPTIONS  # noqa: E402
+from bge_rerank_integrations import BGEReranker, RemoteReranker, RemoteRerankError
+from bge_rerank_integrations.langchain import BGERerank as LangChainRerank
+from bge_rerank_integrations.llama_index import BGERerank as LlamaIndexRerank
+from bge_rerank_integrations.options import REQUEST_OPTIONS
 
-from .conftest import checkpoint  # noqa: E402
-from .serve_support import ServerProcess  # noqa: E402
+from .conftest import checkpoint
+from .serve_support import ServerProcess
 
 pytestmark = [pytest.mark.server, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -96,10 +96,19 @@ def test_the_client_sends_exactly_the_options_the_server_takes():
     from bge_rerank_integrations.serving.schemas import BGEOptions
 
     every = dict(
-        max_length=64, query_max_length=16, prompt="p", cutoff_layers=[2], compress_ratio=2, compress_layers=[1],
-        query_instruction_for_rerank="q: ", query_instruction_format="{}{}",
-        passage_instruction_for_rerank="p: ", passage_instruction_format="{}{}",
-        max_chunks_per_passage=2, chunk_overlap=4, max_tokens_per_passage=100,
+        max_length=64,
+        query_max_length=16,
+        prompt="p",
+        cutoff_layers=[2],
+        compress_ratio=2,
+        compress_layers=[1],
+        query_instruction_for_rerank="q: ",
+        query_instruction_format="{}{}",
+        passage_instruction_for_rerank="p: ",
+        passage_instruction_format="{}{}",
+        max_chunks_per_passage=2,
+        chunk_overlap=4,
+        max_tokens_per_passage=100,
     )
     assert set(every) == set(REQUEST_OPTIONS)  # every option a request may carry, once
     remote = RemoteReranker("http://127.0.0.1:1", api="bge", **every)
@@ -128,7 +137,9 @@ async def test_remote_reranker_scores_like_the_in_process_one(encoder_url, light
 
 def test_the_servers_refusal_comes_back_as_one_clear_error(encoder_url, api_key):
     remote = RemoteReranker(encoder_url, prompt="Does B answer A?")
-    with pytest.raises(RemoteRerankError, match="422 Unprocessable.*prompt does not apply to the encoder family") as caught:
+    with pytest.raises(
+        RemoteRerankError, match="422 Unprocessable.*prompt does not apply to the encoder family"
+    ) as caught:
         remote.compute_score([QUERIES[0], "hi"])
     assert caught.value.status_code == 422
     remote.close()
@@ -136,7 +147,9 @@ def test_the_servers_refusal_comes_back_as_one_clear_error(encoder_url, api_key)
 
 def test_a_missing_api_key_is_a_401_that_says_what_to_set(encoder_url):
     remote = RemoteReranker(encoder_url)
-    with pytest.raises(RemoteRerankError, match="401 Unauthorized: Missing or wrong API key.*Check api_key .or the BGE_RERANK_API_KEY"):
+    with pytest.raises(
+        RemoteRerankError, match="401 Unauthorized: Missing or wrong API key.*Check api_key .or the BGE_RERANK_API_KEY"
+    ):
         remote.compute_score([QUERIES[0], "hi"])
     remote.close()
 
@@ -147,14 +160,14 @@ def test_a_missing_api_key_is_a_401_that_says_what_to_set(encoder_url):
 class FixedRetriever(BaseRetriever):
     """Hands every document over, in a fixed order, natively sync and async (no thread of its own)."""
 
-    documents: List[Document]
+    documents: list[Document]
 
-    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> List[Document]:
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
         return list(self.documents)
 
     async def _aget_relevant_documents(
         self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun
-    ) -> List[Document]:
+    ) -> list[Document]:
         return list(self.documents)
 
 
@@ -174,7 +187,9 @@ def ids_scores(docs: list[Document]) -> list[tuple[str, float]]:
 @pytest.mark.parametrize("normalize", [False, True])
 async def test_langchain_retriever_through_the_server_ranks_like_in_process(encoder_url, api_key, normalize):
     compressor = LangChainRerank(model=encoder_url, api="bge", top_n=4, normalize=normalize)
-    retriever = ContextualCompressionRetriever(base_compressor=compressor, base_retriever=FixedRetriever(documents=documents()))
+    retriever = ContextualCompressionRetriever(
+        base_compressor=compressor, base_retriever=FixedRetriever(documents=documents())
+    )
     for query in QUERIES:
         want = langchain_expected("encoder", query, 4, normalize=normalize)
         assert_same_ranking(ids_scores(retriever.invoke(query)), want)
@@ -184,15 +199,21 @@ async def test_langchain_retriever_through_the_server_ranks_like_in_process(enco
 async def test_langchain_with_the_lightweight_models_options(lightweight_url):
     config = {"model": lightweight_url, "top_n": None, "normalize": True, **LIGHTWEIGHT}
     compressor = LangChainRerank(**yaml.safe_load(yaml.safe_dump(config)))
-    retriever = ContextualCompressionRetriever(base_compressor=compressor, base_retriever=FixedRetriever(documents=documents()))
+    retriever = ContextualCompressionRetriever(
+        base_compressor=compressor, base_retriever=FixedRetriever(documents=documents())
+    )
     want = langchain_expected("lightweight", QUERIES[0], None, normalize=True, **LIGHTWEIGHT)
     assert_same_ranking(ids_scores(await retriever.ainvoke(QUERIES[0])), want)
     assert_same_ranking(ids_scores(retriever.invoke(QUERIES[0])), want)
 
 
-async def test_50_concurrent_ainvoke_calls_through_one_client_without_a_thread_per_call(encoder_url, api_key, monkeypatch):
+async def test_50_concurrent_ainvoke_calls_through_one_client_without_a_thread_per_call(
+    encoder_url, api_key, monkeypatch
+):
     compressor = LangChainRerank(model=encoder_url, top_n=3)
-    retriever = ContextualCompressionRetriever(base_compressor=compressor, base_retriever=FixedRetriever(documents=documents()))
+    retriever = ContextualCompressionRetriever(
+        base_compressor=compressor, base_retriever=FixedRetriever(documents=documents())
+    )
     queries = [f"{QUERIES[i % 2]} ({i})" for i in range(50)]
     pairs = [(query, text) for query in queries for text in TEXTS]
     scores = in_process("encoder", pairs)
@@ -224,11 +245,15 @@ def query_engine(rerank: LlamaIndexRerank) -> RetrieverQueryEngine:
 
 def llama_expected(query: str, top_n: int | None, **options) -> list[tuple[str, float]]:
     texts = [node.get_content(metadata_mode=MetadataMode.EMBED) for node in nodes()]
-    return ranked([node.node_id for node in nodes()], in_process("encoder", [(query, t) for t in texts], **options), top_n)
+    return ranked(
+        [node.node_id for node in nodes()], in_process("encoder", [(query, t) for t in texts], **options), top_n
+    )
 
 
 @pytest.mark.parametrize("normalize", [False, True])
-async def test_llama_index_query_engine_through_the_server_ranks_like_in_process(encoder_url, api_key, normalize, monkeypatch):
+async def test_llama_index_query_engine_through_the_server_ranks_like_in_process(
+    encoder_url, api_key, normalize, monkeypatch
+):
     engine = query_engine(LlamaIndexRerank(model=encoder_url, api="bge", top_n=3, normalize=normalize))
     for query in QUERIES:
         want = llama_expected(query, 3, normalize=normalize)
@@ -246,7 +271,12 @@ def test_configurations_keep_the_url_and_settings_but_never_the_key(encoder_url,
     secret = KEY
     rerank = LlamaIndexRerank(model=encoder_url, api="bge", api_key=secret, timeout=30, top_n=2, normalize=True)
     compressor = LangChainRerank(model=RemoteReranker(encoder_url, api_key=secret, retries=1), top_n=2, normalize=True)
-    dumps = [json.dumps(rerank.to_dict()), rerank.to_json(), yaml.safe_dump(rerank.to_dict()), json.dumps(compressor.model_dump())]
+    dumps = [
+        json.dumps(rerank.to_dict()),
+        rerank.to_json(),
+        yaml.safe_dump(rerank.to_dict()),
+        json.dumps(compressor.model_dump()),
+    ]
     assert all(secret not in text for text in dumps)
     assert secret not in repr(rerank) + repr(compressor) + repr(compressor.reranker)
     saved = rerank.to_dict()
@@ -258,7 +288,12 @@ def test_configurations_keep_the_url_and_settings_but_never_the_key(encoder_url,
     monkeypatch.setenv("BGE_RERANK_API_KEY", secret)  # where the rebuilt adapters find the key
     for config in (saved, json.loads(rerank.to_json()), yaml.safe_load(yaml.safe_dump(saved))):
         rebuilt = LlamaIndexRerank.from_dict(config)
-        assert_same_ranking([(n.node.node_id, n.score) for n in query_engine(rebuilt).query(QUERIES[0]).source_nodes], want)
+        assert_same_ranking(
+            [(n.node.node_id, n.score) for n in query_engine(rebuilt).query(QUERIES[0]).source_nodes], want
+        )
     rebuilt = LangChainRerank(**json.loads(json.dumps(shared)))
     docs = documents()
-    assert_same_ranking(ids_scores(rebuilt.compress_documents(docs, QUERIES[0])), langchain_expected("encoder", QUERIES[0], 2, normalize=True))
+    assert_same_ranking(
+        ids_scores(rebuilt.compress_documents(docs, QUERIES[0])),
+        langchain_expected("encoder", QUERIES[0], 2, normalize=True),
+    )

@@ -30,7 +30,12 @@ TEXTS = [
 #: Per-request BGE options each family takes (besides raw_scores, which every test varies).
 VARIANTS = {
     "encoder": [{}, {"max_length": 24}, {"query_max_length": 6}, {"passage_instruction_for_rerank": "passage: "}],
-    "llm": [{}, {"max_length": 40}, {"prompt": "Is passage B relevant to query A?"}, {"query_instruction_for_rerank": "Q: "}],
+    "llm": [
+        {},
+        {"max_length": 40},
+        {"prompt": "Is passage B relevant to query A?"},
+        {"query_instruction_for_rerank": "Q: "},
+    ],
     "layerwise": [{}, {"cutoff_layers": 4}, {"cutoff_layers": [3], "max_length": 40}, {"prompt": "Relevant?"}],
     "lightweight": [
         {},
@@ -92,7 +97,13 @@ def test_both_schemas_give_the_in_process_scores(served, raw):
             v1 = client.post("/v1/rerank", json={"query": QUERIES[0], "documents": texts, "raw_scores": raw, **options})
             v2 = client.post(
                 "/v2/rerank",
-                json={"model": "any", "query": QUERIES[0], "documents": [{"text": t} for t in texts], "use_activation": not raw, **options},
+                json={
+                    "model": "any",
+                    "query": QUERIES[0],
+                    "documents": [{"text": t} for t in texts],
+                    "use_activation": not raw,
+                    **options,
+                },
             )
             for response in (v1, v2):
                 assert response.status_code == 200, response.text
@@ -111,7 +122,9 @@ def test_top_n_return_text_and_return_documents(served):
     expected = expected_scores(reranker, QUERIES[1], TEXTS, {}, raw=False)
     best = sorted(range(len(TEXTS)), key=lambda i: -expected[i])
     with httpx.Client(base_url=url, timeout=30) as client:
-        cohere = client.post("/v1/rerank", json={"query": QUERIES[1], "documents": TEXTS, "top_n": 3, "return_documents": False})
+        cohere = client.post(
+            "/v1/rerank", json={"query": QUERIES[1], "documents": TEXTS, "top_n": 3, "return_documents": False}
+        )
         tei = client.post("/rerank", json={"query": QUERIES[1], "texts": TEXTS, "return_text": True, "truncate": True})
         empty = client.post("/v1/rerank", json={"query": QUERIES[1], "documents": []})
     assert [r["index"] for r in cohere.json()["results"]] == best[:3]

@@ -42,8 +42,17 @@ def server(tmp_path_factory):
     key_file = tmp_path_factory.mktemp("key") / "key"
     key_file.write_text(KEY + "\n", encoding="utf-8")
     server = ServerProcess(
-        checkpoint("encoder"), "--api-key-file", str(key_file), "--header-timeout", "1", "--body-timeout", "1",
-        "--keep-alive-timeout", "1", "--max-connections", "4",
+        checkpoint("encoder"),
+        "--api-key-file",
+        str(key_file),
+        "--header-timeout",
+        "1",
+        "--body-timeout",
+        "1",
+        "--keep-alive-timeout",
+        "1",
+        "--max-connections",
+        "4",
     )
     try:
         yield server
@@ -97,11 +106,19 @@ def test_plain_instruction_formats_still_work(value):
 
 def test_a_format_spec_is_a_422_that_says_so_and_allocates_nothing(client):
     response = client.post(
-        "/rerank", json={"query": "q", "texts": ["a"], "query_instruction_for_rerank": "x", "query_instruction_format": "{:>99999999}{}"}
+        "/rerank",
+        json={
+            "query": "q",
+            "texts": ["a"],
+            "query_instruction_for_rerank": "x",
+            "query_instruction_format": "{:>99999999}{}",
+        },
     )
     assert response.status_code == 422, response.text
     assert "fields take no format spec or conversion" in response.json()["error"]
-    response = client.post("/v1/rerank", json={"query": "q", "documents": ["a"], "passage_instruction_format": "{!r}{}"})
+    response = client.post(
+        "/v1/rerank", json={"query": "q", "documents": ["a"], "passage_instruction_format": "{!r}{}"}
+    )
     assert response.status_code == 422, response.text
     assert response.json()["error"].startswith("passage_instruction_format fields take no format spec or conversion")
 
@@ -136,7 +153,11 @@ def test_fields_that_could_multiply_work_are_bounded(client, field, value, messa
 def test_undecodable_bodies_are_a_422_as_documented(client, body, message):
     response = client.post("/rerank", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 422, response.text
-    assert response.json() == {"error": response.json()["detail"], "error_type": "validation", "detail": response.json()["detail"]}
+    assert response.json() == {
+        "error": response.json()["detail"],
+        "error_type": "validation",
+        "detail": response.json()["detail"],
+    }
     assert message in response.json()["detail"]
 
 
@@ -172,7 +193,7 @@ def test_a_body_that_stalls_is_a_408(server):
     with _connect(server.url) as stalled:
         stalled.sendall(
             b"POST /rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n"
-            b"Authorization: Bearer " + KEY.encode("utf-8") + b"\r\n\r\n{\"query\": "
+            b"Authorization: Bearer " + KEY.encode("utf-8") + b'\r\n\r\n{"query": '
         )
         answer = _read_until_closed(stalled)
     assert answer.startswith(b"HTTP/1.1 408 "), answer
@@ -191,7 +212,9 @@ def test_over_the_connection_cap_is_a_503_and_capacity_returns(server, client):
             sock.close()
     deadline = time.monotonic() + SOCKET_TIMEOUT
     while True:  # the server notices the closed sockets on its next loop turns
-        status = httpx.post(f"{server.url}/rerank", json={"query": "q", "texts": ["a"]}, headers=AUTH, timeout=30).status_code
+        status = httpx.post(
+            f"{server.url}/rerank", json={"query": "q", "texts": ["a"]}, headers=AUTH, timeout=30
+        ).status_code
         if status == 200 or time.monotonic() > deadline:
             break
         time.sleep(0.1)
@@ -199,10 +222,14 @@ def test_over_the_connection_cap_is_a_503_and_capacity_returns(server, client):
 
 
 def test_sigterm_with_a_stalled_client_exits_0_after_the_shutdown_deadline():
-    server = ServerProcess(checkpoint("encoder"), "--body-timeout", "300", "--header-timeout", "300", "--shutdown-timeout", "1")
+    server = ServerProcess(
+        checkpoint("encoder"), "--body-timeout", "300", "--header-timeout", "300", "--shutdown-timeout", "1"
+    )
     stalled = _connect(server.url)
     try:
-        stalled.sendall(b"POST /rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+        stalled.sendall(
+            b"POST /rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+        )
         idle = _connect(server.url)
         time.sleep(0.5)  # both connections are open server-side before the signal
         assert server.terminate() == 0, server.output()  # STOP_TIMEOUT (30 s) bounds the wait
@@ -222,7 +249,9 @@ def test_connection_flags_are_checked_before_listening(capsys):
         with pytest.raises(SystemExit):
             serve_main(["--model", checkpoint("encoder"), "--device", "cpu", "--port", "0", *args])
         assert message in capsys.readouterr().err
-    assert serve_main(["--model", checkpoint("encoder"), "--device", "cpu", "--port", "0", "--max-connections", "0"]) == 2
+    assert (
+        serve_main(["--model", checkpoint("encoder"), "--device", "cpu", "--port", "0", "--max-connections", "0"]) == 2
+    )
     assert "--max-connections must be at least 1" in capsys.readouterr().err
 
 
@@ -231,7 +260,9 @@ def test_connection_flags_are_checked_before_listening(capsys):
 
 def test_a_key_from_a_file_with_non_ascii_characters_authenticates(server, client):
     assert client.post("/rerank", json={"query": "q", "texts": ["a"]}).status_code == 200
-    wrong = httpx.post(f"{server.url}/rerank", json={"query": "q", "texts": ["a"]}, headers={"Authorization": "Bearer cle"})
+    wrong = httpx.post(
+        f"{server.url}/rerank", json={"query": "q", "texts": ["a"]}, headers={"Authorization": "Bearer cle"}
+    )
     assert wrong.status_code == 401
     assert wrong.json()["detail"] == wrong.json()["error"]
     assert KEY not in server.output()
@@ -243,7 +274,21 @@ def test_an_empty_key_is_refused_at_start_naming_the_variable(monkeypatch, capsy
     assert "$BGE_RERANK_API_KEY is empty, which would start an open server" in capsys.readouterr().err
     monkeypatch.delenv("BGE_RERANK_API_KEY")
     (tmp_path / "key").write_text("\n", encoding="utf-8")
-    assert serve_main(["--model", checkpoint("encoder"), "--device", "cpu", "--port", "0", "--api-key-file", str(tmp_path / "key")]) == 2
+    assert (
+        serve_main(
+            [
+                "--model",
+                checkpoint("encoder"),
+                "--device",
+                "cpu",
+                "--port",
+                "0",
+                "--api-key-file",
+                str(tmp_path / "key"),
+            ]
+        )
+        == 2
+    )
     assert "is empty" in capsys.readouterr().err
     with pytest.raises(ValueError, match="The API key is empty"):
         ServerSettings(api_key="")
@@ -267,13 +312,17 @@ def test_openapi_declares_the_bearer_scheme_when_a_key_is_set(server):
 
 def test_rerank_takes_the_vllm_and_infinity_body_and_answers_in_their_shape(client):
     tei = client.post("/rerank", json={"query": "q", "texts": ["a", "b", "c"], "raw_scores": True}).json()
-    vllm = client.post("/rerank", json={"model": "m", "query": "q", "documents": ["a", "b", "c"], "top_n": 2, "raw_scores": True})
+    vllm = client.post(
+        "/rerank", json={"model": "m", "query": "q", "documents": ["a", "b", "c"], "top_n": 2, "raw_scores": True}
+    )
     assert vllm.status_code == 200, vllm.text
     body = vllm.json()
     assert set(body) == {"id", "model", "results", "usage"}
     assert [(r["index"], r["relevance_score"]) for r in body["results"]] == [(r["index"], r["score"]) for r in tei[:2]]
     assert all("document" not in r for r in body["results"])  # Infinity's default: no documents
-    with_documents = client.post("/rerank", json={"query": "q", "documents": ["a", "b"], "return_documents": True}).json()
+    with_documents = client.post(
+        "/rerank", json={"query": "q", "documents": ["a", "b"], "return_documents": True}
+    ).json()
     assert {r["index"]: r["document"] for r in with_documents["results"]} == {0: {"text": "a"}, 1: {"text": "b"}}
     cohere = client.post("/v1/rerank", json={"query": "q", "documents": ["a", "b"]}).json()
     assert all("document" in r for r in cohere["results"])  # Cohere's and vLLM's default: documents
@@ -281,8 +330,15 @@ def test_rerank_takes_the_vllm_and_infinity_body_and_answers_in_their_shape(clie
 
 @pytest.mark.parametrize(
     "path, field, value",
-    [("/v1/rerank", "top_n", True), ("/v2/rerank", "use_activation", 0), ("/rerank", "truncate", 0), ("/rerank", "raw_scores", 1),
-     ("/v1/rerank", "max_length", 12.5), ("/v1/rerank", "top_n", "1"), ("/rerank", "return_text", "true")],
+    [
+        ("/v1/rerank", "top_n", True),
+        ("/v2/rerank", "use_activation", 0),
+        ("/rerank", "truncate", 0),
+        ("/rerank", "raw_scores", 1),
+        ("/v1/rerank", "max_length", 12.5),
+        ("/v1/rerank", "top_n", "1"),
+        ("/rerank", "return_text", "true"),
+    ],
 )
 def test_types_are_strict(client, path, field, value):
     body = {"query": "q", "texts": ["a"]} if path == "/rerank" else {"query": "q", "documents": ["a"]}
@@ -367,13 +423,33 @@ def test_schemathesis_finds_nothing_in_the_openapi_document(server, tmp_path):
     pytest.importorskip("schemathesis", reason="the test extra's schemathesis is not installed")
     config = tmp_path / "schemathesis.toml"
     config.write_text(
-        "[checks.negative_data_rejection]\nexpected-statuses = [" + ", ".join(f'"{s}"' for s in NEGATIVE_DATA_STATUSES) + "]\n",
+        "[checks.negative_data_rejection]\nexpected-statuses = ["
+        + ", ".join(f'"{s}"' for s in NEGATIVE_DATA_STATUSES)
+        + "]\n",
         encoding="utf-8",
     )
     command = [
-        sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run", f"{server.url}/openapi.json",
-        "--checks", "all", "--max-examples", "10", "--generation-deterministic", "--workers", "1", "--no-color",
-        "--request-timeout", "30", "--header", f"Authorization: Bearer {KEY}",
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "--config-file",
+        str(config),
+        "run",
+        f"{server.url}/openapi.json",
+        "--checks",
+        "all",
+        "--max-examples",
+        "10",
+        "--generation-deterministic",
+        "--workers",
+        "1",
+        "--no-color",
+        "--request-timeout",
+        "30",
+        "--header",
+        f"Authorization: Bearer {KEY}",
     ]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path, env={**os.environ, "NO_COLOR": "1"})
+    run = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, cwd=tmp_path, env={**os.environ, "NO_COLOR": "1"}
+    )
     assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-2000:]

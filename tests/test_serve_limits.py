@@ -21,7 +21,11 @@ pytestmark = pytest.mark.server
 def url():
     """An encoder server whose key comes from BGE_RERANK_API_KEY, with small document and body limits."""
     server = ServerProcess(
-        checkpoint("encoder"), "--max-documents", str(MAX_DOCUMENTS), "--max-request-bytes", str(MAX_BYTES),
+        checkpoint("encoder"),
+        "--max-documents",
+        str(MAX_DOCUMENTS),
+        "--max-request-bytes",
+        str(MAX_BYTES),
         env={"BGE_RERANK_API_KEY": KEY},
     )
     try:
@@ -41,7 +45,9 @@ def test_the_api_key_is_required_except_for_health(url):
     body = {"query": "q", "texts": ["a"]}
     with httpx.Client(base_url=url, timeout=30) as anonymous:
         missing = anonymous.post("/rerank", json=body)
-        wrong = anonymous.post("/v1/rerank", json={"query": "q", "documents": ["a"]}, headers={"Authorization": "Bearer nope"})
+        wrong = anonymous.post(
+            "/v1/rerank", json={"query": "q", "documents": ["a"]}, headers={"Authorization": "Bearer nope"}
+        )
         basic = anonymous.get("/info", headers={"Authorization": f"Basic {KEY}"})
         metrics = anonymous.get("/metrics")
         health = anonymous.get("/health")
@@ -93,15 +99,43 @@ def test_more_documents_than_the_limit_is_a_413(client):
         ("/rerank", {"texts": ["a"]}, "query: Field required"),
         ("/rerank", {"query": "q", "texts": "a"}, "texts: Input should be a valid list"),
         ("/rerank", {"query": "q", "texts": ["a", 3]}, "texts.1: Input should be a valid string"),
-        ("/rerank", {"query": "q", "texts": ["a"], "raw_scores": "maybe"}, "raw_scores: Input should be a valid boolean"),
-        ("/rerank", {"query": "q", "texts": ["a"], "truncation_direction": "left"}, "truncation_direction: Input should be 'right'"),
-        ("/v1/rerank", {"query": "q", "documents": [{"title": "a"}]}, "documents.0.DocumentObject.text: Field required"),
-        ("/v1/rerank", {"query": "q", "documents": ["a"], "top_n": -1}, "top_n: Input should be greater than or equal to 0"),
-        ("/v1/rerank", b'{"query": "q", "documents": ["a", "\\ud800"]}', "The document at index 1 holds a lone surrogate"),
+        (
+            "/rerank",
+            {"query": "q", "texts": ["a"], "raw_scores": "maybe"},
+            "raw_scores: Input should be a valid boolean",
+        ),
+        (
+            "/rerank",
+            {"query": "q", "texts": ["a"], "truncation_direction": "left"},
+            "truncation_direction: Input should be 'right'",
+        ),
+        (
+            "/v1/rerank",
+            {"query": "q", "documents": [{"title": "a"}]},
+            "documents.0.DocumentObject.text: Field required",
+        ),
+        (
+            "/v1/rerank",
+            {"query": "q", "documents": ["a"], "top_n": -1},
+            "top_n: Input should be greater than or equal to 0",
+        ),
+        (
+            "/v1/rerank",
+            b'{"query": "q", "documents": ["a", "\\ud800"]}',
+            "The document at index 1 holds a lone surrogate",
+        ),
         ("/v1/rerank", b'{"query": "\\ud800", "documents": ["a"]}', "The query holds a lone surrogate"),
         ("/v1/rerank", {"query": "q", "documents": ["a"], "max_length": 0}, "max_length must be a positive integer"),
-        ("/v1/rerank", {"query": "q", "documents": ["a"], "max_length": 100000}, "max_length=100000 is beyond what this model can take"),
-        ("/v1/rerank", {"query": "q", "documents": ["a"], "query_instruction_format": "{}"}, "query_instruction_format must have exactly two '{}' fields"),
+        (
+            "/v1/rerank",
+            {"query": "q", "documents": ["a"], "max_length": 100000},
+            "max_length=100000 is beyond what this model can take",
+        ),
+        (
+            "/v1/rerank",
+            {"query": "q", "documents": ["a"], "query_instruction_format": "{}"},
+            "query_instruction_format must have exactly two '{}' fields",
+        ),
         ("/v1/rerank", {"query": "q", "documents": ["a"], "cutoff_layers": [2, 3]}, "gives one score per layer"),
         (
             "/v2/rerank",
@@ -129,9 +163,13 @@ def test_blank_texts_are_scored_as_the_reference_does(client):
 def test_unknown_paths_and_methods_answer_in_the_error_shape(client):
     missing = client.get("/nope")
     wrong_method = client.get("/rerank")
-    assert (missing.status_code, missing.json()) == (404, {"error": "Not Found", "error_type": "http", "detail": "Not Found"})
+    assert (missing.status_code, missing.json()) == (
+        404,
+        {"error": "Not Found", "error_type": "http", "detail": "Not Found"},
+    )
     assert (wrong_method.status_code, wrong_method.json()) == (
-        405, {"error": "Method Not Allowed", "error_type": "http", "detail": "Method Not Allowed"}
+        405,
+        {"error": "Method Not Allowed", "error_type": "http", "detail": "Method Not Allowed"},
     )
 
 

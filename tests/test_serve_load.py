@@ -77,7 +77,9 @@ def test_a_full_queue_is_a_503_with_retry_after_and_the_rest_are_served(url):
             assert f"at most {MAX_QUEUE}): retry shortly." in response.json()["error"]
         else:
             expected = reranker.compute_score([("q", text) for text in documents])
-            assert {hit["index"]: hit["score"] for hit in response.json()} == pytest.approx(dict(enumerate(expected)), abs=1e-4)
+            assert {hit["index"]: hit["score"] for hit in response.json()} == pytest.approx(
+                dict(enumerate(expected)), abs=1e-4
+            )
 
 
 def test_a_client_that_disconnects_leaves_no_work_behind(url):
@@ -96,17 +98,25 @@ def test_a_client_that_disconnects_leaves_no_work_behind(url):
 
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(run_big)
-            wait_for_metrics(client, lambda m: metric(m, "bge_rerank_batch_requests_sum") > dispatched, "the big request to start")
+            wait_for_metrics(
+                client, lambda m: metric(m, "bge_rerank_batch_requests_sum") > dispatched, "the big request to start"
+            )
             body = json.dumps({"query": "q", "texts": small}).encode()
             with socket.create_connection((host, port), timeout=WAIT) as raw:
                 raw.sendall(
                     b"POST /rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                    + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body
                 )
-                wait_for_metrics(client, lambda m: metric(m, "bge_rerank_queue_pairs") == len(small), "the small request to queue")
+                wait_for_metrics(
+                    client, lambda m: metric(m, "bge_rerank_queue_pairs") == len(small), "the small request to queue"
+                )
             after = wait_for_metrics(
                 client,
-                lambda m: metric(m, "bge_rerank_cancelled_pairs_total") - metric(before, "bge_rerank_cancelled_pairs_total") == len(small),
+                lambda m: (
+                    metric(m, "bge_rerank_cancelled_pairs_total") - metric(before, "bge_rerank_cancelled_pairs_total")
+                    == len(small)
+                ),
                 "the small request to be dropped",
             )
             assert metric(after, "bge_rerank_queue_pairs") == 0
@@ -130,7 +140,11 @@ def test_sigterm_finishes_every_accepted_request_then_exits_0(server):
             deadline = time.monotonic() + WAIT
             while time.monotonic() < deadline:  # every request is in the server: queued or dispatched
                 m = (await client.get("/metrics")).text
-                taken = metric(m, "bge_rerank_queue_pairs") / BATCH_PAIRS + metric(m, "bge_rerank_batch_requests_sum") - dispatched
+                taken = (
+                    metric(m, "bge_rerank_queue_pairs") / BATCH_PAIRS
+                    + metric(m, "bge_rerank_batch_requests_sum")
+                    - dispatched
+                )
                 if taken >= len(requests):
                     break
                 await asyncio.sleep(0.01)
@@ -154,6 +168,8 @@ def test_sigterm_finishes_every_accepted_request_then_exits_0(server):
     for response, documents in zip(responses, requests):
         assert response.status_code == 200, response.text
         expected = reranker.compute_score([("q", text) for text in documents], normalize=True)
-        assert {hit["index"]: hit["score"] for hit in response.json()} == pytest.approx(dict(enumerate(expected)), abs=1e-4)
+        assert {hit["index"]: hit["score"] for hit in response.json()} == pytest.approx(
+            dict(enumerate(expected)), abs=1e-4
+        )
     assert server.process.wait(timeout=WAIT) == 0, server.output()
     assert "stopped by SIGTERM" in server.output()

@@ -24,7 +24,9 @@ class CountingReranker:
         if options.get("prompt") == "fail":
             raise RuntimeError("this call failed")
         bonus = 1000 if options.get("normalize") else 0
-        return [GroupScores([len(q) + len(p) + bonus for q, p in pairs], [len(p) for _, p in pairs]) for pairs in groups]
+        return [
+            GroupScores([len(q) + len(p) + bonus for q, p in pairs], [len(p) for _, p in pairs]) for pairs in groups
+        ]
 
 
 def test_jobs_with_identical_options_share_one_call_and_get_their_own_scores():

@@ -51,7 +51,9 @@ def test_without_tokenizer_class_the_model_types_class_decides(tmp_path):
 
 
 def test_without_tokenizer_json_the_class_loader_is_used(tmp_path):
-    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "panda", "bear"]), encoding="utf-8")
+    (tmp_path / "vocab.txt").write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "panda", "bear"]), encoding="utf-8"
+    )
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer"}), encoding="utf-8")
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}), encoding="utf-8")
     tokenizer = load_tokenizer(tmp_path)

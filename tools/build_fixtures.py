@@ -52,6 +52,7 @@ Their ``tokenizer_config.json`` for llm and layerwise leaves ``padding_side`` un
 class's own (left) applies. They pin that scores follow ``tokenizer.json`` as written
 (transformers 4.46 and the reference) under every transformers version.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,8 +67,8 @@ from pathlib import Path
 os.environ["RAYON_NUM_THREADS"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
-import torch  # noqa: E402
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers  # noqa: E402
+import torch
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 ROOT = Path(__file__).resolve().parents[1]
 CKPT_DIR = ROOT / "tests" / "fixtures" / "checkpoints"
@@ -668,7 +669,9 @@ BUILDERS = {"encoder": build_encoder, "llm": build_llm, "layerwise": build_layer
 
 
 def build(names: list[str]) -> None:
-    pieces = {nfkc: train_bpe_pieces(NFKC_BPE_SIZE, nfkc=True) if nfkc else train_bpe_pieces() for nfkc in (False, True)}
+    pieces = {
+        nfkc: train_bpe_pieces(NFKC_BPE_SIZE, nfkc=True) if nfkc else train_bpe_pieces() for nfkc in (False, True)
+    }
     for name in names:
         fixture = FIXTURES[name]
         out = CKPT_DIR / name
@@ -677,7 +680,9 @@ def build(names: list[str]) -> None:
         out.mkdir(parents=True)
         BUILDERS[fixture.family](out, *pieces[fixture.nfkc], fixture)
         size = sum(p.stat().st_size for p in out.iterdir())
-        print(f"{name:16s} {out.relative_to(ROOT)}  {size / 1024:.0f} KiB  files={sorted(p.name for p in out.iterdir())}")
+        print(
+            f"{name:16s} {out.relative_to(ROOT)}  {size / 1024:.0f} KiB  files={sorted(p.name for p in out.iterdir())}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

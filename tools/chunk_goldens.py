@@ -32,6 +32,7 @@ window boundary (found by search, asserted), a passage that fits (scored whole, 
 instructions, several cutoff layers, compression (lightweight), and the NFKC tokenizers' offsets.
 Tolerance as ``tools/goldens.py`` (1e-4); ids and spans must match exactly.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from goldens import (  # noqa: E402 - the one list of fixtures, texts and tolerance
+from goldens import (
     ATOL,
     CKPT_DIR,
     FIXTURES,
@@ -126,7 +127,8 @@ def build_cases() -> dict[str, list[dict]]:
             call={"max_length": 32, "max_chunks_per_passage": 6, "chunk_overlap": 0, "batch_size": 3},
         ),
     ]
-    encoder = common + [
+    encoder = [
+        *common,
         _case(
             "instructions",
             [[Q_CAPITAL, LONG_WORDS], [Q_PANDA, LONG]],
@@ -135,7 +137,8 @@ def build_cases() -> dict[str, list[dict]]:
             note="the passage instruction heads every window",
         ),
     ]
-    llm = common + [
+    llm = [
+        *common,
         _case(
             "instructions_prompt",
             [[Q_CAPITAL, LONG_WORDS], [Q_PANDA, LONG]],
@@ -143,7 +146,8 @@ def build_cases() -> dict[str, list[dict]]:
             call={"max_length": 40, "max_chunks_per_passage": 3, "prompt": "Relevant?"},
         ),
     ]
-    layerwise = common + [
+    layerwise = [
+        *common,
         _case(
             "several_cutoff_layers",
             [[Q_CAPITAL, LONG_WORDS], [Q_PANDA, LONG], short],
@@ -151,12 +155,16 @@ def build_cases() -> dict[str, list[dict]]:
             note="each layer's score is that layer's best window",
         ),
     ]
-    lightweight = common + [
+    lightweight = [
+        *common,
         _case(
             "compressed_several_cutoff_layers",
             [[Q_CAPITAL, LONG_WORDS], [Q_PANDA, LONG], short],
             call={
-                "max_length": 40, "max_chunks_per_passage": 3, "compress_ratio": 2, "compress_layers": [4],
+                "max_length": 40,
+                "max_chunks_per_passage": 3,
+                "compress_ratio": 2,
+                "compress_layers": [4],
                 "cutoff_layers": [6, 10],
             },
             note="compression per window",
@@ -240,7 +248,9 @@ class Reference:
         return MARKER.format(len(self.tokenizer.windows) - 1)
 
     def score(self, pairs: list[list[str]], call: dict):
-        call = {k: v for k, v in call.items() if k not in CHUNK_OPTIONS}  # the reference passes unknown kwargs to its tokenizer
+        call = {
+            k: v for k, v in call.items() if k not in CHUNK_OPTIONS
+        }  # the reference passes unknown kwargs to its tokenizer
         with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
             return _as_floats(self.reranker.compute_score(pairs, **call))
 
@@ -303,7 +313,9 @@ def resolve_cases(name: str, cases: list[dict]) -> list[dict]:
             query = case["pairs"][i][0]
             probe = ref.row(query, LONG_WORDS + " " + LONG, case["call"])
             kept = len(probe) - len(ref.row(query, ref.window([]), case["call"]))
-            case["pairs"][i][1] = _passage_ending_on_boundary(tok, _instruction(name, case["init"]), kept, case["call"], k)
+            case["pairs"][i][1] = _passage_ending_on_boundary(
+                tok, _instruction(name, case["init"]), kept, case["call"], k
+            )
         resolved.append(case)
     return resolved
 
@@ -351,7 +363,9 @@ def _check_properties(name: str, case: dict, result: dict) -> list[str]:
     problems = []
     if "inside_words" in case["id"]:
         inside = [
-            w["span"] for (q, p), ws in zip(case["pairs"], result["windows"]) for w in ws
+            w["span"]
+            for (q, p), ws in zip(case["pairs"], result["windows"])
+            for w in ws
             if w["span"] and w["span"][1] < len(p) and p[w["span"][1] - 1].isalnum() and p[w["span"][1]].isalnum()
         ]
         if not inside:
@@ -360,7 +374,11 @@ def _check_properties(name: str, case: dict, result: dict) -> list[str]:
     if target:
         ws = result["windows"][target["pair"]]
         passage = case["pairs"][target["pair"]][1]
-        if len(ws) != target["windows"] or ws[-1]["span"][1] != len(passage.rstrip()) or len(ws[-1]["ids"]) != len(ws[0]["ids"]):
+        if (
+            len(ws) != target["windows"]
+            or ws[-1]["span"][1] != len(passage.rstrip())
+            or len(ws[-1]["ids"]) != len(ws[0]["ids"])
+        ):
             problems.append("the passage does not end exactly on its last full window")
     return problems
 
@@ -378,8 +396,13 @@ def cmd_write(names: list[str]) -> int:
             problems = _check_properties(name, case, result)
             assert not problems, (name, case["id"], problems)
             out.append({**case, **result})
-        doc = {"family": FIXTURES[name], "checkpoint": f"tests/fixtures/checkpoints/{name}", "reference": versions,
-               "tolerance": ATOL, "cases": out}
+        doc = {
+            "family": FIXTURES[name],
+            "checkpoint": f"tests/fixtures/checkpoints/{name}",
+            "reference": versions,
+            "tolerance": ATOL,
+            "cases": out,
+        }
         _dump(CHUNK_DIR / f"{name}.json", doc)
         count = sum(len(ws) for c in out for ws in c["windows"])
         print(f"{name:16s} wrote {len(out)} cases, {count} windows in {time.time() - t0:.1f}s")
@@ -406,7 +429,9 @@ def cmd_check(names: list[str]) -> int:
             got = run_case(name, case)
             problems += [f"case {case['id']!r}: {p}" for p in _check_properties(name, case, got)]
             for ws_expected, ws_got in zip(expected["windows"], got["windows"]):
-                if [(w["row"], w["ids"], w["span"]) for w in ws_expected] != [(w["row"], w["ids"], w["span"]) for w in ws_got]:
+                if [(w["row"], w["ids"], w["span"]) for w in ws_expected] != [
+                    (w["row"], w["ids"], w["span"]) for w in ws_got
+                ]:
                     problems.append(f"case {case['id']!r}: windows (ids or spans) differ")
                 for a, b in zip(ws_expected, ws_got):
                     worst = max(worst, _max_abs_diff(a["score"], b["score"]))
@@ -414,8 +439,10 @@ def cmd_check(names: list[str]) -> int:
             worst = max(worst, _max_abs_diff(expected["scores"], got["scores"]))
         if not worst <= ATOL:
             problems.append(f"max abs diff {worst:.3g} > {ATOL}")
-        print(f"{name:16s} {'OK' if not problems else 'DRIFT'}: {len(cases)} cases, {count} windows, "
-              f"max abs diff {worst:.2e} ({time.time() - t0:.1f}s)")
+        print(
+            f"{name:16s} {'OK' if not problems else 'DRIFT'}: {len(cases)} cases, {count} windows, "
+            f"max abs diff {worst:.2e} ({time.time() - t0:.1f}s)"
+        )
         for problem in problems:
             print(f"    - {problem}")
         failed |= bool(problems)

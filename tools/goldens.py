@@ -98,6 +98,7 @@ Matching these goldens at 1e-5 on one machine (what an implementation must repro
   The package does this for positions: each left-padded row carries the offset its reference
   batch gives it (``decoder_text.reference_position_offsets``), whatever batches it runs in.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -216,7 +217,10 @@ MIXED8 = [
     ["什么是熊猫？", "大熊猫是中国特有的动物。"],
     [LONG_Q2, MEDIUM_P],
     ["Yes or no?", "No."],
-    ["Berlin ist die Hauptstadt von Deutschland?", "Berlin is the capital of Germany, and Madrid is the capital of Spain."],
+    [
+        "Berlin ist die Hauptstadt von Deutschland?",
+        "Berlin is the capital of Germany, and Madrid is the capital of Spain.",
+    ],
     ["What is the population of China?", "The population of China is over 1.4 billion people."],
 ]
 
@@ -290,7 +294,9 @@ def build_cases() -> dict[str, list[dict]]:
             note="QUIRK: first pair: query (32) + specials > 16, passage cannot absorb the overflow -> "
             "no truncation at all, the pair is longer than max_length; second pair truncated to 16",
         ),
-        _case("blank_texts", BLANK_PAIRS, note="blank and whitespace-only texts (whitespace tokenizes to nothing here)"),
+        _case(
+            "blank_texts", BLANK_PAIRS, note="blank and whitespace-only texts (whitespace tokenizes to nothing here)"
+        ),
         _case("blank_single_pair", [BLANK_PAIRS[0]], single_pair=True, note="the bare pair ['what is panda?', '']"),
     ]
 
@@ -435,7 +441,11 @@ def build_cases() -> dict[str, list[dict]]:
     ]
     lightweight_nfkc = [
         _case("default", nfkc_default),
-        _case("compress_ratio_2_layer_2", NFKC_PAIRS, call={"compress_ratio": 2, "compress_layers": [2], "cutoff_layers": [3, 4]}),
+        _case(
+            "compress_ratio_2_layer_2",
+            NFKC_PAIRS,
+            call={"compress_ratio": 2, "compress_layers": [2], "cutoff_layers": [3, 4]},
+        ),
         _case(
             "blank_texts_no_instructions_compressed",
             BLANK_PAIRS,
@@ -743,7 +753,9 @@ def cmd_check(names: list[str], tokenizer: str) -> int:
         else:
             problems.append("compat: no entry in compat.json (run `write`)")
         status = "OK" if not problems else "DRIFT"
-        print(f"{name:16s} {status}: {len(cases)} cases, {n} scores, max abs diff {worst:.2e} ({time.time() - t0:.1f}s)")
+        print(
+            f"{name:16s} {status}: {len(cases)} cases, {n} scores, max abs diff {worst:.2e} ({time.time() - t0:.1f}s)"
+        )
         for p in problems:
             print(f"    - {p}")
         failed |= bool(problems)

@@ -96,11 +96,18 @@ def build(out: str | Path) -> Path:
     source = minilm_dir()
     out.mkdir(parents=True, exist_ok=True)
     config = json.loads((source / "config.json").read_text())
-    config.update(architectures=["BertForSequenceClassification"], num_labels=1, id2label={"0": "LABEL_0"},
-                  label2id={"LABEL_0": 0})
+    config.update(
+        architectures=["BertForSequenceClassification"],
+        num_labels=1,
+        id2label={"0": "LABEL_0"},
+        label2id={"LABEL_0": 0},
+    )
     config.pop("_name_or_path", None)
-    state = {f"bert.{name}": tensor for name, tensor in load_file(str(source / "model.safetensors")).items()
-             if not name.endswith("position_ids")}
+    state = {
+        f"bert.{name}": tensor
+        for name, tensor in load_file(str(source / "model.safetensors")).items()
+        if not name.endswith("position_ids")
+    }
     generator = torch.Generator().manual_seed(HEAD_SEED)
     state["classifier.weight"] = torch.randn(1, config["hidden_size"], generator=generator) * 0.3
     state["classifier.bias"] = torch.zeros(1)

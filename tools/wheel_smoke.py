@@ -23,13 +23,22 @@ def check_core(checkpoint: str) -> None:
     import bge_rerank_integrations
     from bge_rerank_integrations import BGEReranker
 
-    assert "site-packages" in bge_rerank_integrations.__file__, f"not the installed wheel: {bge_rerank_integrations.__file__}"
+    assert "site-packages" in bge_rerank_integrations.__file__, (
+        f"not the installed wheel: {bge_rerank_integrations.__file__}"
+    )
     metadata = importlib.metadata.metadata("bge-rerank-integrations")
     assert metadata["Version"] == bge_rerank_integrations.__version__, metadata["Version"]
     assert metadata["License-Expression"] == "MIT", metadata["License-Expression"]
     files = [str(path) for path in importlib.metadata.files("bge-rerank-integrations")]
     assert any(path.endswith("licenses/LICENSE") for path in files), "LICENSE missing from the wheel"
-    for module in ("families/encoder.py", "families/lightweight.py", "models/minicpm_layerwise.py", "models/blocks.py", "cli.py", "py.typed"):
+    for module in (
+        "families/encoder.py",
+        "families/lightweight.py",
+        "models/minicpm_layerwise.py",
+        "models/blocks.py",
+        "cli.py",
+        "py.typed",
+    ):
         assert any(path.endswith(f"bge_rerank_integrations/{module}") for path in files), f"{module} missing"
 
     scores = BGEReranker(checkpoint, device="cpu").compute_score([[QUERY, text] for text in TEXTS])
@@ -38,7 +47,9 @@ def check_core(checkpoint: str) -> None:
     assert version.stdout.strip() == f"bge-rerank {bge_rerank_integrations.__version__}", version.stdout
     cli = subprocess.run(
         [bin_dir / "bge-rerank", "-m", checkpoint, "-q", QUERY, "--device", "cpu", "--json", *TEXTS],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert sorted((r["index"], r["score"]) for r in json.loads(cli.stdout)) == list(enumerate(scores)), cli.stdout
 
@@ -64,12 +75,17 @@ def check_adapters(checkpoint: str) -> None:
 
     want = [r.score for r in BGEReranker(checkpoint, device="cpu").rerank(QUERY, TEXTS)]
     documents = [Document(page_content=text) for text in TEXTS]
-    got = [d.metadata["relevance_score"] for d in LangChainRerank(model=checkpoint, device="cpu").compress_documents(documents, QUERY)]
+    got = [
+        d.metadata["relevance_score"]
+        for d in LangChainRerank(model=checkpoint, device="cpu").compress_documents(documents, QUERY)
+    ]
     assert got == want, (got, want)
     nodes = [NodeWithScore(node=TextNode(text=text), score=0.0) for text in TEXTS]
     got = [n.score for n in LlamaIndexRerank(model=checkpoint, device="cpu").postprocess_nodes(nodes, query_str=QUERY)]
     assert got == want, (got, want)
-    ranked = CrossEncoderReranker(model=BGECrossEncoder(model=checkpoint, device="cpu"), top_n=1).compress_documents(documents, QUERY)
+    ranked = CrossEncoderReranker(model=BGECrossEncoder(model=checkpoint, device="cpu"), top_n=1).compress_documents(
+        documents, QUERY
+    )
     assert len(ranked) == 1
     print(f"wheel adapters ok: {want}")
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from .base import Encoded, RerankerFamily, ScoreOptions
 
-__all__ = ["Encoded", "RerankerFamily", "ScoreOptions", "FAMILIES", "KNOWN_MODELS", "family_class", "detect_family"]
+__all__ = ["FAMILIES", "KNOWN_MODELS", "Encoded", "RerankerFamily", "ScoreOptions", "detect_family", "family_class"]
 
 #: Family name -> "module:Class", imported only when used.
 FAMILIES = {

@@ -9,8 +9,9 @@ and the result shape. A family owns what differs: how a checkpoint is loaded, ho
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import torch
 
@@ -66,7 +67,7 @@ class RerankerFamily(ABC):
 
     @classmethod
     @abstractmethod
-    def load(cls, path: str, device: torch.device, dtype: torch.dtype) -> "RerankerFamily":
+    def load(cls, path: str, device: torch.device, dtype: torch.dtype) -> RerankerFamily:
         """Load tokenizer and weights from a local checkpoint directory onto ``device`` in ``dtype``."""
 
     @property
@@ -74,10 +75,10 @@ class RerankerFamily(ABC):
     def max_positions(self) -> int:
         """The longest token sequence the model can take."""
 
-    def check_options(self, options: ScoreOptions) -> None:
+    def check_options(self, options: ScoreOptions) -> None:  # noqa: B027 - optional hook: most families check nothing
         """Raise ValueError for option values this model cannot take (layers out of range, ...)."""
 
-    @classmethod
+    @classmethod  # noqa: B027 - optional hook: families without config-only checks keep it empty
     def check_config(cls, config: dict[str, Any], options: ScoreOptions) -> None:
         """``check_options`` before loading: raise ValueError for option values that a checkpoint with
         this ``config.json`` cannot take (what can be told from the config alone)."""

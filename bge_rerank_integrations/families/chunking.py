@@ -17,8 +17,9 @@ reads the whole text.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..inputs import MAX_INT
 from .base import Encoded
@@ -59,7 +60,9 @@ def token_bound(max_chunks: int, max_length: int) -> int:
     return min(max_chunks * max_length, MAX_INT)
 
 
-def tokenize_passages(tokenizer: Any, texts: Sequence[str], bound: int) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
+def tokenize_passages(
+    tokenizer: Any, texts: Sequence[str], bound: int
+) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
     """Ids and character offsets of ``texts`` (no special tokens), each cut to ``bound`` ids.
 
     The first ``max_length`` ids are those of the truncating tokenization (a right cut of the

@@ -32,8 +32,16 @@ class DecoderFamily(RerankerFamily):
         never longer than ``max_positions``."""
         prompt = self.default_prompt if options.prompt is None else options.prompt
         return encode_pairs(
-            self.tokenizer, pairs, prompt, options.max_length, options.query_max_length, self.max_positions, bos=self.bos,
-            batch_size=options.batch_size, max_chunks=options.max_chunks_per_passage, chunk_overlap=options.chunk_overlap,
+            self.tokenizer,
+            pairs,
+            prompt,
+            options.max_length,
+            options.query_max_length,
+            self.max_positions,
+            bos=self.bos,
+            batch_size=options.batch_size,
+            max_chunks=options.max_chunks_per_passage,
+            chunk_overlap=options.chunk_overlap,
             passage_starts=passage_starts,
         )
 
@@ -82,4 +90,3 @@ class LayeredDecoderFamily(DecoderFamily):
     def cutoff_layers(self, options: ScoreOptions) -> list[int]:
         """The scored layers, distinct and ascending; the last layer when none are given (as in the reference)."""
         return self.layers_to_score(self.model.config, options)
-

@@ -14,9 +14,11 @@ last real token. Instructions ("A: " / "B: ") are already part of query and pass
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 
@@ -73,9 +75,11 @@ class PromptPieces:
     prompt: tuple[int, ...]
 
     @classmethod
-    def build(cls, tokenizer: Any, prompt: str, bos: BosRule = "auto", separator: str = SEPARATOR) -> "PromptPieces":
+    def build(cls, tokenizer: Any, prompt: str, bos: BosRule = "auto", separator: str = SEPARATOR) -> PromptPieces:
         """Tokenize ``prompt`` and ``separator`` and pick the BOS prefix by ``bos``."""
-        return cls(tuple(bos_ids(tokenizer, bos)), tuple(token_ids(tokenizer, separator)), tuple(token_ids(tokenizer, prompt)))
+        return cls(
+            tuple(bos_ids(tokenizer, bos)), tuple(token_ids(tokenizer, separator)), tuple(token_ids(tokenizer, prompt))
+        )
 
     @property
     def tail(self) -> list[int]:
@@ -121,11 +125,15 @@ def assemble(
         # passage takes the rest, and separator and prompt stay whole.
         room = max_positions - len(tail)
         if room < len(template.bos) + len(template.sep):
-            raise ValueError(f"The prompt is {len(tail)} tokens long: it leaves no room for a pair in {max_positions} positions.")
+            raise ValueError(
+                f"The prompt is {len(tail)} tokens long: it leaves no room for a pair in {max_positions} positions."
+            )
         reserve = min(len(second), room // 2)
         first = first[: max(room - reserve, len(template.bos))]
         second = _cut(second, room - len(first), truncation_side)
-        return Encoded(first + second + tail, query_length=len(first) + len(template.sep), prompt_length=len(tail)), True
+        return Encoded(
+            first + second + tail, query_length=len(first) + len(template.sep), prompt_length=len(tail)
+        ), True
     query_length = len(template.bos) + len(query_ids) + len(template.sep)
     return Encoded(first + second + tail, query_length=query_length, prompt_length=len(tail)), False
 
@@ -160,10 +168,15 @@ def encode_pairs(
     if not pairs:
         return []
     template = PromptPieces.build(tokenizer, prompt, bos=bos, separator=separator)
-    queries = tokenizer([q for q, _ in pairs], add_special_tokens=False, truncation=True, max_length=query_max_length)["input_ids"]
+    queries = tokenizer([q for q, _ in pairs], add_special_tokens=False, truncation=True, max_length=query_max_length)[
+        "input_ids"
+    ]
     texts = [p for _, p in pairs]
     if max_chunks == 1:
-        passages, offsets = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"], None
+        passages, offsets = (
+            tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"],
+            None,
+        )
     else:
         passages, offsets = tokenize_passages(tokenizer, texts, token_bound(max_chunks, max_length))
     side = getattr(tokenizer, "truncation_side", "right")
@@ -177,9 +190,22 @@ def encode_pairs(
             continue
         start = passage_starts[index] if passage_starts is not None else 0
         windows = passage_windows(
-            item, max(len(item) - item.query_length - item.prompt_length, 0), passage, offsets[index], start,
-            len(texts[index]) - start, max_chunks, chunk_overlap,
-            lambda ids, query=query: assemble(query, ids, template, max_length, max_positions, side),
+            item,
+            max(len(item) - item.query_length - item.prompt_length, 0),
+            passage,
+            offsets[index],
+            start,
+            len(texts[index]) - start,
+            max_chunks,
+            chunk_overlap,
+            functools.partial(
+                assemble,
+                query,
+                template=template,
+                max_length=max_length,
+                max_positions=max_positions,
+                truncation_side=side,
+            ),
         )
         results[-1] = (windows[0][0], cut)
         results.extend(window[:2] for window in windows[1:])
@@ -188,7 +214,10 @@ def encode_pairs(
     if capped:
         logger.warning(
             "%d of %d pairs were longer than the model's %d positions and were cut (the query was capped); "
-            "lower query_max_length or max_length to avoid it.", capped, len(results), max_positions
+            "lower query_max_length or max_length to avoid it.",
+            capped,
+            len(results),
+            max_positions,
         )
     encoded = [item for item, _ in results]
     if batch_size is None or padding_side(tokenizer) != "left":

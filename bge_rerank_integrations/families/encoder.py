@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -58,7 +60,9 @@ def _find(haystack: list[int], needle: list[int], start: int) -> int:
     for i in range(start, len(haystack) - len(needle) + 1):
         if haystack[i : i + len(needle)] == needle:
             return i
-    raise ValueError("Could not find the pair layout of this tokenizer; pass model_class explicitly or use an XLM-R/BERT tokenizer.")
+    raise ValueError(
+        "Could not find the pair layout of this tokenizer; pass model_class explicitly or use an XLM-R/BERT tokenizer."
+    )
 
 
 def _truncate_second(first_length: int, second: list[int], max_length: int) -> list[int]:
@@ -79,11 +83,13 @@ class EncoderFamily(RerankerFamily):
     def __init__(self, model: torch.nn.Module, tokenizer, device: torch.device, dtype: torch.dtype):
         super().__init__(model, tokenizer, device, dtype)
         self.layout = learn_special_token_layout(tokenizer)
-        self.uses_token_types = "token_type_ids" in tokenizer.model_input_names and self.model.config.type_vocab_size > 1
+        self.uses_token_types = (
+            "token_type_ids" in tokenizer.model_input_names and self.model.config.type_vocab_size > 1
+        )
         self._last_layer = _cls_only_last_layer(model)
 
     @classmethod
-    def load(cls, path: str, device: torch.device, dtype: torch.dtype) -> "EncoderFamily":
+    def load(cls, path: str, device: torch.device, dtype: torch.dtype) -> EncoderFamily:
         from transformers import AutoModelForSequenceClassification
 
         load_kwargs = transformers_load_kwargs(path, dtype)
@@ -129,16 +135,25 @@ class EncoderFamily(RerankerFamily):
                 continue
             start = passage_starts[index] if passage_starts is not None else 0
             windows = passage_windows(
-                item, len(item) - item.query_length - len(self.layout.suffix), passage, offsets[index], start,
-                len(texts[index]) - start, chunks, options.chunk_overlap,
-                lambda ids, query=query: self._assemble(query, ids, options.max_length),
+                item,
+                len(item) - item.query_length - len(self.layout.suffix),
+                passage,
+                offsets[index],
+                start,
+                len(texts[index]) - start,
+                chunks,
+                options.chunk_overlap,
+                functools.partial(self._assemble, query, max_length=options.max_length),
             )
             capped += sum(cut for _, cut, _ in windows)
             encoded.extend(window for window, _, _ in windows)
         if capped:
             logger.warning(
                 "%d of %d pairs were longer than the model's %d positions and were cut (the query was capped); "
-                "lower query_max_length or max_length to avoid it.", capped, len(encoded), self.max_positions
+                "lower query_max_length or max_length to avoid it.",
+                capped,
+                len(encoded),
+                self.max_positions,
             )
         return encoded
 
@@ -234,7 +249,8 @@ def _cls_only_last_layer(model: torch.nn.Module):
         or getattr(config, "position_embedding_type", "absolute") not in (None, "absolute")
         or config.is_decoder
         or getattr(config, "add_cross_attention", False)
-        or type(getattr(model, "classifier", None)).__name__ not in {"XLMRobertaClassificationHead", "RobertaClassificationHead"}
+        or type(getattr(model, "classifier", None)).__name__
+        not in {"XLMRobertaClassificationHead", "RobertaClassificationHead"}
     ):
         return None
     layers = getattr(getattr(base, "encoder", None), "layer", None)
@@ -242,7 +258,12 @@ def _cls_only_last_layer(model: torch.nn.Module):
         return None
     last = layers[-1]
     attention = getattr(getattr(last, "attention", None), "self", None)
-    needed = (attention, getattr(last.attention, "output", None), getattr(last, "intermediate", None), getattr(last, "output", None))
+    needed = (
+        attention,
+        getattr(last.attention, "output", None),
+        getattr(last, "intermediate", None),
+        getattr(last, "output", None),
+    )
     if any(part is None for part in needed) or not all(
         hasattr(attention, name) for name in ("query", "key", "value", "num_attention_heads", "attention_head_size")
     ):

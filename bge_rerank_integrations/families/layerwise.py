@@ -9,14 +9,14 @@ wrongly for a list that is not ascending).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
 from ..loading import load_state_dict, read_config
 from ..models.minicpm_layerwise import LayerwiseConfig, LayerwiseMiniCPM, check_cutoff_layers
-from .base import Encoded, ScoreOptions
 from ..tokenization import load_tokenizer
+from .base import Encoded, ScoreOptions
 from .decoder import LayeredDecoderFamily
 from .decoder_text import pad_batch, pad_token_id, padding_side
 
@@ -30,7 +30,7 @@ class LayerwiseFamily(LayeredDecoderFamily):
     model: LayerwiseMiniCPM
 
     @classmethod
-    def load(cls, path: str, device: torch.device, dtype: torch.dtype) -> "LayerwiseFamily":
+    def load(cls, path: str, device: torch.device, dtype: torch.dtype) -> LayerwiseFamily:
         """Read ``config.json``, the tokenizer and the weights (by key name) from ``path``."""
         config = LayerwiseConfig.from_dict(read_config(path))
         tokenizer = load_tokenizer(path)
@@ -47,5 +47,7 @@ class LayerwiseFamily(LayeredDecoderFamily):
         layers = self.cutoff_layers(options)
         padded = pad_batch(batch, pad_token_id(self.tokenizer), padding_side(self.tokenizer), device=self.device)
         with torch.inference_mode():
-            scores = self.model.score(padded.input_ids, padded.attention_mask, layers, padded.last_index, padded.position_ids)
+            scores = self.model.score(
+                padded.input_ids, padded.attention_mask, layers, padded.last_index, padded.position_ids
+            )
         return scores.float().cpu()

@@ -14,14 +14,14 @@ as for every other family, and the weights are converted once, at load.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
-from ..models.gemma2_lightweight import Gemma2LightweightReranker, LightweightConfig, load_lightweight
-from .base import Encoded, ScoreOptions
 from ..inputs import describe_layers
+from ..models.gemma2_lightweight import Gemma2LightweightReranker, LightweightConfig, load_lightweight
 from ..tokenization import load_tokenizer
+from .base import Encoded, ScoreOptions
 from .decoder import LayeredDecoderFamily
 from .decoder_text import pad_batch, pad_token_id
 
@@ -42,7 +42,7 @@ class LightweightFamily(LayeredDecoderFamily):
     model: Gemma2LightweightReranker
 
     @classmethod
-    def load(cls, path: str, device: torch.device, dtype: torch.dtype) -> "LightweightFamily":
+    def load(cls, path: str, device: torch.device, dtype: torch.dtype) -> LightweightFamily:
         """Tokenizer plus our Gemma-2 model with the checkpoint's weights, on ``device`` in ``dtype``."""
         tokenizer = load_tokenizer(path)
         tokenizer.padding_side = "right"  # the reference forces right padding; compression relies on it
@@ -89,4 +89,4 @@ class LightweightFamily(LayeredDecoderFamily):
         return scores.float().cpu()
 
 
-__all__ = ["LightweightFamily", "DEFAULT_PROMPT", "COMPRESS_RATIOS"]
+__all__ = ["COMPRESS_RATIOS", "DEFAULT_PROMPT", "LightweightFamily"]

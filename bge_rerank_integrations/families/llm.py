@@ -8,7 +8,8 @@ with the single ``lm_head`` row of the "Yes" token: the same value without the
 
 from __future__ import annotations
 
-from typing import Any, Sequence, cast
+from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 
@@ -51,7 +52,7 @@ class LLMFamily(DecoderFamily):
         self._max_positions = int(getattr(config, "max_position_embeddings", None) or 8192)
 
     @classmethod
-    def load(cls, path: str, device: torch.device, dtype: torch.dtype) -> "LLMFamily":
+    def load(cls, path: str, device: torch.device, dtype: torch.dtype) -> LLMFamily:
         """Load tokenizer and causal LM from ``path`` onto ``device`` in ``dtype``."""
         tokenizer, model = load_causal_lm(str(path), dtype)
         return cls(model.to(device), tokenizer, device, dtype)
@@ -70,7 +71,10 @@ class LLMFamily(DecoderFamily):
             # The 0/1 mask stays an integer tensor: transformers builds the additive mask in the
             # model's dtype itself. Positions are those of the reference's batches (see encode).
             out = decoder(
-                input_ids=padded.input_ids, attention_mask=padded.attention_mask, position_ids=padded.position_ids, use_cache=False
+                input_ids=padded.input_ids,
+                attention_mask=padded.attention_mask,
+                position_ids=padded.position_ids,
+                use_cache=False,
             )
             hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
             last = hidden[torch.arange(hidden.shape[0], device=hidden.device), padded.last_index]

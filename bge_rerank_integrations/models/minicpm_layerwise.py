@@ -37,9 +37,7 @@ def check_cutoff_layers(config: LayerwiseConfig, layers: Sequence[int]) -> None:
         layer for layer in layers if not isinstance(layer, int) or isinstance(layer, bool) or not low <= layer <= high
     ]
     if bad or not layers:
-        raise ValueError(
-            f"cutoff_layers must be integers in [{low}, {high}] for this checkpoint, got {list(layers)}."
-        )
+        raise ValueError(f"cutoff_layers must be integers in [{low}, {high}] for this checkpoint, got {list(layers)}.")
 
 
 @dataclass(frozen=True)

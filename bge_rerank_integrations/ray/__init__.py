@@ -19,11 +19,11 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 
 from .data import rerank_dataset
 
-__all__ = ["rerank_dataset", "build_app"]
+__all__ = ["build_app", "rerank_dataset"]
 
 
 def __getattr__(name: str):
-    if name == "build_app":   # Serve and the HTTP app load only when asked for
+    if name == "build_app":  # Serve and the HTTP app load only when asked for
         from .serve import build_app
 
         return build_app

@@ -56,7 +56,9 @@ def rerank_dataset(
         if not isinstance(column, str) or not column:
             raise ValueError(f"{name} must be a column name, got {column!r}.")
     if score_column in (query_column, text_column):
-        raise ValueError(f"score_column={score_column!r} would overwrite the input column of the same name; pick another.")
+        raise ValueError(
+            f"score_column={score_column!r} would overwrite the input column of the same name; pick another."
+        )
     check_positive_int(batch_size, "batch_size")
     if num_cpus_per_actor < 0:
         raise ValueError(f"num_cpus_per_actor must be >= 0, got {num_cpus_per_actor!r}.")
@@ -102,7 +104,9 @@ class _PairScorer:
             )
         missing = [column for column in self.columns if column not in batch]
         if missing:
-            raise ValueError(f"The dataset has no column(s) {missing}; it has {sorted(batch)}. Pass query_column= and text_column=.")
+            raise ValueError(
+                f"The dataset has no column(s) {missing}; it has {sorted(batch)}. Pass query_column= and text_column=."
+            )
         queries, texts = (batch[column] for column in self.columns)
         pairs = [self._pair(batch, row, queries[row], texts[row]) for row in range(len(queries))]
         scores = self.reranker.compute_score(pairs) if pairs else []
@@ -114,4 +118,3 @@ class _PairScorer:
         except (TypeError, ValueError) as error:
             shown = {column: values[row] for column, values in batch.items()}
             raise type(error)(f"Cannot score the row {shown!r:.300}: {error} Fix or filter such rows first.") from None
-

@@ -22,6 +22,6 @@ def actor_reranker_options(model: str, options: dict[str, Any], num_gpus: float)
     options = dict(options)
     if num_gpus == 0:
         options.setdefault("device", "cpu")
-    BGEReranker(model, **options)   # checks every load and scoring option (loads nothing)
+    BGEReranker(model, **options)  # checks every load and scoring option (loads nothing)
     check_single_score(options.get("cutoff_layers"))
     return options

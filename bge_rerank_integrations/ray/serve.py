@@ -7,7 +7,8 @@ import logging
 import signal
 import socket
 import threading
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ray import serve
 
@@ -33,10 +34,15 @@ class RerankDeployment:
     """
 
     def __init__(
-        self, model: str, options: dict[str, Any], settings: ServerSettings, max_batch_size: int, batch_wait_timeout_s: float
+        self,
+        model: str,
+        options: dict[str, Any],
+        settings: ServerSettings,
+        max_batch_size: int,
+        batch_wait_timeout_s: float,
     ) -> None:
         self.reranker = BGEReranker(model, **options)
-        self.reranker.load()   # the replica is ready only once its model is
+        self.reranker.load()  # the replica is ready only once its model is
         self.settings = settings
         self.metrics = Metrics()
         # serve.batch's stubs type the decorated method as the plain function; it has these setters at run time.
@@ -126,12 +132,17 @@ def serve_on_ray(
     import ray
 
     app = build_app(
-        model, num_replicas=num_replicas, ray_actor_options={"num_gpus": num_gpus, "num_cpus": num_cpus},
-        max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s, settings=settings, **options,
+        model,
+        num_replicas=num_replicas,
+        ray_actor_options={"num_gpus": num_gpus, "num_cpus": num_cpus},
+        max_batch_size=max_batch_size,
+        batch_wait_timeout_s=batch_wait_timeout_s,
+        settings=settings,
+        **options,
     )
     ray.init(address=address, include_dashboard=False)
     stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):   # after ray.init, whose handlers these replace
+    for signum in (signal.SIGTERM, signal.SIGINT):  # after ray.init, whose handlers these replace
         signal.signal(signum, lambda *_: stop.set())
     try:
         port = port or free_port(host)

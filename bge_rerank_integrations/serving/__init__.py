@@ -48,4 +48,14 @@ from .batcher import DynamicBatcher
 from .metrics import Metrics
 from .scoring import Job, Overloaded, ScoredPairs, Scorer, score_jobs
 
-__all__ = ["create_app", "ServerSettings", "DynamicBatcher", "Metrics", "Scorer", "ScoredPairs", "Job", "Overloaded", "score_jobs"]
+__all__ = [
+    "DynamicBatcher",
+    "Job",
+    "Metrics",
+    "Overloaded",
+    "ScoredPairs",
+    "Scorer",
+    "ServerSettings",
+    "create_app",
+    "score_jobs",
+]

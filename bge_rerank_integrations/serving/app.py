@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Awaitable, Callable, Sequence, Union
+from typing import Annotated, Any, Union
 
 from fastapi import Body, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -31,9 +32,9 @@ from .schemas import (
     AnyRerankRequest,
     Document,
     ErrorResponse,
+    RankedDocument,
     RerankRequest,
     RerankResponse,
-    RankedDocument,
     TEIRank,
     TEIRerankRequest,
     Usage,
@@ -85,13 +86,22 @@ class _ClientGone(Exception):
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "missing or wrong API key"},
     408: {"model": ErrorResponse, "description": "the body did not arrive within --body-timeout"},
-    413: {"model": ErrorResponse, "description": "body over --max-request-bytes or more documents than --max-documents"},
+    413: {
+        "model": ErrorResponse,
+        "description": "body over --max-request-bytes or more documents than --max-documents",
+    },
     422: {
         "model": ErrorResponse,
         "description": "malformed JSON, invalid UTF-8, JSON nested too deeply, wrong types, or options/inputs the model cannot take",
     },
-    500: {"model": ErrorResponse, "description": "the server itself failed while scoring (never caused by the request)"},
-    503: {"model": ErrorResponse, "description": "queue full (see Retry-After), model not ready, or over --max-connections"},
+    500: {
+        "model": ErrorResponse,
+        "description": "the server itself failed while scoring (never caused by the request)",
+    },
+    503: {
+        "model": ErrorResponse,
+        "description": "queue full (see Retry-After), model not ready, or over --max-connections",
+    },
 }
 
 
@@ -121,7 +131,10 @@ def create_app(scorer: Scorer, *, settings: ServerSettings | None = None, metric
         lifespan=lifespan,
     )
     app.add_middleware(
-        Guard, api_key=settings.api_key, max_request_bytes=settings.max_request_bytes, metrics=metrics,
+        Guard,
+        api_key=settings.api_key,
+        max_request_bytes=settings.max_request_bytes,
+        metrics=metrics,
         body_timeout=settings.body_timeout,
     )
     app.state.scorer, app.state.settings, app.state.metrics = scorer, settings, metrics
@@ -144,7 +157,8 @@ def create_app(scorer: Scorer, *, settings: ServerSettings | None = None, metric
     async def score(request: Request, query: Any, texts: Sequence[str], options: dict[str, Any]) -> ScoredPairs:
         if len(texts) > settings.max_documents:
             raise ApiError(
-                413, "too_many_documents",
+                413,
+                "too_many_documents",
                 f"{len(texts)} documents are more than the server's limit of {settings.max_documents} per request "
                 "(--max-documents): split them over several requests.",
             )
@@ -172,9 +186,12 @@ def create_app(scorer: Scorer, *, settings: ServerSettings | None = None, metric
             raise ApiError(500, "scoring_failed", f"Scoring failed: {type(error).__name__}: {error}") from None
 
     @app.post(
-        "/rerank", response_model=Union[list[TEIRank], RerankResponse], response_model_exclude_none=True, responses=_ERRORS
+        "/rerank",
+        response_model=Union[list[TEIRank], RerankResponse],
+        response_model_exclude_none=True,
+        responses=_ERRORS,
     )
-    async def rerank_tei(body: Annotated[AnyRerankRequest, Body()], request: Request) -> Union[list[TEIRank], RerankResponse]:
+    async def rerank_tei(body: Annotated[AnyRerankRequest, Body()], request: Request) -> list[TEIRank] | RerankResponse:
         """TEI's rerank: ``{query, texts}`` -> ``[{index, score, text?}]`` best first; sigmoid scores unless ``raw_scores``.
 
         With ``documents`` (and no ``texts``) it is vLLM's and Infinity's ``/rerank``: answered as
@@ -185,7 +202,12 @@ def create_app(scorer: Scorer, *, settings: ServerSettings | None = None, metric
         options = _options(body)
         scored = await score(request, body.query, body.texts, options)
         return [
-            TEIRank(index=ranked.index, score=ranked.score, text=ranked.text if body.return_text else None, span=_span(ranked))
+            TEIRank(
+                index=ranked.index,
+                score=ranked.score,
+                text=ranked.text if body.return_text else None,
+                span=_span(ranked),
+            )
             for ranked in rank(body.texts, scored.scores, None, None, scored.spans)
         ]
 
@@ -197,14 +219,19 @@ def create_app(scorer: Scorer, *, settings: ServerSettings | None = None, metric
             return_documents = body.return_documents
         results = [
             RankedDocument(
-                index=ranked.index, relevance_score=ranked.score, document=Document(text=ranked.text) if return_documents else None,
+                index=ranked.index,
+                relevance_score=ranked.score,
+                document=Document(text=ranked.text) if return_documents else None,
                 relevance_span=_span(ranked),
             )
             for ranked in rank(texts, scored.scores, body.top_n or None, None, scored.spans)
         ]
         tokens = sum(scored.tokens)
         return RerankResponse(
-            id=f"rerank-{uuid.uuid4().hex}", model=model_name, results=results, usage=Usage(prompt_tokens=tokens, total_tokens=tokens)
+            id=f"rerank-{uuid.uuid4().hex}",
+            model=model_name,
+            results=results,
+            usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
         )
 
     async def rerank_cohere(body: RerankRequest, request: Request) -> RerankResponse:
@@ -212,7 +239,9 @@ def create_app(scorer: Scorer, *, settings: ServerSettings | None = None, metric
         return await rerank_documents(body, request, return_documents=True)
 
     for path in ("/v1/rerank", "/v2/rerank"):
-        app.post(path, response_model=RerankResponse, response_model_exclude_none=True, responses=_ERRORS)(rerank_cohere)
+        app.post(path, response_model=RerankResponse, response_model_exclude_none=True, responses=_ERRORS)(
+            rerank_cohere
+        )
 
     @app.get("/health", responses={503: {"model": ErrorResponse, "description": "loading or shutting down"}})
     async def health() -> JSONResponse:
@@ -225,7 +254,10 @@ def create_app(scorer: Scorer, *, settings: ServerSettings | None = None, metric
     async def info() -> dict[str, Any]:
         """Model, family, device, dtype, max positions, scoring defaults, limits and version."""
         family = reranker.load().family
-        defaults = {name: list(value) if isinstance(value, tuple) else value for name, value in dataclasses.asdict(reranker.options).items()}
+        defaults = {
+            name: list(value) if isinstance(value, tuple) else value
+            for name, value in dataclasses.asdict(reranker.options).items()
+        }
         limits = {"max_documents": settings.max_documents, "max_request_bytes": settings.max_request_bytes}
         limits.update(getattr(scorer, "describe", dict)())
         return {
@@ -244,7 +276,10 @@ def create_app(scorer: Scorer, *, settings: ServerSettings | None = None, metric
     @app.get(
         "/metrics",
         response_class=Response,
-        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"}, 401: _ERRORS[401]},
+        responses={
+            200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"},
+            401: _ERRORS[401],
+        },
     )
     async def prometheus() -> Response:
         """Prometheus metrics: requests, pairs, latency and batch-size histograms, queue depth."""
@@ -273,7 +308,10 @@ def _declare_bearer_auth(schema: dict[str, Any]) -> None:
     """Declare ``Authorization: Bearer`` on every path the key guards."""
     from .guard import PUBLIC_PATHS
 
-    schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {"type": "http", "scheme": "bearer"}
+    schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
+        "type": "http",
+        "scheme": "bearer",
+    }
     for path, operations in schema.get("paths", {}).items():
         if path not in PUBLIC_PATHS:
             for operation in operations.values():
@@ -287,7 +325,10 @@ def _declare_model_bounds(schema: dict[str, Any], family: Any, max_documents: in
         properties = schema.get("components", {}).get("schemas", {}).get(name, {}).get("properties", {})
         for option in options_not_taken(family.name):
             if option in properties:
-                properties[option] = {"type": "null", "description": f"not taken by the {family.name} family served here"}
+                properties[option] = {
+                    "type": "null",
+                    "description": f"not taken by the {family.name} family served here",
+                }
         for option in ("max_length", "query_max_length"):
             for branch in properties.get(option, {}).get("anyOf", []):
                 if branch.get("type") == "integer":

@@ -16,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ..reranker import BGEReranker
 from .metrics import Metrics
@@ -98,7 +99,11 @@ class DynamicBatcher:
 
     def describe(self) -> dict[str, Any]:
         """The batching limits, for ``/info``."""
-        return {"max_batch_pairs": self.max_batch_pairs, "max_wait_ms": self.max_wait * 1000, "max_queue_pairs": self.max_queue_pairs}
+        return {
+            "max_batch_pairs": self.max_batch_pairs,
+            "max_wait_ms": self.max_wait * 1000,
+            "max_queue_pairs": self.max_queue_pairs,
+        }
 
     async def score(self, pairs: Sequence[Pair], options: Mapping[str, Any]) -> ScoredPairs:
         """Queue ``pairs`` and wait for their scores; cancelling the wait drops them from the queue."""

@@ -50,7 +50,9 @@ class _ConnectionLimits:
         if scope["type"] != "http" or open_connections <= self.max_connections:
             await self._app_within_cap(scope, receive, send)
             return
-        logger.warning("Answering 503: %d connections are open, over --max-connections %d.", open_connections, self.max_connections)
+        logger.warning(
+            "Answering 503: %d connections are open, over --max-connections %d.", open_connections, self.max_connections
+        )
         message = (
             f"The server has {open_connections} open connections, more than its limit of {self.max_connections} "
             "(--max-connections); retry later."
@@ -80,7 +82,10 @@ class _ConnectionLimits:
         cycle = getattr(self, "cycle", None)
         waiting_for_headers = cycle is None or cycle.response_complete
         if waiting_for_headers and not self.transport.is_closing():  # type: ignore[attr-defined]
-            logger.info("Closing a connection whose request headers did not arrive within %g s (--header-timeout).", self.header_timeout)
+            logger.info(
+                "Closing a connection whose request headers did not arrive within %g s (--header-timeout).",
+                self.header_timeout,
+            )
             self.transport.close()  # type: ignore[attr-defined]
 
 

@@ -10,7 +10,8 @@ import asyncio
 import hmac
 import json
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from .metrics import Metrics
 
@@ -45,7 +46,12 @@ class Guard:
     ``body_timeout`` (seconds for the whole body); counts every response."""
 
     def __init__(
-        self, app: Callable, *, api_key: str | None, max_request_bytes: int, metrics: Metrics,
+        self,
+        app: Callable,
+        *,
+        api_key: str | None,
+        max_request_bytes: int,
+        metrics: Metrics,
         body_timeout: float = DEFAULT_BODY_TIMEOUT,
     ) -> None:
         self.app = app
@@ -75,7 +81,10 @@ class Guard:
     async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.api_key and scope["path"] not in PUBLIC_PATHS and not self._authorized(scope):
             await send_error(
-                send, 401, "unauthorized", "Missing or wrong API key: send 'Authorization: Bearer <key>'.",
+                send,
+                401,
+                "unauthorized",
+                "Missing or wrong API key: send 'Authorization: Bearer <key>'.",
                 {"WWW-Authenticate": "Bearer"},
             )
             return
@@ -93,7 +102,9 @@ class Guard:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
             except asyncio.TimeoutError:
                 await send_error(
-                    send, 408, "request_timeout",
+                    send,
+                    408,
+                    "request_timeout",
                     f"The request body did not arrive within the server's {self.body_timeout:g} s (--body-timeout): "
                     f"{size} bytes came. Send the whole body at once.",
                     {"Connection": "close"},

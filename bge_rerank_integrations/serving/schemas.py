@@ -8,7 +8,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictBool, StrictInt, StrictStr, Tag, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    Tag,
+    create_model,
+    model_validator,
+)
 
 from ..inputs import MAX_INT
 from ..options import BY_NAME, REQUEST_OPTIONS
@@ -20,8 +31,10 @@ MAX_LAYERS_LISTED = 128
 #: Integer fields: JSON Schema's integers include ``6.0``, so an integral float counts as its int;
 #: ``true``, ``"6"`` and ``6.5`` are 422s (types are strict: nothing else is coerced).
 INTEGER_FIELDS = (
-    *(name for name in REQUEST_OPTIONS if BY_NAME[name].kind in ("int", "count", "layers")), "top_n",
-    "max_chunks_per_doc", "max_tokens_per_doc",
+    *(name for name in REQUEST_OPTIONS if BY_NAME[name].kind in ("int", "count", "layers")),
+    "top_n",
+    "max_chunks_per_doc",
+    "max_tokens_per_doc",
 )
 
 #: The bounds the core checks (``inputs.check_positive_int``), stated in the OpenAPI document; the core's
@@ -32,7 +45,13 @@ _NON_NEGATIVE: dict[str, Any] = {"minimum": 0, "maximum": MAX_INT}
 Layers = Union[StrictInt, Annotated[list[StrictInt], Field(min_length=1, max_length=MAX_LAYERS_LISTED)], None]
 
 #: Request field types of the options' kinds (strict: nothing is coerced), and their OpenAPI bounds.
-_FIELD_TYPES: dict[str, Any] = {"int": Optional[StrictInt], "count": Optional[StrictInt], "text": Optional[StrictStr], "format": Optional[StrictStr], "layers": Layers}
+_FIELD_TYPES: dict[str, Any] = {
+    "int": Optional[StrictInt],
+    "count": Optional[StrictInt],
+    "text": Optional[StrictStr],
+    "format": Optional[StrictStr],
+    "layers": Layers,
+}
 _FIELD_BOUNDS: dict[str, Any] = {"int": _POSITIVE, "count": _NON_NEGATIVE}
 
 
@@ -47,7 +66,9 @@ def _integral(value: Any) -> Any:
 class _RawScores(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    raw_scores: StrictBool | None = Field(None, description="true: raw logits, as BGEReranker.compute_score; false: sigmoid-normalized")
+    raw_scores: StrictBool | None = Field(
+        None, description="true: raw logits, as BGEReranker.compute_score; false: sigmoid-normalized"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -98,7 +119,9 @@ class TEIRerankRequest(BGEOptions):
     query: StrictStr
     texts: list[StrictStr]
     return_text: StrictBool = False
-    truncate: StrictBool | None = Field(None, description="accepted for TEI clients; pairs are always truncated as the reference does")
+    truncate: StrictBool | None = Field(
+        None, description="accepted for TEI clients; pairs are always truncated as the reference does"
+    )
     truncation_direction: Literal["right", "Right"] | None = Field(
         None, description="only right truncation (the reference's) exists"
     )
@@ -110,7 +133,9 @@ class TEIRank(BaseModel):
     index: int
     score: float
     text: str | None = None
-    span: list[int] | None = Field(None, description="[start, end] characters of the best window (long texts scored in windows)")
+    span: list[int] | None = Field(
+        None, description="[start, end] characters of the best window (long texts scored in windows)"
+    )
 
 
 class DocumentObject(BaseModel):
@@ -126,17 +151,21 @@ class RerankRequest(BGEOptions):
 
     model: StrictStr | None = Field(None, description="accepted; responses give the served model's name")
     query: StrictStr
-    documents: list[Union[StrictStr, DocumentObject]]
+    documents: list[StrictStr | DocumentObject]
     top_n: StrictInt | None = Field(None, ge=0, le=MAX_INT, description="keep the best N; 0 or absent keeps all")
     return_documents: StrictBool | None = Field(
-        None, description="give each result's text: default true on /v1/rerank and /v2/rerank (Cohere, vLLM), false on /rerank (Infinity)"
+        None,
+        description="give each result's text: default true on /v1/rerank and /v2/rerank (Cohere, vLLM), false on /rerank (Infinity)",
     )
     use_activation: StrictBool | None = Field(None, description="vLLM's spelling: false gives raw scores")
     max_chunks_per_doc: StrictInt | None = Field(
         None, json_schema_extra=_POSITIVE, description="Cohere v1's spelling of max_chunks_per_passage"
     )
     max_tokens_per_doc: StrictInt | None = Field(
-        None, ge=0, le=MAX_INT, description="Cohere v2's and vLLM's: cut each document to this many tokens (0: no cut, as vLLM)"
+        None,
+        ge=0,
+        le=MAX_INT,
+        description="Cohere v2's and vLLM's: cut each document to this many tokens (0: no cut, as vLLM)",
     )
 
     def call_options(self, use_activation: bool | None = None) -> dict[str, Any]:
@@ -191,7 +220,9 @@ class ErrorResponse(BaseModel):
     """Every error: a readable message (``error``, and the same in ``detail`` for FastAPI/Jina-style clients) and its kind."""
 
     error: str
-    error_type: str = Field(description="validation, invalid_request, payload_too_large, too_many_documents, unauthorized, overloaded, ...")
+    error_type: str = Field(
+        description="validation, invalid_request, payload_too_large, too_many_documents, unauthorized, overloaded, ..."
+    )
     detail: str
 
 
@@ -206,7 +237,7 @@ def _rerank_schema(body: Any) -> str:
 
 #: ``POST /rerank``'s body: TEI's, or the vLLM/Infinity one (chosen by ``documents`` without ``texts``).
 AnyRerankRequest = Annotated[
-    Union[Annotated[TEIRerankRequest, Tag("tei")], Annotated[RerankRequest, Tag("vllm")]],
+    Annotated[TEIRerankRequest, Tag("tei")] | Annotated[RerankRequest, Tag("vllm")],
     Discriminator(_rerank_schema),
 ]
 

@@ -10,8 +10,9 @@ one worker thread; a Ray Serve deployment can run it under ``@serve.batch``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol, Sequence, cast, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 from ..reranker import BGEReranker
 

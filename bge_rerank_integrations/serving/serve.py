@@ -18,7 +18,7 @@ import os
 import signal
 import socket
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..options import DEFAULT_OPTIONS, LOAD_OPTIONS, add_flags, check_single_score, given_options
 from .connections import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS, http_protocol
@@ -39,10 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``bge-rerank serve``'s arguments: the load and scoring options' flags (``options.OPTIONS``), then the server's own."""
-    parser.add_argument("--model", "-m", required=True, help="Hub id (e.g. BAAI/bge-reranker-v2-m3) or local checkpoint directory")
+    parser.add_argument(
+        "--model", "-m", required=True, help="Hub id (e.g. BAAI/bge-reranker-v2-m3) or local checkpoint directory"
+    )
     parser.add_argument("--served-model-name", help="the name responses and /info give (default: --model)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
-    parser.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one, logged at start)")
+    parser.add_argument(
+        "--port", type=int, default=8080, help="port (default 8080; 0 picks a free one, logged at start)"
+    )
 
     model = parser.add_argument_group("model (load options)")
     add_flags(model, LOAD_OPTIONS)
@@ -50,51 +54,89 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     scoring = parser.add_argument_group("scoring defaults (requests may override them)")
     normalize = {
-        "action": argparse.BooleanOptionalAction, "default": True,
+        "action": argparse.BooleanOptionalAction,
+        "default": True,
         "help": "sigmoid scores unless a request asks raw_scores (default, as TEI/Cohere); --no-normalize: raw by default",
     }
     add_flags(scoring, DEFAULT_OPTIONS, overrides={"normalize": normalize})
 
     limits = parser.add_argument_group("batching and limits")
     limits.add_argument(
-        "--max-batch-pairs", type=int, help="most pairs merged into one model call (default 256 on CUDA/MPS, 32 on CPU; 1 = no merging)"
+        "--max-batch-pairs",
+        type=int,
+        help="most pairs merged into one model call (default 256 on CUDA/MPS, 32 on CPU; 1 = no merging)",
     )
-    limits.add_argument("--max-wait-ms", type=float, default=5.0, help="longest a request waits for others to share its call (default 5)")
-    limits.add_argument("--max-request-bytes", type=int, default=2_000_000, help="largest request body, else 413 (default 2000000)")
-    limits.add_argument("--max-documents", type=int, default=1024, help="most documents per request, else 413 (default 1024)")
-    limits.add_argument("--max-queue", type=int, default=8192, help="most pairs waiting, else 503 with Retry-After (default 8192)")
     limits.add_argument(
-        "--api-key-file", help=f"file holding the key for 'Authorization: Bearer KEY' (or set ${API_KEY_VARIABLE}; neither = open)"
+        "--max-wait-ms",
+        type=float,
+        default=5.0,
+        help="longest a request waits for others to share its call (default 5)",
     )
-    limits.add_argument("--api-key", help=f"the key itself (visible in the process list: prefer --api-key-file or ${API_KEY_VARIABLE})")
+    limits.add_argument(
+        "--max-request-bytes", type=int, default=2_000_000, help="largest request body, else 413 (default 2000000)"
+    )
+    limits.add_argument(
+        "--max-documents", type=int, default=1024, help="most documents per request, else 413 (default 1024)"
+    )
+    limits.add_argument(
+        "--max-queue", type=int, default=8192, help="most pairs waiting, else 503 with Retry-After (default 8192)"
+    )
+    limits.add_argument(
+        "--api-key-file",
+        help=f"file holding the key for 'Authorization: Bearer KEY' (or set ${API_KEY_VARIABLE}; neither = open)",
+    )
+    limits.add_argument(
+        "--api-key", help=f"the key itself (visible in the process list: prefer --api-key-file or ${API_KEY_VARIABLE})"
+    )
     connections = parser.add_argument_group("connections (stalled and idle clients, shutdown)")
     connections.add_argument(
-        "--header-timeout", type=_seconds, default=DEFAULT_HEADER_TIMEOUT,
+        "--header-timeout",
+        type=_seconds,
+        default=DEFAULT_HEADER_TIMEOUT,
         help=f"seconds for a request's headers to arrive, else the connection is closed (default {DEFAULT_HEADER_TIMEOUT:g})",
     )
     connections.add_argument(
-        "--body-timeout", type=_seconds, default=DEFAULT_BODY_TIMEOUT,
+        "--body-timeout",
+        type=_seconds,
+        default=DEFAULT_BODY_TIMEOUT,
         help=f"seconds for a request's whole body to arrive, else 408 (default {DEFAULT_BODY_TIMEOUT:g})",
     )
     connections.add_argument(
-        "--keep-alive-timeout", type=_seconds, default=5.0, help="seconds an idle connection is kept after a response (default 5)"
+        "--keep-alive-timeout",
+        type=_seconds,
+        default=5.0,
+        help="seconds an idle connection is kept after a response (default 5)",
     )
     connections.add_argument(
-        "--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS,
+        "--max-connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
         help=f"most open connections; a request while more are open is a 503 (default {DEFAULT_MAX_CONNECTIONS})",
     )
     connections.add_argument(
-        "--shutdown-timeout", type=_seconds, default=30.0,
+        "--shutdown-timeout",
+        type=_seconds,
+        default=30.0,
         help="on SIGTERM, seconds to finish requests in flight before the rest are closed and the process exits 0 (default 30)",
     )
     ray = parser.add_argument_group("Ray Serve (replicas behind one endpoint; needs the ray extra)")
     ray.add_argument("--ray", action="store_true", help="serve with Ray Serve replicas instead of one uvicorn process")
     ray.add_argument("--replicas", type=_replicas, default=1, help="replicas, or 'auto' to autoscale (default 1)")
-    ray.add_argument("--ray-address", help="Ray cluster to join, e.g. ray://head:10001 or auto (default: $RAY_ADDRESS, else a local one)")
+    ray.add_argument(
+        "--ray-address",
+        help="Ray cluster to join, e.g. ray://head:10001 or auto (default: $RAY_ADDRESS, else a local one)",
+    )
     ray.add_argument("--gpus-per-replica", type=float, default=0, help="GPUs each replica gets (default 0: CPU)")
     ray.add_argument("--cpus-per-replica", type=float, default=1, help="CPUs each replica gets (default 1)")
-    ray.add_argument("--max-batch-requests", type=int, default=16, help="most requests merged into one model call per replica (default 16)")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level (default info)")
+    ray.add_argument(
+        "--max-batch-requests",
+        type=int,
+        default=16,
+        help="most requests merged into one model call per replica (default 16)",
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level (default info)"
+    )
 
 
 def _seconds(value: str) -> float:
@@ -163,7 +205,10 @@ def run(args: argparse.Namespace) -> int:
         from .batcher import DynamicBatcher
         from .metrics import Metrics
     except ImportError as error:
-        print(f"bge-rerank serve: {error}; install the server with: pip install 'bge-rerank-integrations[serve]'", file=sys.stderr)
+        print(
+            f"bge-rerank serve: {error}; install the server with: pip install 'bge-rerank-integrations[serve]'",
+            file=sys.stderr,
+        )
         return 2
     from ..reranker import BGEReranker
 
@@ -180,7 +225,11 @@ def run(args: argparse.Namespace) -> int:
         reranker = BGEReranker(args.model, **options)
         metrics = Metrics()
         batcher = DynamicBatcher(
-            reranker, max_batch_pairs=args.max_batch_pairs, max_wait_ms=args.max_wait_ms, max_queue_pairs=args.max_queue, metrics=metrics
+            reranker,
+            max_batch_pairs=args.max_batch_pairs,
+            max_wait_ms=args.max_wait_ms,
+            max_queue_pairs=args.max_queue,
+            metrics=metrics,
         )
         settings = ServerSettings(
             model_name=args.served_model_name,
@@ -199,9 +248,17 @@ def run(args: argparse.Namespace) -> int:
         from ..ray.serve import serve_on_ray
 
         return serve_on_ray(
-            args.model, options, settings, address=args.ray_address, host=args.host, port=args.port,
-            num_replicas=args.replicas, num_gpus=args.gpus_per_replica, num_cpus=args.cpus_per_replica,
-            max_batch_size=args.max_batch_requests, batch_wait_timeout_s=args.max_wait_ms / 1000,
+            args.model,
+            options,
+            settings,
+            address=args.ray_address,
+            host=args.host,
+            port=args.port,
+            num_replicas=args.replicas,
+            num_gpus=args.gpus_per_replica,
+            num_cpus=args.cpus_per_replica,
+            max_batch_size=args.max_batch_requests,
+            batch_wait_timeout_s=args.max_wait_ms / 1000,
         )
     app = create_app(batcher, settings=settings, metrics=metrics)
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
@@ -212,9 +269,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"bge-rerank serve: cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
         return 2
     host, port = sock.getsockname()[:2]
-    logger.info("bge-rerank serve: %s on http://%s:%d (loading the model; /health answers 200 once ready)", args.model, host, port)
+    logger.info(
+        "bge-rerank serve: %s on http://%s:%d (loading the model; /health answers 200 once ready)",
+        args.model,
+        host,
+        port,
+    )
     config = uvicorn.Config(
-        app, log_level=args.log_level, access_log=args.log_level == "debug",
+        app,
+        log_level=args.log_level,
+        access_log=args.log_level == "debug",
         http=http_protocol(args.header_timeout, args.max_connections),
         timeout_keep_alive=args.keep_alive_timeout,
         timeout_graceful_shutdown=args.shutdown_timeout,
