@@ -400,7 +400,7 @@ def quiet_transformers() -> Iterator[None]:
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     hold = _HeldRecords()
-    handlers = list(logging.getLogger("transformers").handlers)
+    handlers = _handlers_reached(logging.getLogger("transformers"))
     for handler in handlers:
         handler.addFilter(hold)
     try:
@@ -415,6 +415,15 @@ def quiet_transformers() -> Iterator[None]:
             logging.getLogger(record.name).handle(record)
         if was_enabled:
             hf_logging.enable_progress_bar()
+
+
+def _handlers_reached(logger: logging.Logger | None) -> list[logging.Handler]:
+    """Every handler a record logged on ``logger`` reaches: its own, then its ancestors' while it propagates."""
+    found: list[logging.Handler] = []
+    while logger is not None:
+        found += [handler for handler in logger.handlers if handler not in found]
+        logger = logger.parent if logger.propagate else None
+    return found
 
 
 class _HeldRecords(logging.Filter):

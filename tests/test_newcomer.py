@@ -94,19 +94,31 @@ def test_a_refused_checkpoint_gives_our_error_without_transformers_load_report()
     assert "LOAD REPORT" not in completed.stderr and "MISSING" not in completed.stderr, completed.stderr
 
 
-def test_transformers_records_of_a_successful_load_are_still_logged(caplog):
+@pytest.mark.parametrize("propagate", [False, True])  # transformers' default, and after enable_propagation()
+def test_transformers_records_of_a_successful_load_are_still_logged(caplog, monkeypatch, propagate):
     """What transformers logs during a load that succeeds is held back only until the load ends."""
     from bge_rerank_integrations.loading import quiet_transformers
 
+    monkeypatch.setattr(logging.getLogger("transformers"), "propagate", propagate)
     hf_logger = logging.getLogger("transformers.modeling_utils")
     with caplog.at_level(logging.WARNING, logger="transformers"):
         caplog.handler.setLevel(logging.WARNING)
         logging.getLogger("transformers").addHandler(caplog.handler)
         try:
-            with quiet_transformers():
-                hf_logger.warning("a note from transformers")
-                assert "a note from transformers" not in caplog.text  # held back during the load
-            assert caplog.text.count("a note from transformers") == 1
+            seen_at_root: list[str] = []
+            root_handler = logging.Handler(logging.WARNING)
+            root_handler.emit = lambda record: seen_at_root.append(record.getMessage())  # type: ignore[method-assign]
+            logging.getLogger().addHandler(root_handler)
+            try:
+                with quiet_transformers():
+                    hf_logger.warning("a note from transformers")
+                    assert "a note from transformers" not in caplog.text  # held back during the load
+                    assert seen_at_root == []  # also from the root's handlers a propagating record reaches
+            finally:
+                logging.getLogger().removeHandler(root_handler)
+            assert seen_at_root == (["a note from transformers"] if propagate else [])
+            # the handler sits on transformers' logger, and on the root one (reached too when it propagates)
+            assert caplog.text.count("a note from transformers") == (2 if propagate else 1)
         finally:
             logging.getLogger("transformers").removeHandler(caplog.handler)
 
