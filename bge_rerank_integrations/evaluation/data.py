@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +87,16 @@ def load_beir(path: str | os.PathLike[str], split: str = "test") -> Dataset:
     return Dataset(root, split, corpus, queries, qrels, frozenset(all_queries), skipped)
 
 
+def check_known_ids(
+    where: str, query_id: str, doc_id: str, query_ids: Collection[str], corpus: Collection[str]
+) -> None:
+    """A qrels or run line (``where``) names a query of ``queries.jsonl`` and a passage of ``corpus.jsonl``."""
+    if query_id not in query_ids:
+        raise EvaluationError(f"{where}: query id {query_id!r} is not in queries.jsonl.")
+    if doc_id not in corpus:
+        raise EvaluationError(f"{where}: corpus id {doc_id!r} is not in corpus.jsonl.")
+
+
 def read_qrels(path: Path, queries: dict[str, str], corpus: dict[str, str]) -> dict[str, dict[str, int]]:
     """``qrels/<split>.tsv`` (header ``query-id corpus-id score``, then one tab-separated judgement a line)."""
     qrels: dict[str, dict[str, int]] = {}
@@ -112,10 +122,7 @@ def read_qrels(path: Path, queries: dict[str, str], corpus: dict[str, str]) -> d
                 score = int(grade)
             except ValueError:
                 raise EvaluationError(f"{at(path, number)}: the score {grade!r} is not an integer grade.") from None
-            if query_id not in queries:
-                raise EvaluationError(f"{at(path, number)}: query id {query_id!r} is not in queries.jsonl.")
-            if doc_id not in corpus:
-                raise EvaluationError(f"{at(path, number)}: corpus id {doc_id!r} is not in corpus.jsonl.")
+            check_known_ids(at(path, number), query_id, doc_id, queries, corpus)
             grades = qrels.setdefault(query_id, {})
             if doc_id in grades:
                 raise EvaluationError(f"{at(path, number)}: ({query_id!r}, {doc_id!r}) is judged twice.")

@@ -7,7 +7,7 @@ import os
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
-from .data import numbered_lines
+from .data import check_known_ids, numbered_lines
 from .errors import EvaluationError, at
 
 #: A run: query id -> {passage id: score}.
@@ -52,10 +52,7 @@ def read_run(path: str | os.PathLike[str], query_ids: Collection[str], corpus: C
                 ) from None
             if not math.isfinite(score):
                 raise EvaluationError(f"{at(path, number)}: the score {score_text!r} is not a finite number.")
-            if query_id not in query_ids:
-                raise EvaluationError(f"{at(path, number)}: query id {query_id!r} is not in queries.jsonl.")
-            if doc_id not in corpus:
-                raise EvaluationError(f"{at(path, number)}: corpus id {doc_id!r} is not in corpus.jsonl.")
+            check_known_ids(at(path, number), query_id, doc_id, query_ids, corpus)
             scores = run.setdefault(query_id, {})
             if doc_id in scores:
                 raise EvaluationError(f"{at(path, number)}: ({query_id!r}, {doc_id!r}) appears twice in the run.")
