@@ -275,8 +275,9 @@ LLAMA_INDEX = [
 
 The same two-stage retrieval as the LangChain notebook, in LlamaIndex: a BM25 retriever
 retrieves 8 nodes, and `bge_rerank_integrations.llama_index.BGERerank`, a node postprocessor,
-reorders them and keeps the best 3 for the LLM. The notebook then uses it in a query engine and
-saves and loads the postprocessor's configuration (dict, JSON file, YAML).
+reorders them and keeps the best 3 for the LLM. The notebook then uses it in a query engine,
+saves and loads the postprocessor's configuration (dict, JSON file, YAML), and scores a node longer
+than the reranker reads (`max_chunks_per_passage`).
 
 {MODEL_NOTE}
 
@@ -409,6 +410,102 @@ engine = RetrieverQueryEngine.from_args(
     retriever, node_postprocessors=[BGERerank.from_json(config_file.read_text())], llm=Settings.llm
 )
 show_nodes("Query engine with the loaded postprocessor" + SCORES_OF + ":", engine.query(QUERY).source_nodes)'''),
+    ("md", """## 6. Long nodes: `max_chunks_per_passage`
+
+LlamaIndex's default node parser (`SentenceSplitter`, `Settings.chunk_size = 1024`) makes nodes of
+up to 1,024 tokens (of its own tokenizer), about twice what the reranker reads: `max_length=512`
+tokens of query and passage together. The rest of the node is cut off, here as in the reference
+(FlagEmbedding), so an answer in a node's second half is never seen. `max_chunks_per_passage=N`
+scores a long node as up to N overlapping windows (consecutive windows share `chunk_overlap`
+tokens, by default an eighth of a window) and keeps its best window's score. The first window is
+exactly what truncation reads, so a node never scores below its truncated score, and a returned
+node scored in windows carries `metadata["relevance_span"] = [start, end]`, the characters of its
+text that scored best (`RerankResult.span` in the core; a window's edge can fall inside a word, as
+tokens do). The other ways out: nodes that fit (`Settings.chunk_size = 512`) or a larger
+`max_length` (up to 8,192 for `bge-reranker-v2-m3`).
+
+The node below holds about 1,000 of the reranker's own tokens (counted with its tokenizer, so it
+needs about the same windows with any checkpoint): four passages of the corpus that do not answer
+(habitat, cubs, conservation, the red panda), repeated, then the diet passage as its last sentence,
+past the cut. First what N costs: the windows scored and the tokens the model read per node (they
+depend on the tokenizer and `max_length`, not on the weights), and the process's CPU time per node
+(one thread, best of 3). On a real model each window costs about one pair (README, *Performance*:
+1.79x the truncated time for 2 windows, 3.63x for 4, on bge-reranker-base's shape); the tiny test
+checkpoint's times are mostly per-call overhead. Then the score and best window for each N: with a
+real model the windows before the answer should score low and N=4's best window should be the one
+that holds it; with the random test checkpoint the scores, and so the best window, mean nothing."""),
+    ("code", '''import itertools
+import math
+import time
+
+import torch
+from llama_index.core.schema import NodeWithScore, TextNode
+
+reader = BGEReranker(MODEL)  # the postprocessors' model (loaded once, then shared)
+tokenizer = reader.load().family.tokenizer
+MAX_LENGTH = reader.check_options().max_length
+
+
+def count_tokens(text):
+    """Tokens of ``text`` in the reranker's tokenizer (no special tokens)."""
+    return len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+
+off_topic = itertools.cycle([CORPUS[doc_id] for doc_id in ("panda-habitat", "panda-cubs", "panda-conservation", "red-panda")])
+background = ""
+while count_tokens(background) < 1000:
+    background += next(off_topic) + " "
+long_text = background + CORPUS["panda-diet"]
+answer = (len(background), len(long_text))  # the answer's characters in the node's text
+print(
+    f"long node: {len(long_text)} characters, {count_tokens(long_text)} tokens; the answer starts at token "
+    f"{count_tokens(background)}; the reranker reads max_length={MAX_LENGTH} tokens of query and node together"
+)
+
+CHUNKS = [1, 2, 4]
+tokens_read, cpu_ms = {}, {}
+threads = torch.get_num_threads()
+torch.set_num_threads(1)
+try:
+    for n in CHUNKS:
+        (group,) = reader.score_groups([[(QUERY, long_text)]], max_chunks_per_passage=n)
+        tokens_read[n] = group.tokens[0]  # every window's tokens
+        times = []
+        for _ in range(3):
+            start = time.process_time()
+            reader.compute_score([QUERY, long_text], max_chunks_per_passage=n)
+            times.append((time.process_time() - start) * 1000)
+        cpu_ms[n] = min(times)
+finally:
+    torch.set_num_threads(threads)
+windows = {n: math.ceil(tokens_read[n] / tokens_read[1]) for n in CHUNKS}  # each window but the last is a full pair
+
+print()
+print("cost per node, one thread" + (" [random test checkpoint: a tiny model, its times are mostly overhead]" if RANDOM else ""))
+print(f"{'max_chunks_per_passage':>22} {'windows':>8} {'tokens read':>12} {'ms CPU':>8} {'x truncated':>12}")
+for n in CHUNKS:
+    print(f"{n:>22} {windows[n]:>8} {tokens_read[n]:>12} {cpu_ms[n]:>8.1f} {cpu_ms[n] / cpu_ms[1]:>12.2f}")'''),
+    ("code", '''long_results = {n: reader.rerank(QUERY, [long_text], max_chunks_per_passage=n)[0] for n in CHUNKS}
+print("score and best window per max_chunks_per_passage" + SCORES_OF)
+for n, result in long_results.items():
+    change = result.score - long_results[1].score
+    if result.span is None:
+        where = "truncated (span None)"
+    else:
+        holds = result.span[0] <= answer[0] and answer[1] <= result.span[1]
+        where = f"span {result.span}, holds the answer: {'yes' if holds else 'no'}"
+    print(f"N={n}  score {result.score:8.4f} ({change:+.4f} against truncated)  {where}")
+start, end = long_results[CHUNKS[-1]].span
+print(f"N={CHUNKS[-1]}'s best window: {long_text[start:start + 40]!r} ... {long_text[end - 40:end]!r}")
+
+# The postprocessor takes the same option and puts the span in the returned node's metadata.
+windowed = BGERerank(model=MODEL, top_n=1, max_chunks_per_passage=4).postprocess_nodes(
+    [NodeWithScore(node=TextNode(text=long_text, id_="long-node"))], query_str=QUERY
+)
+print(
+    "BGERerank(max_chunks_per_passage=4)" + SCORES_OF
+    + f": score {windowed[0].score:.4f}, metadata['relevance_span'] = {windowed[0].node.metadata['relevance_span']}"
+)'''),
 ]
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -77,6 +78,15 @@ print("{marker}" + json.dumps({{
     "config": config,
     "loaded": loaded.to_dict(),
     "from_yaml_scores": [[n.node.ref_doc_id, n.score] for n in from_yaml.postprocess_nodes(retrieved, query_str=QUERY)],
+    "long": {{
+        "text": long_text,
+        "answer": answer,
+        "max_length": MAX_LENGTH,
+        "windows": {{str(n): w for n, w in windows.items()}},
+        "tokens_read": {{str(n): t for n, t in tokens_read.items()}},
+        "results": {{str(n): [r.score, r.span] for n, r in long_results.items()}},
+        "adapter": [windowed[0].score, windowed[0].node.metadata["relevance_span"]],
+    }},
 }}))
 """,
     MODEL_TOUR: """
@@ -296,6 +306,13 @@ def test_committed_notebook_is_executed_with_outputs(name):
             "After reranking (top 3, relevance_score) [random test checkpoint: these scores mean nothing]:" in printed
             or ("After reranking (top 3, rerank score) [random test checkpoint: these scores mean nothing]:" in printed)
         )
+    if name == LLAMA_INDEX:
+        # The long-node section: its cost first, its scores labelled as the random checkpoint's.
+        cost = printed.index("cost per node, one thread [random test checkpoint: a tiny model")
+        assert cost < printed.index(
+            "score and best window per max_chunks_per_passage [random test checkpoint: these scores mean nothing]"
+        )
+        assert "BGERerank(max_chunks_per_passage=4) [random test checkpoint: these scores mean nothing]" in printed
 
 
 def test_committed_notebooks_are_small():
@@ -408,6 +425,30 @@ def test_llama_index_notebook(executed):
         _printed_ranking(cells, "Rebuilt from YAML"), [(d, 1 / (1 + math.exp(-s))) for d, s in everything[:3]]
     )
     assert "What the LLM received:" in _stdout(cells)
+    _assert_long_node(probe["long"], probe["query"])
+
+
+def _assert_long_node(long: dict, query: str) -> None:
+    """The long node needs 3 windows, its answer past the first; the figures shown are the reranker's."""
+    reranker = BGEReranker(ENCODER, device="cpu")
+    tokenizer = reranker.load().family.tokenizer
+    text, (answer_start, answer_end) = long["text"], long["answer"]
+    assert answer_end == len(text)
+    assert len(tokenizer(text[:answer_start], add_special_tokens=False)["input_ids"]) > long["max_length"]
+    family = reranker.load().family
+    for n in ("1", "2", "4"):
+        chunks = int(n)
+        windows = reranker._encode(family, [(query, text)], reranker.check_options(max_chunks_per_passage=chunks))
+        assert long["windows"][n] == len(windows) == min(chunks, 3), n
+        (group,) = reranker.score_groups([[(query, text)]], max_chunks_per_passage=chunks)
+        assert long["tokens_read"][n] == group.tokens[0] == sum(len(window) for window in windows), n
+        (result,) = reranker.rerank(query, [text], max_chunks_per_passage=chunks)
+        score, span = long["results"][n]
+        assert _close(score, result.score) and (span is None) == (chunks == 1), n
+        assert span is None or tuple(span) == result.span, n
+    scores = [long["results"][n][0] for n in ("1", "2", "4")]
+    assert all(b >= a - TOLERANCE for a, b in itertools.pairwise(scores)), scores  # never below the truncated score
+    assert _close(long["adapter"][0], scores[-1]) and long["adapter"][1] == long["results"]["4"][1]
 
 
 def test_model_tour_notebook(executed):
