@@ -883,7 +883,7 @@ else:
 ]
 
 CHOOSING_SETTINGS = [
-    ("md", f"""# Choosing models and settings: quality against latency on your own data
+    ("md", """# Choosing models and settings: quality against latency on your own data
 
 Every knob of a reranker trades quality for time: the model, `cutoff_layers`, `compress_ratio`,
 `max_length`, the number of first-stage candidates, half precision. `bge-rerank eval` (and its
