@@ -77,7 +77,7 @@ def resolve_dtype(
 
     Half precision is used on CUDA and MPS when asked for. On CPU it is used only where this CPU
     runs that dtype fast (see :func:`cpu_fast_half_dtypes`: bfloat16 with AVX-512 BF16 or AMX,
-    float16 with AVX-512 FP16 or AMX-FP16); elsewhere it is tens of times slower than float32, so the
+    float16 with AMX-FP16); elsewhere it is no faster than float32 and often tens of times slower, so the
     model runs in float32 and one warning says so (once per ``model`` when it is given). Scores are
     float32 either way.
     """
@@ -93,7 +93,7 @@ def resolve_dtype(
         if model is None or (model, wanted) not in _warned_on_cpu:
             other = " (this CPU runs bfloat16 fast: use_bf16=True)" if torch.bfloat16 in fast else ""
             logger.warning(
-                "%s was asked for on a CPU without fast %s kernels (%s), where it is many times slower: using float32%s.",
+                "%s was asked for on a CPU without fast %s kernels (%s), where it is no faster than float32 and often many times slower: using float32%s.",
                 wanted,
                 _HALF_NAMES[wanted],
                 _HALF_NEEDS[wanted],
@@ -109,9 +109,10 @@ def resolve_dtype(
 
 
 _HALF_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
-_HALF_NEEDS = {torch.float16: "they need AVX-512 FP16 or AMX-FP16", torch.bfloat16: "they need AVX-512 BF16 or AMX"}
-#: CPU flags (Linux ``/proc/cpuinfo`` names) any one of which makes a dtype's matrix kernels fast.
-HALF_PRECISION_FLAGS = {torch.bfloat16: ("avx512_bf16", "amx_bf16"), torch.float16: ("avx512_fp16", "amx_fp16")}
+_HALF_NEEDS = {torch.float16: "they need AMX-FP16", torch.bfloat16: "they need AVX-512 BF16 or AMX"}
+#: CPU flags (Linux ``/proc/cpuinfo`` names) any one of which makes a dtype's matrix kernels fast. AVX-512 FP16
+#: alone does not: on a Xeon with AMX-BF16/INT8 and AVX-512 FP16 but no AMX-FP16, float16 ran at float32's speed.
+HALF_PRECISION_FLAGS = {torch.bfloat16: ("avx512_bf16", "amx_bf16"), torch.float16: ("amx_fp16",)}
 #: oneDNN's ISA levels (``ONEDNN_MAX_CPU_ISA`` values; AVX10_1 names are aliases), and the lowest that runs each dtype.
 _ONEDNN_LEVELS = {
     "SSE41": 0,
@@ -131,18 +132,20 @@ _ONEDNN_LEVELS = {
     "ALL": 11,
     "DEFAULT": 11,
 }
-_ONEDNN_NEEDS = {torch.bfloat16: "AVX512_CORE_BF16", torch.float16: "AVX512_CORE_FP16"}
+_ONEDNN_NEEDS = {torch.bfloat16: "AVX512_CORE_BF16", torch.float16: "AVX512_CORE_AMX_FP16"}
 
 
 def cpu_fast_half_dtypes() -> frozenset[torch.dtype]:
     """The half-precision dtypes this CPU runs fast, from what the CPU and torch report.
 
     A dtype counts as fast where the CPU has its instructions (bfloat16: ``avx512_bf16`` or
-    ``amx_bf16``; float16: ``avx512_fp16`` or ``amx_fp16``), torch's kernels run at AVX-512 (not held
+    ``amx_bf16``; float16: ``amx_fp16``), torch's kernels run at AVX-512 (not held
     to AVX2 by ``ATEN_CPU_CAPABILITY``) and oneDNN is not held below them (``ONEDNN_MAX_CPU_ISA``,
-    ``DNNL_MAX_CPU_ISA``), as on a CPU without them: CI emulates an AVX2 CPU that way. Measured: on
-    an AVX2 CPU bfloat16 runs 5-200x slower than float32, with AVX-512 BF16 about 2x faster; float16
-    without AVX-512 FP16 is 5-10x slower. Other architectures (ARM) stay float32 (not measured).
+    ``DNNL_MAX_CPU_ISA``), as on a CPU without them: CI emulates an AVX2 CPU that way. Measured
+    (torch 2.13, bge-reranker-base shape): on an AVX2 CPU bfloat16 runs 5-200x slower than float32;
+    with AVX-512 BF16 (AMD EPYC) 1.8x faster, with AMX (Intel Xeon) 3.8x; float16 is 5-10x slower
+    without AVX-512 FP16 and no faster than float32 with it (no AMX-FP16). Other architectures (ARM)
+    stay float32 (not measured).
     """
     return cpu_half_support(torch.backends.cpu.get_cpu_capability(), cpu_flags(), os.environ)
 
@@ -159,13 +162,33 @@ def cpu_half_support(capability: str, flags: AbstractSet[str], environ: Mapping[
     """
     if not capability.upper().startswith("AVX512"):
         return frozenset()
-    limit = (environ.get("ONEDNN_MAX_CPU_ISA") or environ.get("DNNL_MAX_CPU_ISA") or "ALL").strip().upper()
-    level = _ONEDNN_LEVELS.get(limit, _ONEDNN_LEVELS["ALL"])
     return frozenset(
         dtype
         for dtype, needed in HALF_PRECISION_FLAGS.items()
-        if any(flag in flags for flag in needed) and level >= _ONEDNN_LEVELS[_ONEDNN_NEEDS[dtype]]
+        if any(flag in flags for flag in needed) and _onednn_allows(_ONEDNN_NEEDS[dtype], environ)
     )
+
+
+def cpu_has_int8_tiles() -> bool:
+    """Whether this CPU's AMX-INT8 tiles are in reach (``amx_int8``, not held below AMX by the variables above)."""
+    return cpu_int8_tiles(torch.backends.cpu.get_cpu_capability(), cpu_flags(), os.environ)
+
+
+def cpu_int8_tiles(capability: str, flags: AbstractSet[str], environ: Mapping[str, str]) -> bool:
+    """:func:`cpu_has_int8_tiles` for a given ATen ``capability``, CPU ``flags`` and environment.
+
+    >>> cpu_int8_tiles("AVX512", {"amx_int8"}, {}), cpu_int8_tiles("AVX512", {"amx_int8"}, {"ONEDNN_MAX_CPU_ISA": "AVX2"})
+    (True, False)
+    """
+    return (
+        capability.upper().startswith("AVX512") and "amx_int8" in flags and _onednn_allows("AVX512_CORE_AMX", environ)
+    )
+
+
+def _onednn_allows(level_name: str, environ: Mapping[str, str]) -> bool:
+    """Whether oneDNN may use the ISA ``level_name`` (``ONEDNN_MAX_CPU_ISA`` / ``DNNL_MAX_CPU_ISA`` unset or at least it)."""
+    limit = (environ.get("ONEDNN_MAX_CPU_ISA") or environ.get("DNNL_MAX_CPU_ISA") or "ALL").strip().upper()
+    return _ONEDNN_LEVELS.get(limit, _ONEDNN_LEVELS["ALL"]) >= _ONEDNN_LEVELS[level_name]
 
 
 @functools.lru_cache(maxsize=1)

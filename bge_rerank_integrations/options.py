@@ -120,7 +120,7 @@ OPTIONS: tuple[Option, ...] = (
         "use_fp16",
         "bool",
         False,
-        "float16 on CUDA/MPS, and on CPUs with AVX-512 FP16 or AMX-FP16 (else float32)",
+        "float16 on CUDA/MPS, and on CPUs with AMX-FP16 (else float32)",
         LOAD,
         flag="--fp16",
     ),

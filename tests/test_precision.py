@@ -56,14 +56,16 @@ def no_fast_half(monkeypatch):
             {},
             {torch.bfloat16},
         ),  # AMD Zen 4/5 (this machine's kind)
-        ("AVX512", {"avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile"}, {}, BOTH),  # Intel Sapphire Rapids
-        ("AVX512", {"amx_bf16", "amx_fp16"}, {}, BOTH),
+        # Intel Sapphire/Emerald Rapids: AVX-512 FP16 without AMX-FP16 ran float16 at float32's speed (measured)
+        ("AVX512", {"avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "amx_int8"}, {}, {torch.bfloat16}),
+        ("AVX512", {"amx_bf16", "amx_fp16"}, {}, BOTH),  # Intel Granite Rapids
         ("AVX512", {"avx512f", "avx512_vnni"}, {}, set()),  # AVX-512 without BF16 (Skylake, Cascade Lake)
         ("AVX2", {"avx2", "fma"}, {}, set()),  # an AVX2-only CPU
         ("AVX2", {"avx512_bf16", "avx512_fp16"}, {}, set()),  # ATEN_CPU_CAPABILITY=avx2 on an AVX-512 CPU
         ("AVX512", {"avx512_bf16", "avx512_fp16"}, {"ONEDNN_MAX_CPU_ISA": "AVX2"}, set()),
         ("AVX512", {"avx512_bf16", "avx512_fp16"}, {"DNNL_MAX_CPU_ISA": "avx512_core_bf16"}, {torch.bfloat16}),
-        ("AVX512", {"avx512_bf16", "avx512_fp16"}, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}, BOTH),
+        ("AVX512", {"amx_bf16", "amx_fp16"}, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}, {torch.bfloat16}),
+        ("AVX512", {"amx_bf16", "amx_fp16"}, {"ONEDNN_MAX_CPU_ISA": "AVX10_1_512_AMX_FP16"}, BOTH),
         ("DEFAULT", {"avx512_bf16"}, {}, set()),
         ("SVE256", {"bf16", "asimdhp"}, {}, set()),  # ARM: not measured, stays float32
     ],
@@ -79,7 +81,7 @@ def test_cpu_half_precision_where_fast_float32_with_a_warning_elsewhere(monkeypa
     assert not caplog.records
     with caplog.at_level(logging.WARNING):
         assert resolve_dtype(CPU, use_fp16=True) == torch.float32
-    assert "float16" in caplog.text and "AVX-512 FP16" in caplog.text and "use_bf16=True" in caplog.text
+    assert "float16" in caplog.text and "AMX-FP16" in caplog.text and "use_bf16=True" in caplog.text
     assert resolve_dtype(CPU) == torch.float32, "float32 stays the default"
 
 
@@ -87,7 +89,7 @@ def test_this_cpu_gets_what_its_flags_and_torch_say():
     flags = cpu_flags()
     avx512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512") and not os.environ.get("ONEDNN_MAX_CPU_ISA")
     assert (torch.bfloat16 in cpu_fast_half_dtypes()) == (avx512 and bool({"avx512_bf16", "amx_bf16"} & flags))
-    assert (torch.float16 in cpu_fast_half_dtypes()) == (avx512 and bool({"avx512_fp16", "amx_fp16"} & flags))
+    assert (torch.float16 in cpu_fast_half_dtypes()) == (avx512 and "amx_fp16" in flags)
     reranker = BGEReranker(checkpoint("encoder"), device="cpu", use_bf16=True)
     assert reranker.dtype == (torch.bfloat16 if torch.bfloat16 in cpu_fast_half_dtypes() else torch.float32)
 

