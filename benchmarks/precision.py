@@ -62,7 +62,7 @@ sys.path.insert(0, str(HERE))
 AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 #: The peer env's interpreter, used by default where it exists (built as the module docstring says).
 DEFAULT_PEER_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
-#: Where a configuration's rows ran: ``(label, run)``, ``run(pairs)`` returning one float score per pair.
+#: One configuration's scoring: ``run(pairs)`` returns one float score per pair.
 Run = Callable[[list[tuple[str, str]]], list[float]]
 #: Builds the peer env (the pins resolve together; torch first in the same command, so no CUDA build is pulled).
 PEER_ENV_COMMAND = (
