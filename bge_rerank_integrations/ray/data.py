@@ -38,6 +38,10 @@ def rerank_dataset(
     ``forward_batch_size`` (the reranker's ``batch_size``, default 128) per forward pass. With
     ``num_gpus_per_actor=0`` the actors run on CPU with ``num_cpus_per_actor`` torch threads
     each (Ray sets ``OMP_NUM_THREADS``); else each reranker takes the GPU Ray gave its actor.
+    Each call sorts only its own rows by length, so smaller calls pad more: on the bulk benchmark
+    pairs, 250-row calls read about 3% more tokens than one sort over the whole job, 1,024-row
+    calls about 1%. Ray slices each bundle of input blocks into ``batch_size`` rows, so blocks
+    whose row counts are not multiples of ``batch_size`` also give small remainder calls.
 
     Every other column is kept. Ray returns rows in any order: keep an id column in the input to
     match them back (or set ``ray.data.DataContext.get_current().execution_options.preserve_order
