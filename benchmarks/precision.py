@@ -92,34 +92,10 @@ def cpu_name() -> str:
 
 
 def build_base_shape(out: Path) -> Path:
-    """A bge-reranker-base-shaped XLM-R (12 layers, hidden 768) with random weights and the fixture tokenizer."""
-    import torch
-    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+    """The bge-reranker-base-shaped random checkpoint of ``long_passages.py`` (fixture tokenizer), built once here."""
+    from long_passages import build_base_checkpoint
 
-    if (out / "model.safetensors").is_file():
-        return out
-    source = ROOT / "tests" / "fixtures" / "checkpoints" / "encoder"
-    vocab = json.loads((source / "config.json").read_text())["vocab_size"]
-    config = XLMRobertaConfig(
-        vocab_size=vocab,
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        max_position_embeddings=514,
-        type_vocab_size=1,
-        pad_token_id=1,
-        bos_token_id=0,
-        eos_token_id=2,
-        num_labels=1,
-        layer_norm_eps=1e-5,
-        architectures=["XLMRobertaForSequenceClassification"],
-    )
-    torch.manual_seed(1)
-    XLMRobertaForSequenceClassification(config).eval().save_pretrained(out)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(source / name, out / name)
-    return out
+    return out if (out / "model.safetensors").is_file() else build_base_checkpoint(out)
 
 
 def _ours(path: str, setting: dict) -> tuple[str, Run]:

@@ -185,6 +185,13 @@ def cpu_int8_tiles(capability: str, flags: AbstractSet[str], environ: Mapping[st
     )
 
 
+def cpu_has_vnni() -> bool:
+    """Whether the CPU sums int8 products in 32 bits (AVX-512 VNNI, AVX-VNNI, AMX), so 8-bit activations cannot saturate."""
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX512",):
+        return False
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
+
+
 def _onednn_allows(level_name: str, environ: Mapping[str, str]) -> bool:
     """Whether oneDNN may use the ISA ``level_name`` (``ONEDNN_MAX_CPU_ISA`` / ``DNNL_MAX_CPU_ISA`` unset or at least it)."""
     limit = (environ.get("ONEDNN_MAX_CPU_ISA") or environ.get("DNNL_MAX_CPU_ISA") or "ALL").strip().upper()

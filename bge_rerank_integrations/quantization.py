@@ -24,6 +24,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .device import cpu_has_int8_tiles, cpu_has_vnni
+
 logger = logging.getLogger(__name__)
 
 #: The values ``quantization`` takes (``None``: the model's own precision).
@@ -99,7 +101,7 @@ def quantize_int8(model: nn.Module, calibrate: Callable[[], object]) -> int:
     finally:
         for handle in handles:
             handle.remove()
-    saturating = not _has_vnni()
+    saturating = not cpu_has_vnni()
     with _int8_engine(int8_engine()):
         for name, module in layers.items():
             parent_name, _, attribute = name.rpartition(".")
@@ -171,23 +173,12 @@ def _quantizable(name: str, module: nn.Module) -> bool:
     return type(module).__name__ == "Linear" and isinstance(weight, torch.Tensor) and weight.dim() == 2
 
 
-def _has_vnni() -> bool:
-    """Whether the CPU sums int8 products in 32 bits (AVX-512 VNNI, AVX-VNNI, AMX), so 8-bit activations cannot saturate."""
-    from .device import cpu_flags
-
-    if torch.backends.cpu.get_cpu_capability() not in ("AVX512",):
-        return False
-    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
-
-
 def int8_engine() -> str:
     """torch's quantized engine that packs the weights: oneDNN where the CPU has AMX-INT8 tiles, else ``x86`` (FBGEMM).
 
     Measured on a Xeon with AMX (torch 2.13, one thread, a 512 x 768 x 3072 layer): oneDNN 1.9 ms, FBGEMM
     5.5 ms (float32: 17 ms). A packed layer keeps its engine, so the choice is made once, at load.
     """
-    from .device import cpu_has_int8_tiles
-
     if cpu_has_int8_tiles() and "onednn" in torch.backends.quantized.supported_engines:
         return "onednn"
     return "x86"

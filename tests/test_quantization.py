@@ -83,7 +83,7 @@ INT8_TAU = 0.94
 
 @pytest.mark.parametrize("tiles, engine", [(True, "onednn"), (False, "x86")])
 def test_int8_packs_with_onednn_where_the_cpu_has_int8_tiles(monkeypatch, tiles, engine):
-    monkeypatch.setattr("bge_rerank_integrations.device.cpu_has_int8_tiles", lambda: tiles)
+    monkeypatch.setattr(quantization, "cpu_has_int8_tiles", lambda: tiles)
     assert quantization.int8_engine() == engine
     before = torch.backends.quantized.engine
     seen = []
